@@ -1,0 +1,54 @@
+# medsft — the two set-up commands are `make demo` and `make test` (see README).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Caches outside the repo, so a fresh clone on a warm machine reuses them.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/medsft/torch_extensions
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: all venv testbin lint test test-fast demo lock crds docs clean
+
+all: test
+
+# The environment: one venv, pinned by constraints.txt (regenerate with `make lock`).
+$(STAMP): pyproject.toml constraints.txt
+	@echo ">> creating $(VENV) (first time: downloads torch and friends, a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar off -q --upgrade pip
+	$(BIN)/pip install --progress-bar off -c constraints.txt -e '.[train,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+testbin:
+	bash hack/build-testbin.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The README's test command: environment + real binaries + lint + the whole suite.
+test: $(STAMP) testbin lint
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow" -x
+
+# The README's first command: the embedded default, end to end, on one machine.
+demo: $(STAMP)
+	$(BIN)/medsft run --local examples/quickstart.yaml
+
+crds: $(STAMP)
+	$(BIN)/medsft crds --write crds/
+	$(BIN)/python -m medsft_operator.api.docs > docs/api.md
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable --exclude medsft | sort > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
