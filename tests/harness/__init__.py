@@ -1,0 +1,1 @@
+"""Real-component test harness: control plane, MinIO, Kubeflow CRDs, helm."""

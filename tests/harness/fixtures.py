@@ -1,0 +1,102 @@
+"""pytest fixtures over the real components (registered by tests/conftest.py).
+
+Session-scoped servers are started lazily — a test run that needs no apiserver
+never starts one — and always stopped, also when tests fail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from .controlplane import ControlPlane
+from .fake_training_operator import FakeTrainingOperator
+from .minio_server import MinioServer
+from .testbin import binary, shared_dir
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path_factory.mktemp("kube"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def namespace(kube: ControlPlane) -> Iterator[str]:
+    core = client.CoreV1Api(kube.api_client())
+    name = unique("t")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture(scope="session")
+def kubeflow_crds(kube: ControlPlane) -> list[str]:
+    """Installs the upstream Kubeflow CRDs (PyTorchJob v1 and Trainer v2), unmodified."""
+    folder = shared_dir() / "third_party" / "kubeflow"
+    files = sorted(folder.glob("*.kubeflow.org_*.yaml")) + sorted(folder.glob("kubeflow.org_*.yaml"))
+    names = []
+    for path in files:
+        # Server-side apply: these CRDs are larger than the client-side annotation limit.
+        out = kube.kubectl("apply", "--server-side", "-f", str(path), "-o", "name")
+        names += out.stdout.split()
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return names
+
+
+@pytest.fixture(scope="session")
+def fake_training_operator(
+    kube: ControlPlane, kubeflow_crds: list[str]
+) -> Iterator[FakeTrainingOperator]:
+    operator = FakeTrainingOperator(kube.api_client()).start()
+    yield operator
+    operator.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    server = MinioServer(tmp_path_factory.mktemp("minio")).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def minio_bucket(minio: MinioServer) -> str:
+    minio.start()  # a fault test may have left it stopped
+    name = unique("t")
+    minio.client().make_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> Path:
+    return binary("kubectl")
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> Path:
+    return binary("helm")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: real public benchmark samples (read in place, never copied)."""
+    return shared_dir() / "data"
