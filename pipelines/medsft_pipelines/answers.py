@@ -1,0 +1,513 @@
+"""Answer extraction and matching: the one implementation shared by eval and curation.
+
+Both the eval harness (scoring a model's generations) and the curation verifiers (rejection
+sampling of teacher traces) must agree on what "the final answer" of a response is, so that a
+trace kept as correct in curation would also be scored correct in eval. Everything here is a
+pure function on strings; nothing imports torch.
+
+Conventions
+-----------
+* A response may start with a reasoning block ``<think> … </think>``; only the text after
+  ``</think>`` is the answer part. A think block that never closes has no answer (the eval's
+  "forced exit" appends ``</think>`` and lets the model answer, which then splits normally).
+* Options are lettered ``A`` to ``J`` in order (MMLU-Pro has ten).
+* Extraction returns ``None`` when there is no answer *or several different answers*
+  (``Answer: A or C``, two different ``\\boxed{}``); ``None`` always grades as wrong.
+* Explicit answer statements ("Answer: X", "the answer is X", ``\\boxed{X}``) win over
+  heuristics on the free text; heuristics only apply when no statement parses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+OPTION_LETTERS = "ABCDEFGHIJ"
+
+# ---------------------------------------------------------------------------------------------
+# think / answer split
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitResponse:
+    """A response cut into its reasoning and its answer part."""
+
+    think: str
+    """The reasoning text inside the think block ("" when the model did not think)."""
+    answer: str
+    """The text after the think block: where the final answer must be."""
+    think_closed: bool
+    """False when a think block was opened but never closed (truncated reasoning)."""
+
+
+def split_think_answer(
+    text: str,
+    *,
+    opened_in_prompt: bool = False,
+    think_start: str = THINK_START,
+    think_end: str = THINK_END,
+) -> SplitResponse:
+    """Split a generation at the end of its think block.
+
+    ``opened_in_prompt`` is True when the chat template already wrote ``<think>`` at the end of
+    the prompt (Qwen3-style), so the generation starts inside the block. The first
+    ``</think>`` ends the block (a forced exit appends exactly one). Without any think tag the
+    whole text is the answer part.
+    """
+    end = text.find(think_end)
+    if end >= 0:
+        think = text[:end]
+        start = think.find(think_start)
+        if start >= 0:
+            think = think[start + len(think_start) :]
+        return SplitResponse(think.strip(), text[end + len(think_end) :].strip(), True)
+    start = text.find(think_start)
+    if start >= 0:
+        return SplitResponse(text[start + len(think_start) :].strip(), "", False)
+    if opened_in_prompt:
+        return SplitResponse(text.strip(), "", False)
+    return SplitResponse("", text.strip(), True)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation and explicit answer statements
+# ---------------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_MARKUP = re.compile(r"\*\*|__|`|\$|\\text\{|\\mathrm\{|\\textbf\{")
+_BOXED = re.compile(r"\\boxed\s*\{")
+# "Answer: X", "Final answer - X", "the answer is X", "correct option is (X)". A bare "option"
+# or "choice" is not a statement: chain-of-thought text says "option A is wrong" all the time.
+_STATEMENT = re.compile(
+    r"(?:^|[^a-z])(?:(?:final|correct|best|right|most\s+likely)\s+(?:answer|option|choice)|answer)\b"
+    r"\s*(?:is|would\s+be|should\s+be|will\s+be)?\s*[:\-\u2013]?\s*(?P<value>[^\n]+)",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
+
+
+def strip_markup(text: str) -> str:
+    """Remove markdown/LaTeX wrappers models put around answers (``**B**``, ``$5$``)."""
+    text = _MARKUP.sub("", text)
+    return text.replace("}", "").strip()
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation of an open answer: lowercase, no punctuation/articles."""
+    text = strip_markup(text).lower()
+    text = "".join(ch if ch not in string.punctuation else " " for ch in text)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{…}`` in order, nested braces handled."""
+    found: list[str] = []
+    for match in _BOXED.finditer(text):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found.append(text[match.end() : i - 1].strip())
+    return found
+
+
+def answer_statements(answer_text: str) -> list[str]:
+    """Explicit final-answer statements in ``answer_text``: boxed contents then stated values.
+
+    The stated value is the rest of the line after "Answer:" / "the answer is"; trailing
+    sentence punctuation is dropped.
+    """
+    values = boxed_contents(answer_text)
+    for match in _STATEMENT.finditer(strip_markup(answer_text)):
+        value = match.group("value").strip().rstrip(".").strip()
+        if value and "\\boxed" not in value:
+            values.append(value)
+    return values
+
+
+def _unique(values: Iterable[str | None]) -> str | None:
+    """The single distinct non-None value, else None (no answer or several answers)."""
+    distinct = {v for v in values if v is not None}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple choice
+# ---------------------------------------------------------------------------------------------
+
+
+def option_map(options: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """Options as ``{letter: text}``; a sequence is lettered A, B, C… in order."""
+    if isinstance(options, Mapping):
+        return {str(k).strip().upper(): str(v) for k, v in options.items()}
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"at most {len(OPTION_LETTERS)} options are supported")
+    return {OPTION_LETTERS[i]: str(text) for i, text in enumerate(options)}
+
+
+# "B", "(B)", "B.", "B) text", "option B", "B because …" — inside an explicit statement.
+_LEADING_LETTER = re.compile(
+    r"^(?i:option|choice|letter)?\s*[\(\[]?(?P<letter>[A-J])[\)\]]?(?=$|[\s.:,;)\-\u2013])"
+)
+# The same without a statement: the letter must be marked ("B", "B.", "(B)", "B:"), so that a
+# line opening with the article "A …" is not read as option A.
+_MARKED_LETTER = re.compile(
+    r"^(?i:option|choice)?\s*(?:\((?P<paren>[A-J])\)|(?P<bare>[A-J])(?:[.:)](?=\s|$)|$))"
+)
+_SEVERAL_LETTERS = re.compile(
+    r"^(?i:options?|choices?)?\s*[\(\[]?[A-J][\)\]]?\s*(?:,|and|or|&|/|\+)\s*[\(\[]?[A-J]\b"
+)
+_MENTIONED_LETTER = re.compile(
+    r"\((?P<paren>[A-J])\)|\b(?i:option|choice)\s+\(?(?P<named>[A-J])\b|^\s*(?P<lead>[A-J])[.):]\s",
+    re.MULTILINE,
+)
+
+
+def _option_by_text(value: str, options: Mapping[str, str]) -> str | None:
+    """The letter whose option text the value names, by normalised containment.
+
+    The longest matching option wins when the shorter matches are inside it ("pulmonary
+    hypertension" vs "hypertension"); otherwise several matching options are ambiguous.
+    """
+    norm_value = normalize_answer(value)
+    if not norm_value:
+        return None
+    exact = [k for k, v in options.items() if normalize_answer(v) == norm_value]
+    if len(exact) == 1:
+        return exact[0]
+    padded = f" {norm_value} "
+    hits = {
+        k: normalize_answer(v)
+        for k, v in options.items()
+        if normalize_answer(v) and f" {normalize_answer(v)} " in padded
+    }
+    if not hits:
+        return None
+    longest = max(hits, key=lambda k: len(hits[k]))
+    if all(f" {hits[k]} " in f" {hits[longest]} " for k in hits):
+        return longest
+    return None
+
+
+def _exact_option(value: str, options: Mapping[str, str]) -> str | None:
+    norm = normalize_answer(value)
+    matches = [k for k, v in options.items() if norm and normalize_answer(v) == norm]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _names_option(text: str, option_text: str) -> bool:
+    norm_text, norm_opt = normalize_answer(text), normalize_answer(option_text)
+    return bool(norm_opt) and f" {norm_opt} " in f" {norm_text} "
+
+
+# A statement that names several options or contradicts itself: the item has no single answer.
+_AMBIGUOUS = "?"
+
+
+def _choice_from_statement(value: str, options: Mapping[str, str]) -> str | None:
+    """Parse one explicit statement ("B", "(B) text", "option B", "Aspirin") into a letter.
+
+    None when the statement names no option; ``_AMBIGUOUS`` for "A or B" and for
+    "B. <text of option C>", which contradicts itself.
+    """
+    value = strip_markup(value)
+    if _SEVERAL_LETTERS.match(value):
+        return _AMBIGUOUS
+    # The exact text of an option first: "A beta blocker" is option text, not the letter A.
+    exact = _exact_option(value, options)
+    if exact is not None:
+        return exact
+    leading = _LEADING_LETTER.match(value)
+    if leading and leading.group("letter") in options:
+        letter = leading.group("letter")
+        rest = value[leading.end() :]
+        others = [k for k, v in options.items() if k != letter and _names_option(rest, v)]
+        if others and not _names_option(rest, options[letter]):
+            return _AMBIGUOUS
+        return letter
+    return _option_by_text(value, options)
+
+
+def _choice_from_line(line: str, options: Mapping[str, str]) -> str | None:
+    """A short first line without statement: a marked letter or exactly one option's text."""
+    line = strip_markup(line)
+    if _SEVERAL_LETTERS.match(line):
+        return None
+    marked = _MARKED_LETTER.match(line)
+    if marked:
+        letter = marked.group("paren") or marked.group("bare")
+        named_too = _mentioned_letters(line, options) - {letter}
+        return letter if letter in options and not named_too else None
+    return _option_by_text(line, options)
+
+
+def _mentioned_letters(text: str, options: Mapping[str, str]) -> set[str]:
+    """Letters named as "(B)", "option B" or at a line start "B." in free text."""
+    found = {
+        m.group("paren") or m.group("named") or m.group("lead")
+        for m in _MENTIONED_LETTER.finditer(text)
+    }
+    return found & set(options)
+
+
+def extract_choice(answer_text: str, options: Mapping[str, str] | Sequence[str]) -> str | None:
+    """The option letter the answer part picks, or None (no answer or several answers).
+
+    Order: explicit statements (boxed, "Answer: X"), then the whole answer part when it is
+    short, then letters mentioned as "(B)" / "option B" / a line starting "B." and finally
+    option texts mentioned in the text; each heuristic must name exactly one option.
+    """
+    opts = option_map(options)
+    parsed = [_choice_from_statement(s, opts) for s in answer_statements(answer_text)]
+    if any(p is not None for p in parsed):
+        picked = _unique(parsed)
+        return None if picked == _AMBIGUOUS else picked
+    text = answer_text.strip()
+    if not text:
+        return None
+    first = _first_line(text)
+    if len(first.split()) <= 12:
+        from_first = _choice_from_line(first, opts)
+        if from_first is not None:
+            return from_first
+    mentioned = _mentioned_letters(text, opts)
+    if mentioned:
+        return mentioned.pop() if len(mentioned) == 1 else None
+    return _option_by_text(text, opts) if len(text.split()) <= 40 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# closed label sets (yes/no/maybe, classification labels)
+# ---------------------------------------------------------------------------------------------
+
+YES_NO_MAYBE = ("yes", "no", "maybe")
+
+
+def _label_from_value(value: str, labels: Sequence[str]) -> str | None:
+    norm = normalize_answer(value)
+    by_norm = {normalize_answer(label): label for label in labels}
+    if norm in by_norm:
+        return by_norm[norm]
+    padded = f" {norm} "
+    hits = [n for n in by_norm if n and f" {n} " in padded]
+    if not hits:
+        return None
+    longest = max(hits, key=len)
+    if all(f" {h} " in f" {longest} " for h in hits):
+        return by_norm[longest]
+    return None
+
+
+def extract_label(answer_text: str, labels: Sequence[str]) -> str | None:
+    """Which of ``labels`` the answer names (returned in its given spelling), or None.
+
+    Explicit statements first; else the first line of the answer part when it names exactly
+    one label. Labels contained in a longer matched label ("tumor" in "no tumor") do not count
+    as a second answer.
+    """
+    statements = answer_statements(answer_text)
+    parsed = [_label_from_value(s, labels) for s in statements]
+    if any(p is not None for p in parsed):
+        return _unique(parsed)
+    first = _first_line(answer_text)
+    if not first:
+        return None
+    # "Yes, the lesion …": a label leading the first line is the answer.
+    lead = normalize_answer(first).split(" ")
+    by_norm = {normalize_answer(label): label for label in labels}
+    for size in range(min(4, len(lead)), 0, -1):
+        candidate = " ".join(lead[:size])
+        if candidate in by_norm:
+            return by_norm[candidate]
+    return _label_from_value(first, labels) if len(first.split()) <= 12 else None
+
+
+def extract_yes_no(answer_text: str, *, allow_maybe: bool = True) -> str | None:
+    """ "yes", "no" or (when allowed) "maybe", or None."""
+    labels = YES_NO_MAYBE if allow_maybe else YES_NO_MAYBE[:2]
+    return extract_label(answer_text, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in ``text`` ("1,250", "-3.5e2", "3/4", "45%"), or None."""
+    match = _NUMBER.search(strip_markup(text))
+    if not match:
+        return None
+    token = match.group(0).replace(",", "").replace(" ", "")
+    if "/" in token:
+        num, den = token.split("/")
+        return float(num) / float(den) if float(den) != 0 else None
+    return float(token)
+
+
+def extract_number(answer_text: str) -> float | None:
+    """The numeric answer: from explicit statements (all must agree), else the last number."""
+    parsed = [parse_number(s) for s in answer_statements(answer_text)]
+    if any(p is not None for p in parsed):
+        distinct = {p for p in parsed if p is not None}
+        return distinct.pop() if len(distinct) == 1 else None
+    numbers = _NUMBER.findall(strip_markup(answer_text))
+    return parse_number(numbers[-1]) if numbers else None
+
+
+def match_numeric(
+    prediction: float | None, gold: float, *, rel_tol: float = 1e-2, abs_tol: float = 1e-6
+) -> bool:
+    """Numeric match within a relative (default 1 %) or absolute tolerance."""
+    return prediction is not None and math.isclose(
+        prediction, gold, rel_tol=rel_tol, abs_tol=abs_tol
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# open answers
+# ---------------------------------------------------------------------------------------------
+
+
+def extract_open(answer_text: str) -> str | None:
+    """The free-text answer: the explicit statement (all must agree), else the first line."""
+    statements = [s for s in answer_statements(answer_text) if normalize_answer(s)]
+    if statements:
+        agreed = _unique(normalize_answer(s) for s in statements)
+        return None if agreed is None else strip_markup(statements[-1])
+    first = _first_line(answer_text)
+    return first or None
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1 between normalised prediction and gold (the VQA open-answer metric)."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def match_open(prediction: str | None, gold: str) -> tuple[bool, float]:
+    """(exact match after normalisation, token F1) of an open answer; None scores (False, 0)."""
+    if prediction is None:
+        return False, 0.0
+    return normalize_answer(prediction) == normalize_answer(gold), token_f1(prediction, gold)
+
+
+# ---------------------------------------------------------------------------------------------
+# one entry point for both eval and curation
+# ---------------------------------------------------------------------------------------------
+
+
+class AnswerKind(StrEnum):
+    """How an item's answer is extracted and matched."""
+
+    CHOICE = "choice"
+    """Lettered options; gold is the letter (or the option text)."""
+    YES_NO = "yes_no"
+    """yes / no / maybe (PubMedQA, closed VQA)."""
+    LABEL = "label"
+    """One of a closed set of class labels, named by text (options give the label set)."""
+    NUMERIC = "numeric"
+    """A number, matched within a tolerance."""
+    OPEN = "open"
+    """Free text: exact match after normalisation for accuracy, token F1 as a soft score."""
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one response."""
+
+    prediction: str | None
+    """The extracted answer in canonical form (letter, label, number, text); None: unparseable."""
+    correct: bool
+    """Whether it matches the gold answer (always False when prediction is None)."""
+    score: float
+    """1.0/0.0 for closed kinds; token F1 for open answers."""
+
+    @property
+    def parsed(self) -> bool:
+        """Whether an answer could be extracted at all."""
+        return self.prediction is not None
+
+
+def grade_answer(
+    answer_text: str,
+    gold: str,
+    kind: AnswerKind | str,
+    options: Mapping[str, str] | Sequence[str] | None = None,
+    *,
+    rel_tol: float = 1e-2,
+) -> Grade:
+    """Extract the answer from an answer part (text after the think block) and match it."""
+    kind = AnswerKind(kind)
+    if kind is AnswerKind.CHOICE:
+        if not options:
+            raise ValueError("a multiple-choice item needs options")
+        opts = option_map(options)
+        gold_letter = gold.strip().upper() if gold.strip().upper() in opts else None
+        gold_letter = gold_letter or _option_by_text(gold, opts)
+        if gold_letter is None:
+            raise ValueError("the gold answer names no option")
+        pred = extract_choice(answer_text, opts)
+        return _closed(pred, pred == gold_letter)
+    if kind is AnswerKind.YES_NO:
+        pred = extract_yes_no(answer_text)
+        return _closed(pred, pred is not None and pred == normalize_answer(gold))
+    if kind is AnswerKind.LABEL:
+        labels = list(option_map(options).values()) if options else []
+        if not labels:
+            raise ValueError("a label item needs its label set as options")
+        pred = extract_label(answer_text, labels)
+        return _closed(pred, pred is not None and normalize_answer(pred) == normalize_answer(gold))
+    if kind is AnswerKind.NUMERIC:
+        gold_number = parse_number(gold)
+        if gold_number is None:
+            raise ValueError("the gold answer is not a number")
+        number = extract_number(answer_text)
+        pred = None if number is None else f"{number:g}"
+        return _closed(pred, match_numeric(number, gold_number, rel_tol=rel_tol))
+    text = extract_open(answer_text)
+    exact, f1 = match_open(text, gold)
+    return Grade(text, exact, f1)
+
+
+def grade_response(
+    response: str,
+    gold: str,
+    kind: AnswerKind | str,
+    options: Mapping[str, str] | Sequence[str] | None = None,
+    *,
+    opened_in_prompt: bool = False,
+    rel_tol: float = 1e-2,
+) -> Grade:
+    """Grade a full generation: split off the think block, then :func:`grade_answer`.
+
+    An unclosed think block has no answer part and grades as unparseable.
+    """
+    split = split_think_answer(response, opened_in_prompt=opened_in_prompt)
+    return grade_answer(split.answer, gold, kind, options, rel_tol=rel_tol)
+
+
+def _closed(prediction: str | None, correct: bool) -> Grade:
+    correct = bool(correct and prediction is not None)
+    return Grade(prediction, correct, float(correct))

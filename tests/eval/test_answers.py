@@ -1,0 +1,249 @@
+"""Answer extraction and matching on the formats real models and teachers write."""
+
+from __future__ import annotations
+
+import pytest
+from medsft_pipelines.answers import (
+    AnswerKind,
+    extract_choice,
+    extract_label,
+    extract_number,
+    extract_open,
+    extract_yes_no,
+    grade_answer,
+    grade_response,
+    match_numeric,
+    match_open,
+    normalize_answer,
+    split_think_answer,
+    token_f1,
+)
+
+# A MedQA-style item: option texts that start with the article "A" on purpose.
+MEDQA_OPTIONS = {
+    "A": "Ampicillin",
+    "B": "Ceftriaxone",
+    "C": "A beta blocker",
+    "D": "Doxycycline",
+    "E": "Nitrofurantoin",
+}
+
+
+# --------------------------------------------------------------------- think / answer split
+
+
+def test_split_closed_think_block() -> None:
+    text = "<think>\nThe patient is pregnant, so avoid D.\n</think>\n\nAnswer: B"
+    split = split_think_answer(text)
+    assert split.think == "The patient is pregnant, so avoid D."
+    assert split.answer == "Answer: B"
+    assert split.think_closed
+
+
+def test_split_think_opened_by_the_prompt() -> None:
+    # Qwen3-style templates write "<think>\n" in the prompt: the generation has only the end tag.
+    split = split_think_answer("reasoning here\n</think>\nAnswer: C")
+    assert (split.think, split.answer, split.think_closed) == ("reasoning here", "Answer: C", True)
+
+
+def test_split_unclosed_think_has_no_answer() -> None:
+    split = split_think_answer("<think>Let me consider each option. Option A is")
+    assert split.answer == "" and not split.think_closed
+    opened = split_think_answer("still thinking, Answer: A maybe", opened_in_prompt=True)
+    assert opened.answer == "" and not opened.think_closed
+
+
+def test_split_without_think_tags_is_all_answer() -> None:
+    split = split_think_answer("The answer is (B).")
+    assert split.think == "" and split.answer == "The answer is (B)." and split.think_closed
+
+
+def test_forced_exit_generation_splits_at_the_appended_tag() -> None:
+    # The harness appends "</think>" to a truncated think block and lets the model go on.
+    forced = "<think>Option A is wrong because" + "</think>" + "\n\nAnswer: D"
+    assert grade_response(forced, "D", "choice", MEDQA_OPTIONS).correct
+    assert not grade_response(
+        "<think>Option A is wrong because", "D", "choice", MEDQA_OPTIONS
+    ).parsed
+
+
+def test_answer_inside_think_is_not_the_answer() -> None:
+    text = "<think>Initially I think Answer: A, but no.</think>\nAnswer: B"
+    assert grade_response(text, "B", "choice", MEDQA_OPTIONS).prediction == "B"
+
+
+# --------------------------------------------------------------------- multiple choice
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ("Answer: B", "B"),
+        ("Answer: (B)", "B"),
+        ("Answer: B. Ceftriaxone", "B"),
+        ("**Answer:** B", "B"),
+        ("**Final Answer: (D) Doxycycline**", "D"),
+        ("The answer is E.", "E"),
+        ("The correct answer is option D.", "D"),
+        ("the correct option is (A)", "A"),
+        ("Therefore, the final answer is $\\boxed{B}$.", "B"),
+        ("\\boxed{\\text{E}}", "E"),
+        ("\\boxed{E. Nitrofurantoin}", "E"),
+        ("B", "B"),
+        ("(C)", "C"),
+        ("D.", "D"),
+        ("Option B", "B"),
+        ("E) Nitrofurantoin is safe in the second trimester.", "E"),
+        ("Answer: Ceftriaxone", "B"),
+        ("Answer: a beta blocker", "C"),  # option text wins over reading "a" as a letter
+        ("Ceftriaxone", "B"),
+        ("The answer is B because gonococcal infection needs a cephalosporin.", "B"),
+        ("Answer: B\n\nExplanation: Ceftriaxone covers N. gonorrhoeae; Option A does not.", "B"),
+    ],
+)
+def test_choice_extraction(answer: str, letter: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) == letter
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",  # no answer
+        "I am not sure.",
+        "Answer: A or B",  # several answers
+        "Answer: B, D",
+        "Answer: A and C",
+        "\\boxed{A} ... on reflection \\boxed{C}",
+        "Answer: B\nAnswer: D",
+        "Answer: B. Doxycycline",  # letter and text disagree
+        "(A) is plausible but (C) fits better",  # two letters named, no statement
+        "Answer: K",  # not an option
+        "A 24-year-old woman presents with dysuria.",  # the article is not option A
+    ],
+)
+def test_choice_none_for_missing_or_several_answers(answer: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) is None
+
+
+def test_choice_with_ten_options_and_list_options() -> None:
+    options = [f"choice {i}" for i in range(10)]  # MMLU-Pro: A-J
+    assert extract_choice("The answer is (J)", options) == "J"
+    assert extract_choice("Answer: choice 7", options) == "H"
+
+
+def test_longest_option_text_wins_over_contained_option() -> None:
+    options = {"A": "Hypertension", "B": "Pulmonary hypertension", "C": "Asthma"}
+    assert extract_choice("Answer: pulmonary hypertension", options) == "B"
+    assert extract_choice("Answer: hypertension", options) == "A"
+
+
+def test_grade_choice_accepts_gold_as_text() -> None:
+    assert grade_answer("Answer: D", "Doxycycline", AnswerKind.CHOICE, MEDQA_OPTIONS).correct
+    wrong = grade_answer("Answer: A", "D", AnswerKind.CHOICE, MEDQA_OPTIONS)
+    assert (wrong.prediction, wrong.correct, wrong.score) == ("A", False, 0.0)
+    none = grade_answer("no idea", "D", AnswerKind.CHOICE, MEDQA_OPTIONS)
+    assert (none.prediction, none.correct, none.parsed) == (None, False, False)
+
+
+def test_grade_choice_rejects_bad_items() -> None:
+    with pytest.raises(ValueError, match="options"):
+        grade_answer("Answer: A", "A", AnswerKind.CHOICE, None)
+    with pytest.raises(ValueError, match="names no option"):
+        grade_answer("Answer: A", "Z", AnswerKind.CHOICE, MEDQA_OPTIONS)
+
+
+# --------------------------------------------------------------------- yes / no / labels
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ("Answer: yes", "yes"),
+        ("Yes, the regions of the brain are infarcted.", "yes"),
+        ("No.", "no"),
+        ("**Answer:** Maybe", "maybe"),
+        ("The answer is no", "no"),
+        ("\\boxed{yes}", "yes"),
+        ("Answer: yes or no", None),
+        ("", None),
+        ("It depends on the clinical context and further imaging.", None),
+    ],
+)
+def test_yes_no_maybe(answer: str, label: str | None) -> None:
+    assert extract_yes_no(answer) == label
+
+
+def test_yes_no_without_maybe() -> None:
+    assert extract_yes_no("Answer: maybe", allow_maybe=False) is None
+
+
+def test_classification_labels() -> None:
+    labels = ["glioma", "meningioma", "no tumor", "pituitary"]
+    assert extract_label("Answer: No tumor", labels) == "no tumor"
+    assert extract_label("Answer: Meningioma", labels) == "meningioma"
+    assert extract_label("Answer: glioma or meningioma", labels) is None
+    grade = grade_answer("Answer: Pituitary tumor", "pituitary", "label", labels)
+    assert grade.correct and grade.prediction == "pituitary"
+
+
+# --------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("answer", "number"),
+    [
+        ("Answer: 42", 42.0),
+        ("The answer is 1,250 mL.", 1250.0),
+        ("\\boxed{3.5}", 3.5),
+        ("Answer: -0.5", -0.5),
+        ("Answer: 3/4", 0.75),
+        ("Answer: 45%", 45.0),
+        ("So the dose is 2 mg/kg, giving 140 mg total", 140.0),  # last number without statement
+        ("Answer: 12\nAnswer: 14", None),
+        ("no number here", None),
+    ],
+)
+def test_extract_number(answer: str, number: float | None) -> None:
+    assert extract_number(answer) == number
+
+
+def test_numeric_tolerance() -> None:
+    assert match_numeric(100.5, 100.0)  # within 1 %
+    assert not match_numeric(103.0, 100.0)
+    assert match_numeric(103.0, 100.0, rel_tol=0.05)
+    assert not match_numeric(None, 1.0)
+    assert grade_answer("Answer: 0.33", "1/3", "numeric").correct
+
+
+# --------------------------------------------------------------------- open answers
+
+
+def test_normalize_and_token_f1() -> None:
+    assert normalize_answer("The Left Temporal Lobe.") == "left temporal lobe"
+    assert token_f1("left temporal lobe", "The left temporal lobe") == 1.0
+    assert token_f1("temporal lobe", "left temporal lobe") == pytest.approx(0.8)
+    assert token_f1("liver", "left temporal lobe") == 0.0
+    assert match_open(None, "CT") == (False, 0.0)
+
+
+def test_open_answer_extraction_and_grade() -> None:
+    assert extract_open("Answer: Ring-enhancing lesion") == "Ring-enhancing lesion"
+    assert extract_open("Right upper lobe\nThe opacity is in the RUL.") == "Right upper lobe"
+    assert extract_open("Answer: CT\nAnswer: MRI") is None
+    assert extract_open("") is None
+    exact = grade_answer("Answer: ring enhancing lesion", "Ring-enhancing lesion", "open")
+    assert exact.correct and exact.score == 1.0
+    partial = grade_answer("Answer: lesion in the liver", "hypodense lesion", "open")
+    assert not partial.correct and 0 < partial.score < 1
+
+
+def test_chain_of_thought_without_think_tags() -> None:
+    # A non-thinking model in CoT mode: the whole text is the answer part.
+    cot = (
+        "Let's analyze each option.\nA. Ampicillin is not first line here.\n"
+        "B. Ceftriaxone covers gonorrhoea.\nD. Doxycycline is contraindicated in pregnancy.\n"
+        "Therefore, the answer is B."
+    )
+    assert extract_choice(cot, MEDQA_OPTIONS) == "B"
+    undecided = "Option A is reasonable. Option D is also reasonable."
+    assert extract_choice(undecided, MEDQA_OPTIONS) is None
