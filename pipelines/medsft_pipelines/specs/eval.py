@@ -1,0 +1,141 @@
+"""EvalSpec: which model, which benchmarks, how to generate.
+
+Defaults follow the published evaluation: temperature 0.6, top-p 0.95, up to 8,192
+response tokens, mean over 5 seeds, up to 10 images of at most 262,144 pixels, and a
+"forced exit" (append the end-of-think token) when a model never closes its reasoning.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import (
+    Distribution,
+    Ident,
+    ModelLocation,
+    ObjectRef,
+    StorageUri,
+    cel,
+    k8s_rules,
+    require_exactly_one,
+)
+
+BenchmarkFormat = Literal["auto", "jsonl", "json", "parquet", "hf"]
+
+
+class BenchmarkSpec(Spec):
+    """One benchmark to evaluate on (and, in a MedSFTRun, to decontaminate the training data against)."""
+
+    name: Ident
+    """Registry name of the benchmark, e.g. ``medqa``, ``pubmedqa``, ``vqa-rad``, ``mmmu-pro-health``."""
+    uri: StorageUri | None = None
+    """Where the benchmark files live; unset: the registry's default location under the storage root."""
+    format: BenchmarkFormat = "auto"
+    """File format; ``auto`` lets the benchmark's loader pick its published format."""
+    split: Annotated[str, Field(min_length=1, max_length=63)] = "test"
+    """Split to evaluate on."""
+    distribution: Distribution = "in"
+    """Whether the benchmark is in-distribution (its training split fed the SFT data) or out-of-distribution."""
+    max_items: Annotated[int, Field(ge=1)] | None = None
+    """Evaluate on at most this many items (deterministic subset); unset: all."""
+
+
+class ModelSource(Spec):
+    """A model to evaluate: an SFTJob's final export, or a model location. Exactly one."""
+
+    sft_job_ref: ObjectRef | None = None
+    """An SFTJob in the same namespace; its exported model is evaluated."""
+    uri: ModelLocation | None = None
+    """A model location (``s3://``, ``file://`` or a local folder) in Hugging Face format."""
+
+    model_config = k8s_rules(
+        cel(
+            "has(self.sftJobRef) != has(self.uri)",
+            "exactly one of sftJobRef or uri must be set",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        require_exactly_one(self, "sft_job_ref", "uri")
+        return self
+
+
+class BaselineSpec(ModelSource):
+    """A reference model evaluated with the same settings; the report shows deltas against it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)] = "baseline"
+    """Display name of the baseline in reports and status."""
+
+
+class GenerationSpec(Spec):
+    """Decoding settings, identical for the model under test and the baseline."""
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Inference backend: transformers (always available) or vLLM (GPU, when installed)."""
+    mode: Literal["cot", "direct"] = "cot"
+    """``cot``: let the model reason before answering; ``direct``: ask for the answer only."""
+    prompt_template: Annotated[str, Field(max_length=128)] | None = None
+    """Name of the per-model prompt template; unset: picked from the model's family."""
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.6
+    """Sampling temperature (paper: 0.6)."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """Nucleus sampling mass (paper: 0.95)."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=131072)] = 8192
+    """Maximum response tokens per item (paper: 8,192)."""
+    seeds: Annotated[int, Field(ge=1, le=64)] = 5
+    """Number of seeds; accuracy is reported as mean and std over them (paper: 5)."""
+    base_seed: Annotated[int, Field(ge=0)] = 0
+    """First seed; seed i is ``baseSeed + i``."""
+    forced_think_exit: bool = True
+    """When a response never closes ``</think>``, append it and let the model answer (paper's forced exit)."""
+    forced_exit_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    """Tokens allowed for the answer after a forced exit."""
+    majority_vote: bool = False
+    """Also report majority-vote accuracy across seeds."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    """Items generated together (transformers backend)."""
+    max_images: Annotated[int, Field(ge=0, le=64)] = 10
+    """Maximum images per item (paper: 10)."""
+    max_pixels: Annotated[int, Field(ge=3136)] = 262144
+    """Images are resized to at most this many pixels (paper: 262,144 = 512x512)."""
+
+
+class EvalSpec(Spec):
+    """What to evaluate and how: the data part of an EvalJob."""
+
+    model: ModelSource | None = None
+    """The model under test. Required for a standalone EvalJob; in a MedSFTRun it is the SFT stage's model."""
+    benchmarks: Annotated[list[BenchmarkSpec], Field(min_length=1, max_length=64)]
+    """Benchmarks to run, each marked in- or out-of-distribution."""
+    generation: GenerationSpec = GenerationSpec()
+    """Decoding settings."""
+    baseline: BaselineSpec | None = None
+    """Optional reference model to compare against."""
+
+    model_config = k8s_rules(
+        cel(
+            "self.benchmarks.all(b, self.benchmarks.exists_one(c, c.name == b.name && c.split == b.split))",
+            "benchmark names must be unique (per split)",
+            field_path=".benchmarks",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _unique_benchmarks(self) -> EvalSpec:
+        keys = [(b.name, b.split) for b in self.benchmarks]
+        if len(keys) != len(set(keys)):
+            raise ValueError("benchmark names must be unique (per split)")
+        return self
+
+
+__all__ = [
+    "BaselineSpec",
+    "BenchmarkSpec",
+    "EvalSpec",
+    "GenerationSpec",
+    "ModelSource",
+]
