@@ -1,0 +1,34 @@
+"""Object storage for every stage: one API over MinIO/S3 (``s3://``) and a local folder
+(``file://``), plus the layouts built on it.
+
+* :mod:`.shards` — checksummed Parquet dataset shards with a manifest written last, and a
+  deterministic, rank-partitioned, resumable reader.
+* :mod:`.checkpoints` — checkpoint directories uploaded in parallel, a completion marker last.
+* :mod:`.progress` — ``progress.json`` and ``metrics.jsonl`` written by jobs, read by the operator.
+
+Importing this package loads neither the minio SDK nor pyarrow; the operator may import it.
+"""
+
+from .base import ObjectStore, check_key, open_store
+from .errors import (
+    CheckpointNotComplete,
+    DatasetExistsError,
+    DatasetNotReady,
+    ObjectNotFound,
+    ShardIntegrityError,
+    StorageError,
+)
+from .settings import StorageSettings
+
+__all__ = [
+    "CheckpointNotComplete",
+    "DatasetExistsError",
+    "DatasetNotReady",
+    "ObjectNotFound",
+    "ObjectStore",
+    "ShardIntegrityError",
+    "StorageError",
+    "StorageSettings",
+    "check_key",
+    "open_store",
+]

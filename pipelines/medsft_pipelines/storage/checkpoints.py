@@ -1,0 +1,160 @@
+"""Checkpoints in object storage: parallel upload, completion marker last, retention.
+
+Layout under a checkpoint root::
+
+    step-000000100/<files of the checkpoint directory, same relative paths>
+    step-000000100/COMPLETE     written LAST: JSON with every file's size, and job metadata
+
+A checkpoint is complete, and found by :meth:`CheckpointStore.latest`, only once its marker
+exists; an upload that dies halfway leaves a step folder without a marker, which nothing trusts
+and :meth:`CheckpointStore.prune` removes later. Deletion removes the marker first, so a
+half-deleted checkpoint is never taken for a complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .base import ObjectStore
+from .errors import CheckpointNotComplete, ObjectNotFound, StorageError
+
+log = logging.getLogger("medsft.storage")
+
+COMPLETE_MARKER = "COMPLETE"
+STEP_FOLDER = re.compile(r"step-(\d{9})/")
+
+
+def step_prefix(step: int) -> str:
+    """The folder of ``step`` under a checkpoint root (zero-padded: lexical order = numeric)."""
+    if step < 0:
+        raise ValueError("step must be >= 0")
+    return f"step-{step:09d}/"
+
+
+class CheckpointStore:
+    """Checkpoints of one training run under ``store``."""
+
+    def __init__(self, store: ObjectStore, *, parallelism: int = 4) -> None:
+        self.store = store
+        self.parallelism = parallelism
+
+    def upload(
+        self, local_dir: str | Path, step: int, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Upload every file under ``local_dir`` as checkpoint ``step`` (files in parallel, each
+        a parallel multipart upload), then write the completion marker. Returns the marker."""
+        root = Path(local_dir)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        if not files:
+            raise ValueError(f"checkpoint directory {root} has no files")
+        prefix = step_prefix(step)
+        # Re-uploading a step (a retried save): unpublish the old one before touching its files.
+        self.store.delete(prefix + COMPLETE_MARKER)
+        relative = {p: p.relative_to(root).as_posix() for p in files}
+        if COMPLETE_MARKER in relative.values():
+            raise ValueError(f"a checkpoint file may not be named {COMPLETE_MARKER}")
+        sizes = {relative[p]: p.stat().st_size for p in files}
+
+        def put(path: Path) -> None:
+            self.store.upload_file(path, prefix + relative[path])
+
+        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="ckpt-upload") as pool:
+            list(pool.map(put, files))
+        marker = {
+            "step": step,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": sizes,
+            "num_bytes": sum(sizes.values()),
+            "metadata": dict(metadata or {}),
+        }
+        self.store.put_json(prefix + COMPLETE_MARKER, marker)
+        log.info("checkpoint step %d uploaded to %s", step, self.store.uri_of(prefix))
+        return marker
+
+    def _step_folders(self) -> list[int]:
+        steps = []
+        for entry in self.store.list("step-", recursive=False):
+            match = STEP_FOLDER.fullmatch(entry)
+            if match:
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return [s for s in self._step_folders() if self.is_complete(s)]
+
+    def is_complete(self, step: int) -> bool:
+        """Whether checkpoint ``step`` has its completion marker."""
+        return self.store.exists(step_prefix(step) + COMPLETE_MARKER)
+
+    def latest(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        for step in reversed(self._step_folders()):
+            if self.is_complete(step):
+                return step
+        return None
+
+    def info(self, step: int) -> dict[str, Any]:
+        """The completion marker of ``step`` (files, sizes, metadata)."""
+        try:
+            return dict(self.store.get_json(step_prefix(step) + COMPLETE_MARKER))
+        except ObjectNotFound:
+            raise CheckpointNotComplete(
+                f"checkpoint {self.store.uri_of(step_prefix(step))} is not complete"
+            ) from None
+
+    def download(self, step: int, local_dir: str | Path) -> Path:
+        """Download complete checkpoint ``step`` into ``local_dir`` (files in parallel, large
+        files as parallel ranges); checks every file's size against the marker."""
+        marker = self.info(step)
+        prefix = step_prefix(step)
+        root = Path(local_dir)
+        files: dict[str, int] = marker["files"]
+
+        def get(name: str) -> None:
+            target = root / name
+            self.store.download_file(prefix + name, target)
+            if target.stat().st_size != files[name]:
+                raise StorageError(
+                    f"checkpoint file {self.store.uri_of(prefix + name)} is "
+                    f"{target.stat().st_size} bytes, its marker says {files[name]}"
+                )
+
+        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="ckpt-download") as pool:
+            list(pool.map(get, sorted(files)))
+        return root
+
+    def delete(self, step: int) -> None:
+        """Delete checkpoint ``step``: the marker first, then its files."""
+        prefix = step_prefix(step)
+        self.store.delete(prefix + COMPLETE_MARKER)
+        self.store.delete_prefix(prefix)
+
+    def prune(self, keep_last: int, protect: Iterable[int] = ()) -> list[int]:
+        """Keep the newest ``keep_last`` complete checkpoints and every step in ``protect`` (the
+        one a job resumed from); delete the other complete ones and the leftovers of failed
+        uploads older than the newest complete one. Returns the deleted steps."""
+        if keep_last < 0:
+            raise ValueError("keep_last must be >= 0")
+        protected = set(protect)
+        folders = self._step_folders()
+        complete = [s for s in folders if self.is_complete(s)]
+        keep = set(complete[len(complete) - keep_last :]) if keep_last else set()
+        newest = complete[-1] if complete else None
+        doomed = [
+            s
+            for s in folders
+            if s not in keep
+            and s not in protected
+            # An incomplete folder newer than the newest complete one may be an upload in flight.
+            and (s in complete or (newest is not None and s < newest))
+        ]
+        for step in doomed:
+            self.delete(step)
+        return doomed

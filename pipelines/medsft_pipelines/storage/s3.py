@@ -1,0 +1,306 @@
+"""The ``s3://`` backend on the ``minio`` SDK.
+
+* Uploads: ``put_object`` with ``part_size``/``num_parallel_uploads`` (parallel multipart parts);
+  S3 makes an object visible only when its upload completes, so a failed upload leaves nothing
+  (its parts are aborted, or expire on the server).
+* Downloads: the first range tells the size and ETag; the remaining ranges are fetched in
+  parallel with ``If-Match`` so that a concurrently replaced object restarts the read instead of
+  mixing two versions.
+* Every operation retries connection errors and 5xx answers with exponential backoff until
+  ``settings.retry_timeout_s``, then raises :class:`StorageError`. Error texts are rebuilt from
+  the backend error with the credentials redacted, and chaining is cut so that no traceback
+  carries an unredacted original.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, S3Error, ServerError
+from urllib3.exceptions import SSLError
+
+from .errors import ObjectNotFound, StorageError, redact
+from .settings import StorageSettings
+
+log = logging.getLogger("medsft.storage")
+
+T = TypeVar("T")
+STREAM_CHUNK = 1024 * 1024
+# S3 error codes worth retrying: the server is busy, starting, or the object changed mid-read.
+RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+        "XMinioReadQuorum",
+        "XMinioWriteQuorum",
+        "PreconditionFailed",
+    }
+)
+MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+BACKOFF_START_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+Sink = Callable[[int, bytes], None]
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` later may succeed (network and server-side trouble)."""
+    if isinstance(exc, S3Error):
+        return exc.code in RETRYABLE_CODES
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500
+    if isinstance(exc, InvalidResponseError):
+        return "code: 5" in str(exc).lower() or "response code: 5" in str(exc).lower()
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return not isinstance(exc.reason, SSLError)
+    if isinstance(exc, SSLError):
+        return False  # a certificate problem does not heal by waiting
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a backend error (not yet redacted)."""
+    if isinstance(exc, S3Error):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return f"{type(exc.reason).__name__}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class S3Backend:
+    """Objects in one bucket of an S3-compatible server."""
+
+    def __init__(self, bucket: str, settings: StorageSettings) -> None:
+        if not settings.endpoint:
+            raise StorageError(
+                "no S3 endpoint configured: set MEDSFT_S3_ENDPOINT or StorageSettings.endpoint"
+            )
+        self.bucket = bucket
+        self.settings = settings
+        self._secrets = settings.secrets()
+        access, secret = self._secrets
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(
+                connect=settings.connect_timeout_s, read=settings.read_timeout_s
+            ),
+            # Checkpoint transfers run `parallelism` objects x `parallelism` parts at once.
+            maxsize=settings.parallelism * settings.parallelism + 4,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=settings.ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            # One retry layer only: ours, with backoff over a deadline (see _retrying).
+            retries=urllib3.Retry(total=0, redirect=0, raise_on_status=False),
+        )
+        self._client = Minio(
+            settings.endpoint,
+            access_key=access,
+            secret_key=secret,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=http,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.uri('')!r})"
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # -- retry and error mapping ------------------------------------------------------------
+
+    def _retrying(self, what: str, key: str, op: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.settings.retry_timeout_s
+        delay = BACKOFF_START_S
+        attempt = 1
+        while True:
+            try:
+                return op()
+            except Exception as exc:
+                failure = self._error(what, key, exc)
+                if not is_retryable(exc) or time.monotonic() + delay > deadline:
+                    raise failure from None
+                log.warning("%s (attempt %d); retrying in %.1fs", failure, attempt, delay)
+            time.sleep(delay)  # backoff between attempts, bounded by the deadline above
+            delay = min(delay * 2, BACKOFF_MAX_S)
+            attempt += 1
+
+    def _error(self, what: str, key: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, S3Error) and exc.code in MISSING_CODES:
+            return ObjectNotFound(f"no object at {self.uri(key)}")
+        text = redact(f"{what} {self.uri(key)} failed: {describe(exc)}", self._secrets)
+        return StorageError(text)
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._retrying("PUT", key, lambda: self._put(key, io.BytesIO(data), len(data)))
+
+    def upload_file(self, path: Path, key: str) -> None:
+        size = path.stat().st_size
+
+        def attempt() -> None:
+            with path.open("rb") as src:
+                self._put(key, src, size)
+
+        self._retrying("upload", key, attempt)
+
+    def _put(self, key: str, data: io.BufferedIOBase | io.BytesIO, size: int) -> None:
+        self._client.put_object(
+            self.bucket,
+            key,
+            data,  # type: ignore[arg-type]
+            size,
+            part_size=self.settings.part_size,
+            num_parallel_uploads=self.settings.parallelism,
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        def attempt() -> bytes:
+            buffers: list[bytearray] = []
+
+            def open_sink(total: int) -> Sink:
+                buffer = bytearray(total)
+                buffers.append(buffer)
+
+                def write(offset: int, chunk: bytes) -> None:
+                    # Ranges are disjoint, and a same-length slice assignment never resizes.
+                    buffer[offset : offset + len(chunk)] = chunk
+
+                return write
+
+            self._read(key, open_sink)
+            return bytes(buffers[0])
+
+        return self._retrying("GET", key, attempt)
+
+    def download_file(self, key: str, path: Path) -> None:
+        def attempt() -> None:
+            tmp = path.parent / f".medsft-tmp-{uuid.uuid4().hex}"
+            try:
+                with tmp.open("wb") as out:
+                    fd = out.fileno()
+
+                    def open_sink(total: int) -> Sink:
+                        os.ftruncate(fd, total)
+                        return lambda offset, chunk: _pwrite_all(fd, chunk, offset)
+
+                    self._read(key, open_sink)
+                    os.fsync(fd)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._retrying("download", key, attempt)
+
+    def _read(self, key: str, open_sink: Callable[[int], Sink]) -> None:
+        """Fetch ``key`` into the sink ``open_sink(size)`` returns, ranges in parallel."""
+        part = self.settings.part_size
+        try:
+            response = self._client.get_object(self.bucket, key, offset=0, length=part)
+        except S3Error as exc:
+            if exc.code != "InvalidRange":
+                raise
+            open_sink(0)  # an empty object has no byte range to ask for
+            return
+        try:
+            total = _total_size(response.headers)
+            etag = response.headers.get("ETag")
+            write = open_sink(total)
+            position = 0
+            for chunk in response.stream(STREAM_CHUNK):
+                write(position, chunk)
+                position += len(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        ranges = [(offset, min(part, total - offset)) for offset in range(position, total, part)]
+        if not ranges:
+            return
+
+        def fetch(offset_length: tuple[int, int]) -> None:
+            offset, length = offset_length
+            headers = {"If-Match": etag} if etag else None
+            resp = self._client.get_object(
+                self.bucket, key, offset=offset, length=length, request_headers=headers
+            )
+            try:
+                for chunk in resp.stream(STREAM_CHUNK):
+                    write(offset, chunk)
+                    offset += len(chunk)
+            finally:
+                resp.close()
+                resp.release_conn()
+            if offset != offset_length[0] + length:
+                raise ConnectionError(f"short read of range at {offset_length[0]}")
+
+        with ThreadPoolExecutor(min(self.settings.parallelism, len(ranges))) as pool:
+            list(pool.map(fetch, ranges))
+
+    def size(self, key: str) -> int:
+        return int(
+            self._retrying("HEAD", key, lambda: self._client.stat_object(self.bucket, key)).size
+            or 0
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str, recursive: bool) -> Iterator[str]:
+        def attempt() -> list[str]:
+            objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=recursive)
+            return [o.object_name for o in objects if o.object_name]
+
+        return iter(self._retrying("LIST", prefix, attempt))
+
+    def delete(self, key: str) -> None:
+        self._retrying("DELETE", key, lambda: self._client.remove_object(self.bucket, key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+
+        def attempt() -> None:
+            errors = list(
+                self._client.remove_objects(self.bucket, (DeleteObject(k) for k in batch))
+            )
+            if errors:
+                raise StorageError(
+                    f"could not delete {len(errors)} object(s), first: {errors[0].name}"
+                )
+
+        if batch:
+            self._retrying("DELETE", batch[0], attempt)
+
+
+def _total_size(headers: urllib3.HTTPHeaderDict) -> int:
+    content_range = headers.get("Content-Range")  # "bytes 0-1023/4096"
+    if content_range and "/" in content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return int(headers.get("Content-Length", 0))
+
+
+def _pwrite_all(fd: int, chunk: bytes, offset: int) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
