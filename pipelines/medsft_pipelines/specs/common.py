@@ -142,3 +142,9 @@ def k8s_rules(*rules: dict) -> ConfigDict:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+def rules_of(model: type[Spec]) -> list[dict]:
+    """The CEL rules attached to ``model`` (to extend them in a subclass's ``k8s_rules``)."""
+    extra = model.model_config.get("json_schema_extra")
+    return list(extra.get("x-kubernetes-validations", [])) if isinstance(extra, dict) else []

@@ -1,0 +1,168 @@
+"""Kubernetes-only parts of the custom resources: resources, scheduling, conditions, metadata."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import K8sName, StorageSpec
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+GROUP = "medsft.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Kubernetes resource quantity ("500m", "16Gi", 2), as kubebuilder renders it.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[
+    int | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+ResourceName = Annotated[str, Field(min_length=1, max_length=253)]
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
+class ResourceRequirements(Spec):
+    """CPU, memory, GPU and other resources of each pod (as in a container's ``resources``)."""
+
+    requests: Annotated[dict[ResourceName, Quantity], Field(max_length=16)] = {}
+    """Minimum resources, e.g. ``{cpu: "8", memory: 64Gi}``."""
+    limits: Annotated[dict[ResourceName, Quantity], Field(max_length=16)] = {}
+    """Maximum resources, e.g. ``{nvidia.com/gpu: 8}``; GPUs are set from ``gpusPerNode`` when absent."""
+
+
+class Toleration(Spec):
+    """A pod toleration (same fields as core/v1 Toleration)."""
+
+    key: Annotated[str, Field(max_length=316)] | None = None
+    """Taint key the toleration applies to; empty with operator Exists matches every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """How key and value are compared."""
+    value: LabelValue | None = None
+    """Taint value to match (operator Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; unset: every effect."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated before eviction."""
+
+
+class Scheduling(Spec):
+    """Where and in which order pods run: Kueue queue, priority, node placement."""
+
+    queue_name: LabelValue | None = None
+    """Kueue LocalQueue; sets the ``kueue.x-k8s.io/queue-name`` label and creates the workload suspended."""
+    priority_class_name: K8sName | None = None
+    """PriorityClass of the pods."""
+    node_selector: Annotated[
+        dict[Annotated[str, Field(max_length=316)], LabelValue], Field(max_length=32)
+    ] = {}
+    """Node labels the pods must match."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = []
+    """Taints the pods tolerate (e.g. ``nvidia.com/gpu``)."""
+
+
+class StageRuntime(Spec):
+    """How a stage's pods run (everything that does not change the stage's result)."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """Trainer image; unset: the run's image, else the operator's default."""
+    resources: ResourceRequirements = ResourceRequirements()
+    """Resources of each pod."""
+    scheduling: Scheduling = Scheduling()
+    """Queue, priority and placement."""
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    """Retries of a failed pod/job before the stage is Failed (SFT resumes from the last checkpoint)."""
+    storage: StorageSpec | None = None
+    """Object storage; unset: the MedSFTRun's storage, else the operator's default storage."""
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class Condition(Spec):
+    """A Kubernetes-convention condition (as metav1.Condition)."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Condition type in CamelCase, e.g. ``Ready``, ``Succeeded``, ``InputsReady``."""
+    status: Literal["True", "False", "Unknown"]
+    """Status of the condition."""
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+    ]
+    """Machine-readable CamelCase reason of the last transition."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable details (never secrets)."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """``metadata.generation`` the condition was computed for."""
+    last_transition_time: datetime
+    """When the status last changed."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    ),
+]
+
+
+class StatusBase(Spec):
+    """Fields every medsft status has."""
+
+    phase: Phase | None = None
+    """Coarse lifecycle phase: Pending, Running, Succeeded or Failed."""
+    conditions: Conditions = []
+    """Detailed conditions (Ready, Succeeded, Failed, InputsReady, ...)."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """``metadata.generation`` the operator last acted on."""
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    """Human summary of the current state."""
+    progress: Annotated[str, Field(max_length=64)] | None = None
+    """Progress for ``kubectl get``, e.g. ``1200/3000`` or ``40%``."""
+    spec_hash: Annotated[str, Field(max_length=128)] | None = None
+    """Content hash of the effective spec the current work was started from."""
+    start_time: datetime | None = None
+    """When work started."""
+    completion_time: datetime | None = None
+    """When work finished (succeeded or failed)."""
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta medsft reads; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str | None = None
+    namespace: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class Resource(Spec):
+    """Base of the top-level kinds: apiVersion, kind, metadata, spec, status."""
+
+    api_version: Literal["medsft.io/v1alpha1"] = "medsft.io/v1alpha1"
+    """``medsft.io/v1alpha1``."""
+    metadata: ObjectMeta = ObjectMeta()
+    """Standard object metadata."""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Any:
+        """Parse a manifest dict (as ``kubectl get -o json`` or a YAML file gives it)."""
+        return cls.model_validate(manifest)
