@@ -61,8 +61,10 @@ class ObjectStore:
         return self._backend.uri(self._prefix)
 
     def uri_of(self, key: str) -> str:
-        """Full URI of one key (for messages and manifests)."""
-        return self._backend.uri(self._full(key))
+        """Full URI of a key, or of a folder-like prefix ending with ``/`` (for messages)."""
+        return self._backend.uri(
+            self._prefix + _as_prefix(key) if key.endswith("/") else self._full(key)
+        )
 
     def child(self, sub: str) -> ObjectStore:
         """The store rooted at ``sub/`` under this one."""
