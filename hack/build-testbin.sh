@@ -123,12 +123,12 @@ GO
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-go_install() { # go_install NAME MODULE/PKG VERSION OUTDIR
-  local name="$1" pkg="$2" version="$3" out="$4"
+go_install() { # go_install NAME MODULE/PKG VERSION OUTDIR [EXTRA_LDFLAGS]
+  local name="$1" pkg="$2" version="$3" out="$4" extra="${5:-}"
   if have "$out" "$name"; then log "$name $version: cached in $out"; return; fi
   mkdir -p "$out.tmp"
   with_ticker "$name $version" env GOBIN="$out.tmp" \
-    go install -trimpath -ldflags "-s -w" "$pkg@$version"
+    go install -trimpath -ldflags "-s -w $extra" "$pkg@$version"
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
@@ -137,7 +137,8 @@ for part in $want; do
   case "$part" in
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
-    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$cache/helm-$HELM_VERSION" ;;
+    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$cache/helm-$HELM_VERSION" \
+      "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     minio) go_install minio github.com/minio/minio "$MINIO_VERSION" "$cache/minio-$MINIO_VERSION" ;;
     *) log "unknown part: $part"; exit 2 ;;
   esac
