@@ -6,6 +6,7 @@ which the control plane resolves and the data plane reads as env vars or files.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -14,19 +15,21 @@ from medsft_pipelines.contract import Spec
 
 #: Env vars through which a stage pod receives the storage credentials (the operator
 #: fills them from ``StorageSpec.credentialsSecret``; locally, export them yourself).
-ACCESS_KEY_ENV = "MEDSFT_STORAGE_ACCESS_KEY"
-SECRET_KEY_ENV = "MEDSFT_STORAGE_SECRET_KEY"
+#: The same names the storage layer reads (``medsft_pipelines.storage.settings``).
+ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 
 #: A Kubernetes object name (RFC 1123 subdomain).
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 #: A short identifier used inside specs (source or benchmark name): lower-case, digits, `-`, `_`.
 IDENT_PATTERN = r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
-#: A storage URI: ``s3://bucket/key...``, ``file:///abs/path`` or ``file://rel/path``.
-URI_PATTERN = r"^(s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/.*)?|file://.+)$"
+#: A storage location: ``s3://bucket/key...``, ``file:///abs/path``, or a plain path without
+#: a scheme (relative to the working directory: local runs and files baked into an image).
+URI_PATTERN = r"^(s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/.*)?|file:///.*|[^:]+)$"
 
 K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
 Ident = Annotated[str, Field(min_length=1, max_length=63, pattern=IDENT_PATTERN)]
-StorageUri = Annotated[str, Field(min_length=6, max_length=2048, pattern=URI_PATTERN)]
+StorageUri = Annotated[str, Field(min_length=1, max_length=2048, pattern=URI_PATTERN)]
 #: A model location: a storage URI, or a local directory path (local runs, baked images).
 ModelLocation = Annotated[str, Field(min_length=1, max_length=2048)]
 ShortText = Annotated[str, Field(max_length=1024)]
@@ -70,7 +73,7 @@ class StorageSpec(Spec):
     """Where a run's artifacts live: an S3-compatible object store (MinIO) or a local folder.
 
     With ``endpoint`` set, URIs are ``s3://<bucket>/<prefix>/...``; without it, the
-    embedded default writes under ``file://<localPath>/<bucket>/<prefix>/...``.
+    embedded default writes under ``file:///<absolute localPath>/<bucket>/<prefix>/...``.
     """
 
     endpoint: Annotated[str, Field(max_length=512, pattern=r"^[^/:]+(:[0-9]{1,5})?$")] | None = None
@@ -93,7 +96,7 @@ class StorageSpec(Spec):
     """Path of a PEM CA bundle inside the pod or on the local machine."""
     credentials_secret: StorageCredentialsRef | None = None
     """Secret with the S3 access and secret keys; pods receive them as env vars
-    ``MEDSFT_STORAGE_ACCESS_KEY`` / ``MEDSFT_STORAGE_SECRET_KEY``."""
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
     local_path: Annotated[str, Field(max_length=1024)] = ".medsft/storage"
     """Root folder of the ``file://`` backend when ``endpoint`` is unset (relative to the working directory)."""
 
@@ -101,8 +104,8 @@ class StorageSpec(Spec):
         """The URI every artifact of this storage lives under (no trailing ``/``)."""
         if self.endpoint:
             base = f"s3://{self.bucket}"
-        else:
-            base = f"file://{self.local_path.rstrip('/')}/{self.bucket}"
+        else:  # absolute, as the file:// backend requires
+            base = (Path(self.local_path).resolve() / self.bucket).as_uri()
         return f"{base}/{self.prefix}" if self.prefix else base
 
 

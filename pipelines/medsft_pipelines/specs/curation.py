@@ -65,7 +65,7 @@ class CurationSource(Spec):
     name: Ident
     """Short name of the source; appears in reports and per-source counts."""
     uri: StorageUri
-    """Where the data lives: a file or a folder (``s3://`` or ``file://``)."""
+    """Where the data lives: a file or a folder (``s3://``, ``file:///`` or a path)."""
     format: SourceFormat = "jsonl"
     """File format of the source."""
     fields: FieldMapping = FieldMapping()

@@ -37,8 +37,9 @@ class BenchmarkSpec(Spec):
     """File format; ``auto`` lets the benchmark's loader pick its published format."""
     split: Annotated[str, Field(min_length=1, max_length=63)] = "test"
     """Split to evaluate on."""
-    distribution: Distribution = "in"
-    """Whether the benchmark is in-distribution (its training split fed the SFT data) or out-of-distribution."""
+    distribution: Distribution | None = None
+    """Whether the benchmark is in-distribution (its training split fed the SFT data) or
+    out-of-distribution; unset: the benchmark's published role (registry default)."""
     max_items: Annotated[int, Field(ge=1)] | None = None
     """Evaluate on at most this many items (deterministic subset); unset: all."""
 
