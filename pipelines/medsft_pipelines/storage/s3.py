@@ -140,9 +140,9 @@ class S3Backend:
 
     def _error(self, what: str, key: str, exc: BaseException) -> StorageError:
         if isinstance(exc, StorageError):
-            return exc
+            return type(exc)(redact(str(exc), self._secrets))
         if isinstance(exc, S3Error) and exc.code in MISSING_CODES:
-            return ObjectNotFound(f"no object at {self.uri(key)}")
+            return ObjectNotFound(redact(f"no object at {self.uri(key)}", self._secrets))
         text = redact(f"{what} {self.uri(key)} failed: {describe(exc)}", self._secrets)
         return StorageError(text)
 

@@ -217,15 +217,25 @@ class ShardWriter:
             rows = pa.Table.from_batches([rows])
         if isinstance(rows, pa.Table):
             self._flush_rows()  # keep the write order of mixed dict and Arrow input
-            self._pending_tables.append(rows)
-            self._pending_bytes += rows.nbytes
+            # Big tables are cut into row-group-sized slices so that shards keep their size.
+            step = max(1, rows.num_rows * self.row_group_bytes // max(1, rows.nbytes))
+            for offset in range(0, rows.num_rows, step):
+                piece = rows.slice(offset, step)
+                self._pending_tables.append(piece)
+                self._pending_bytes += piece.nbytes
+                self._maybe_write_row_group()
         elif isinstance(rows, Mapping):
-            self._pending_rows.append(rows)
-            self._pending_bytes += _row_bytes(rows)
+            self._add_row(rows)
         else:
             for row in rows:
-                self._pending_rows.append(row)
-                self._pending_bytes += _row_bytes(row)
+                self._add_row(row)
+
+    def _add_row(self, row: Mapping[str, Any]) -> None:
+        self._pending_rows.append(row)
+        self._pending_bytes += _row_bytes(row)
+        self._maybe_write_row_group()
+
+    def _maybe_write_row_group(self) -> None:
         if self._pending_bytes >= self.row_group_bytes:
             self._write_row_group()
 
