@@ -96,6 +96,10 @@ def _collapse_optional(node: dict[str, Any]) -> dict[str, Any]:
     if len(variants) != 1:
         raise ValueError(f"unions are not structural; use one-of fields instead: {node}")
     rest = {k: v for k, v in node.items() if k != "anyOf"}
+    if rest.get("default") is not None:
+        # An explicit null must mean None, not "apply the default" (the apiserver prunes
+        # nulls of non-nullable fields and then defaults them).
+        rest["nullable"] = True
     return {**variants[0], **rest}
 
 
