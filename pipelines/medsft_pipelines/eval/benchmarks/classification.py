@@ -135,4 +135,12 @@ for _name, _load, _what in [
         "MESSIDOR-2 adjudicated DR grade 0-4 (messidor_data.csv + IMAGES/)",
     ),
 ]:
-    register(BenchmarkInfo(name=_name, family=Family.CLASSIFICATION, load=_load, description=_what))
+    register(
+        BenchmarkInfo(
+            name=_name,
+            family=Family.CLASSIFICATION,
+            load=_load,
+            description=_what,
+            distribution="in",
+        )
+    )

@@ -1,0 +1,108 @@
+"""The vLLM engine (GPU): same interface and results as the transformers engine, faster.
+
+vLLM schedules its own continuous batches, so :attr:`VLLMEngine.batch_size` is large; the
+forced-exit pass re-submits the prompt text plus the decoded reasoning and the end-of-think
+token. Sampling seeds are per request (``seed`` + position), so results do not depend on how
+vLLM groups requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import RawOutput, Request, Sampling
+
+_VISION_TOKENS = [
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+class VLLMEngine:
+    """A model served in-process by ``vllm.LLM``."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        batch_size: int = 1024,
+        max_pixels: int = 262144,
+        max_images: int = 10,
+    ) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as exc:  # the CPU image does not carry vLLM
+            raise RuntimeError(
+                "backend 'vllm' needs the vllm package (GPU image); use 'transformers'"
+            ) from exc
+        self.batch_size = max(batch_size, 1024)
+        self.llm = LLM(
+            model=str(model_dir),
+            limit_mm_per_prompt={"image": max_images},
+            mm_processor_kwargs={"max_pixels": max_pixels},
+            seed=0,
+        )
+        self.tokenizer: Any = self.llm.get_tokenizer()
+        eos = self.tokenizer.eos_token_id
+        self.eos_ids = {eos} if eos is not None else set()
+
+    def render(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def generate_ids(
+        self,
+        requests: Sequence[Request],
+        continuations: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling,
+        seed: int,
+    ) -> list[RawOutput]:
+        from vllm import SamplingParams
+
+        prompts = []
+        for request, extra in zip(requests, continuations, strict=True):
+            text = request.prompt + (
+                self.tokenizer.decode(list(extra), skip_special_tokens=False) if extra else ""
+            )
+            prompt: dict[str, Any] = {"prompt": text}
+            if request.images:
+                prompt["multi_modal_data"] = {"image": list(request.images)}
+            prompts.append(prompt)
+        params = [
+            self._params(sampling, max_new_tokens, seed + i, SamplingParams)
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            while ids and ids[-1] in self.eos_ids:
+                ids.pop()
+            results.append(RawOutput(ids, completion.finish_reason == "stop"))
+        return results
+
+    @staticmethod
+    def _params(sampling: Sampling, max_new_tokens: int, seed: int, cls: Any) -> Any:
+        options: dict[str, Any] = {"max_tokens": max_new_tokens, "seed": seed}
+        if sampling.temperature > 0:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        else:
+            options.update(temperature=0.0)
+        try:
+            return cls(**options, bad_words=_VISION_TOKENS)
+        except TypeError:  # older vLLM without bad_words
+            return cls(**options)

@@ -1,0 +1,323 @@
+"""The evaluation report: results.json, report.md, plots and the operator's summary.json.
+
+Everything is computed from the graded records by :mod:`.metrics`, so the numbers can be
+recomputed from ``generations/`` alone.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from medsft_pipelines.specs.jobconfig import EvalJobConfig
+from medsft_pipelines.storage import ObjectStore
+
+from .items import Benchmark, Family
+from .metrics import BenchmarkScore, Record, group_means, group_records, score_benchmark
+
+RESULTS_KEY = "results.json"
+REPORT_KEY = "report.md"
+SUMMARY_KEY = "summary.json"
+ACCURACY_PLOT_KEY = "plots/accuracy.png"
+LENGTH_PLOT_KEY = "plots/response_length.png"
+FAMILY_ORDER = [Family.TEXT, Family.MM_REASONING, Family.CLASSIFICATION]
+
+
+def build_results(
+    config: EvalJobConfig,
+    benchmarks: Sequence[Benchmark],
+    records: Mapping[str, Sequence[Record]],
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """The results document: per-benchmark scores per model, group means, deltas, unparsed ids."""
+    gen = config.spec.generation
+    model, baseline = labels[0], (labels[1] if len(labels) > 1 else None)
+    scores: dict[str, dict[str, BenchmarkScore]] = {}
+    unparsed: dict[str, dict[str, list[str]]] = {}
+    for label in labels:
+        by_bench = group_records(records[label])
+        scores[label] = {
+            b.name: score_benchmark(by_bench[b.name], majority_vote=gen.majority_vote)
+            for b in benchmarks
+        }
+        unparsed[label] = {
+            b.name: sorted({r.id for r in by_bench[b.name] if r.prediction is None})
+            for b in benchmarks
+        }
+    family_of = {b.name: b.family.value for b in benchmarks}
+    distribution_of = {b.name: b.distribution for b in benchmarks}
+    accuracy = {label: {name: s.accuracy for name, s in scores[label].items()} for label in labels}
+    groups = {
+        label: {
+            "overall": sum(accuracy[label].values()) / len(accuracy[label]),
+            "families": group_means(accuracy[label], family_of),
+            "distributions": group_means(accuracy[label], distribution_of),
+        }
+        for label in labels
+    }
+    rows = []
+    for b in benchmarks:
+        rows.append(
+            {
+                "name": b.name,
+                "split": b.split,
+                "family": b.family.value,
+                "distribution": b.distribution,
+                "items": len(b),
+                "scores": {label: asdict(scores[label][b.name]) for label in labels},
+                "delta": (accuracy[model][b.name] - accuracy[baseline][b.name])
+                if baseline
+                else None,
+            }
+        )
+    deltas = None
+    if baseline:
+        deltas = {
+            "overall": groups[model]["overall"] - groups[baseline]["overall"],
+            "families": {
+                f: v - groups[baseline]["families"][f] for f, v in groups[model]["families"].items()
+            },
+            "distributions": {
+                d: v - groups[baseline]["distributions"][d]
+                for d, v in groups[model]["distributions"].items()
+            },
+        }
+    return {
+        "run": config.run.to_wire(),
+        "generatedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": {
+            model: config.model_uri,
+            **({baseline: config.baseline_uri} if baseline else {}),
+        },
+        "baseline": baseline,
+        "generation": gen.to_wire(),
+        "benchmarks": rows,
+        "groups": groups,
+        "deltas": deltas,
+        "unparsed": unparsed,
+    }
+
+
+def summary(results: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
+    """The compact view the operator copies into ``EvalJob.status`` (camelCase, fractions)."""
+    model, baseline = next(iter(results["models"])), results["baseline"]
+    entries = []
+    for row in results["benchmarks"]:
+        score = row["scores"][model]
+        entry = {
+            "name": row["name"],
+            "distribution": row["distribution"],
+            "accuracy": round(score["accuracy"], 6),
+            "accuracyStd": round(score["accuracy_std"], 6),
+            "items": row["items"],
+            "meanResponseTokens": round(score["length"]["mean"], 2),
+        }
+        if baseline:
+            entry["baselineAccuracy"] = round(row["scores"][baseline]["accuracy"], 6)
+        entries.append(entry)
+    groups = results["groups"][model]
+    out: dict[str, Any] = {
+        "results": entries,
+        "meanAccuracy": round(groups["overall"], 6),
+        "reportUri": report_uri,
+    }
+    for dist, key in (("in", "meanAccuracyIn"), ("out", "meanAccuracyOut")):
+        if dist in groups["distributions"]:
+            out[key] = round(groups["distributions"][dist], 6)
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The human report."""
+    model, baseline = next(iter(results["models"])), results["baseline"]
+    gen = results["generation"]
+    lines = [
+        f"# Evaluation report: {results['run']['name']} (generation {results['run'].get('generation', 1)})",
+        "",
+        f"Model `{results['models'][model]}`"
+        + (f", baseline **{baseline}** `{results['models'][baseline]}`" if baseline else "")
+        + f". {gen['seeds']} seed(s), temperature {gen['temperature']}, top-p {gen['topP']}, "
+        f"up to {gen['maxNewTokens']} new tokens, mode {gen['mode']}, backend {gen['backend']}.",
+        "",
+        "## Accuracy per benchmark (%)",
+        "",
+        "| benchmark | family | dist | items | accuracy (mean ± std) |"
+        + (" baseline | Δ |" if baseline else "")
+        + " token F1 | majority vote | unparsed | forced exit |",
+        "|---|---|---|---|---|" + ("---|---|" if baseline else "") + "---|---|---|---|",
+    ]
+    for row in results["benchmarks"]:
+        s = row["scores"][model]
+        cells = [
+            row["name"],
+            row["family"],
+            row["distribution"],
+            str(row["items"]),
+            f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_std'])}",
+        ]
+        if baseline:
+            cells += [_pct(row["scores"][baseline]["accuracy"]), f"{100 * row['delta']:+.1f}"]
+        cells += [
+            _pct(s["token_f1"]),
+            _pct(s["majority_vote"]),
+            _pct(s["unparsed_rate"]),
+            _pct(s["forced_exit_rate"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Means (%)",
+        "",
+        "| group | " + " | ".join(results["models"]) + (" | Δ |" if baseline else " |"),
+        "|---|" + "---|" * len(results["models"]) + ("---|" if baseline else ""),
+    ]
+    groups = results["groups"]
+    keys = (
+        [("overall", None)]
+        + [("families", f) for f in groups[model]["families"]]
+        + [("distributions", d) for d in groups[model]["distributions"]]
+    )
+    for kind, name in keys:
+        values = [
+            groups[m][kind] if name is None else groups[m][kind][name] for m in results["models"]
+        ]
+        label = (
+            "overall"
+            if name is None
+            else (f"{name} (distribution)" if kind == "distributions" else name)
+        )
+        row = f"| {label} | " + " | ".join(_pct(v) for v in values)
+        if baseline:
+            delta = results["deltas"][kind] if name is None else results["deltas"][kind][name]
+            row += f" | {100 * delta:+.1f}"
+        lines.append(row + " |")
+    lines += [
+        "",
+        "## Response length (tokens, all seeds)",
+        "",
+        "| benchmark | model | mean | median | p90 | think (mean) | answer (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["benchmarks"]:
+        for label in results["models"]:
+            length = row["scores"][label]["length"]
+            lines.append(
+                f"| {row['name']} | {label} | {length['mean']:.0f} | {length['median']:.0f} | "
+                f"{length['p90']:.0f} | {length['think_mean']:.0f} | {length['answer_mean']:.0f} |"
+            )
+    lines += [
+        "",
+        f"![accuracy]({ACCURACY_PLOT_KEY})",
+        "",
+        f"![response length]({LENGTH_PLOT_KEY})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ordered(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    order = {f.value: i for i, f in enumerate(FAMILY_ORDER)}
+    return sorted(
+        results["benchmarks"], key=lambda r: (order[r["family"]], r["distribution"], r["name"])
+    )
+
+
+def plot_accuracy(results: Mapping[str, Any]) -> bytes:
+    """Grouped bars: accuracy per benchmark, one bar per model, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = _ordered(results)
+    labels = list(results["models"])
+    x = np.arange(len(rows))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    for i, label in enumerate(labels):
+        acc = [100 * r["scores"][label]["accuracy"] for r in rows]
+        std = [100 * r["scores"][label]["accuracy_std"] for r in rows]
+        ax.bar(
+            x + (i - (len(labels) - 1) / 2) * width, acc, width, yerr=std, capsize=2, label=label
+        )
+    ax.set_xticks(
+        x,
+        [f"{r['name']}\n({r['distribution']})" for r in rows],
+        rotation=45,
+        ha="right",
+        fontsize=8,
+    )
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(
+        "Accuracy per benchmark" + (f" vs {results['baseline']}" if results["baseline"] else "")
+    )
+    ax.legend()
+    return _png(fig)
+
+
+def plot_response_length(results: Mapping[str, Any]) -> bytes:
+    """Mean response tokens per benchmark, reasoning and answer stacked (the paper's Fig. 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = _ordered(results)
+    labels = list(results["models"])
+    x = np.arange(len(rows))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    for i, label in enumerate(labels):
+        think = [r["scores"][label]["length"]["think_mean"] for r in rows]
+        answer = [r["scores"][label]["length"]["answer_mean"] for r in rows]
+        p90 = [r["scores"][label]["length"]["p90"] for r in rows]
+        pos = x + (i - (len(labels) - 1) / 2) * width
+        ax.bar(pos, think, width, label=f"{label}: reasoning")
+        ax.bar(pos, answer, width, bottom=think, label=f"{label}: answer")
+        ax.scatter(
+            pos, p90, marker="_", color="black", s=80, zorder=3, label="p90" if i == 0 else None
+        )
+    ax.set_xticks(
+        x, [f"{r['name']}\n[{r['family']}]" for r in rows], rotation=45, ha="right", fontsize=8
+    )
+    ax.set_ylabel("response tokens (mean)")
+    ax.set_title("Response length per benchmark")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(
+    out: ObjectStore,
+    config: EvalJobConfig,
+    benchmarks: Sequence[Benchmark],
+    records: Mapping[str, Sequence[Record]],
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """Write plots, report.md, results.json, then summary.json last (its presence = done)."""
+    results = build_results(config, benchmarks, records, labels)
+    out.put_bytes(ACCURACY_PLOT_KEY, plot_accuracy(results))
+    out.put_bytes(LENGTH_PLOT_KEY, plot_response_length(results))
+    out.put_bytes(REPORT_KEY, markdown(results).encode())
+    out.put_json(RESULTS_KEY, results)
+    out.put_json(SUMMARY_KEY, summary(results, out.uri_of(RESULTS_KEY)))
+    return results
