@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from medsft_operator.api.k8s import GROUP, VERSION, Resource
+from medsft_operator.api.k8s import GROUP, VERSION, Resource, name_length_message
 from medsft_operator.api.kinds import KINDS
 
 # JSON Schema keywords that have no place in a CRD schema.
@@ -156,8 +156,7 @@ def crd_manifest(kind: type[Resource]) -> dict[str, Any]:
         "x-kubernetes-validations": [
             {
                 "rule": f"size(self.metadata.name) <= {max_name}",
-                "message": f"metadata.name must be at most {max_name} characters "
-                "(names of child resources append a suffix to it)",
+                "message": name_length_message(max_name),
                 "reason": "FieldValueInvalid",
             }
         ],

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import K8sName, StorageSpec
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 GROUP = "medsft.io"
 VERSION = "v1alpha1"
@@ -154,6 +154,14 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = {}
 
 
+def name_length_message(limit: int) -> str:
+    """The error for a too-long name (the CRD's CEL rule says the same)."""
+    return (
+        f"metadata.name must be at most {limit} characters "
+        "(names of child resources append a suffix to it)"
+    )
+
+
 class Resource(Spec):
     """Base of the top-level kinds: apiVersion, kind, metadata, spec, status."""
 
@@ -161,6 +169,14 @@ class Resource(Spec):
     """``medsft.io/v1alpha1``."""
     metadata: ObjectMeta = ObjectMeta()
     """Standard object metadata."""
+
+    @model_validator(mode="after")
+    def _name_fits(self) -> Resource:
+        limit = getattr(getattr(type(self), "info", None), "max_name_length", None)
+        name = self.metadata.name
+        if limit is not None and name is not None and len(name) > limit:
+            raise ValueError(name_length_message(limit))
+        return self
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> Any:
