@@ -11,6 +11,7 @@ generations file, so only unfinished (model, benchmark, seed) passes run again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -265,14 +266,18 @@ def run_pass(
 
 def run_model(
     model: ModelUnderTest,
-    engine: Engine,
+    engine: Callable[[], Engine],
     benchmarks: Sequence[Benchmark],
     gen: GenerationSpec,
     template: PromptTemplate,
     out: ObjectStore,
     tracker: Tracker,
 ) -> list[Record]:
-    """Every benchmark x seed for one model; complete passes already in storage are reused."""
+    """Every benchmark x seed for one model; complete passes already in storage are reused.
+
+    ``engine`` is called (once, cached by the caller) only when a pass must be generated, so a
+    restarted job whose generations are all stored does not load the model at all.
+    """
     records: list[Record] = []
     for benchmark in benchmarks:
         for seed in range(gen.base_seed, gen.base_seed + gen.seeds):
@@ -292,7 +297,7 @@ def run_model(
                 continue
             where = {"model": model.label, "benchmark": benchmark.name, "seed": seed}
             passed = run_pass(
-                engine, benchmark, template, gen, seed, lambda n, w=where: tracker.advance(n, **w)
+                engine(), benchmark, template, gen, seed, lambda n, w=where: tracker.advance(n, **w)
             )
             out.put_bytes(key, "".join(json.dumps(r.to_json()) + "\n" for r in passed).encode())
             unparsed = [r.id for r in passed if r.prediction is None]
@@ -380,9 +385,9 @@ def evaluate(
     try:
         for model in models:
             template = template_for(gen.prompt_template, _model_type(model.path), model.fine_tuned)
-            engine = engine_factory(str(model.path), gen)
+            engine = functools.cache(functools.partial(engine_factory, str(model.path), gen))
             records[model.label] = run_model(model, engine, benchmarks, gen, template, out, tracker)
-            del engine
+            engine.cache_clear()  # free the model before loading the next one
     finally:
         tracker.close()
     return write_report(out, config, benchmarks, records, [m.label for m in models])
