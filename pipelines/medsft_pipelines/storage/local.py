@@ -84,7 +84,8 @@ class LocalBackend:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"no object at {self.uri(key)}") from None
         with src:
-            self._write_atomically(path, lambda out: shutil.copyfileobj(src, out))
+            # No fsync: a download is a local copy, re-fetched after a crash anyway.
+            self._write_atomically(path, lambda out: shutil.copyfileobj(src, out), durable=False)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -108,14 +109,17 @@ class LocalBackend:
             folder = folder.parent
 
     @staticmethod
-    def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    def _write_atomically(
+        path: Path, write: Callable[[BinaryIO], object], *, durable: bool = True
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{TMP_MARK}{uuid.uuid4().hex}"
         try:
             with tmp.open("wb") as out:
                 write(out)
-                out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

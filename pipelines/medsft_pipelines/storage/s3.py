@@ -37,7 +37,6 @@ from .settings import StorageSettings
 log = logging.getLogger("medsft.storage")
 
 T = TypeVar("T")
-STREAM_CHUNK = 1024 * 1024
 # S3 error codes worth retrying: the server is busy, starting, or the object changed mid-read.
 RETRYABLE_CODES = frozenset(
     {
@@ -172,20 +171,15 @@ class S3Backend:
 
     def get_bytes(self, key: str) -> bytes:
         def attempt() -> bytes:
-            buffers: list[bytearray] = []
+            parts: dict[int, bytes] = {}
 
             def open_sink(total: int) -> Sink:
-                buffer = bytearray(total)
-                buffers.append(buffer)
-
-                def write(offset: int, chunk: bytes) -> None:
-                    # Ranges are disjoint, and a same-length slice assignment never resizes.
-                    buffer[offset : offset + len(chunk)] = chunk
-
-                return write
+                return parts.__setitem__  # ranges are disjoint: one dict entry each
 
             self._read(key, open_sink)
-            return bytes(buffers[0])
+            if len(parts) == 1:
+                return parts[0]  # the common small-object case: no copy at all
+            return b"".join(parts[offset] for offset in sorted(parts))
 
         return self._retrying("GET", key, attempt)
 
@@ -198,10 +192,10 @@ class S3Backend:
 
                     def open_sink(total: int) -> Sink:
                         os.ftruncate(fd, total)
-                        return lambda offset, chunk: _pwrite_all(fd, chunk, offset)
+                        return lambda offset, data: _pwrite_all(fd, data, offset)
 
                     self._read(key, open_sink)
-                    os.fsync(fd)
+                # No fsync: a download is a local copy, re-fetched after a crash anyway.
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -209,48 +203,42 @@ class S3Backend:
         self._retrying("download", key, attempt)
 
     def _read(self, key: str, open_sink: Callable[[int], Sink]) -> None:
-        """Fetch ``key`` into the sink ``open_sink(size)`` returns, ranges in parallel."""
+        """Fetch ``key`` range by range into the sink ``open_sink(size)`` returns.
+
+        The first range (``part_size`` bytes) answers small objects in one request; its
+        headers tell the size and ETag, and the rest is requested as up to ``parallelism``
+        ranges at once (``If-Match``: same object version) while the first body is read.
+        """
         part = self.settings.part_size
         try:
-            response = self._client.get_object(self.bucket, key, offset=0, length=part)
+            first = self._client.get_object(self.bucket, key, offset=0, length=part)
         except S3Error as exc:
             if exc.code != "InvalidRange":
                 raise
             open_sink(0)  # an empty object has no byte range to ask for
             return
-        try:
-            total = _total_size(response.headers)
-            etag = response.headers.get("ETag")
-            write = open_sink(total)
-            position = 0
-            for chunk in response.stream(STREAM_CHUNK):
-                write(position, chunk)
-                position += len(chunk)
-        finally:
-            response.close()
-            response.release_conn()
-        ranges = [(offset, min(part, total - offset)) for offset in range(position, total, part)]
-        if not ranges:
-            return
+        total = _total_size(first.headers)
+        etag = first.headers.get("ETag")
+        write = open_sink(total)
+        whole = first.status == 200  # a server that ignores Range sends everything at once
+        first_length = total if whole else min(part, total)
+        ranges = [] if whole else _split(first_length, total, self.settings.parallelism, part)
 
-        def fetch(offset_length: tuple[int, int]) -> None:
-            offset, length = offset_length
+        def fetch(offset: int, length: int) -> None:
             headers = {"If-Match": etag} if etag else None
-            resp = self._client.get_object(
+            response = self._client.get_object(
                 self.bucket, key, offset=offset, length=length, request_headers=headers
             )
-            try:
-                for chunk in resp.stream(STREAM_CHUNK):
-                    write(offset, chunk)
-                    offset += len(chunk)
-            finally:
-                resp.close()
-                resp.release_conn()
-            if offset != offset_length[0] + length:
-                raise ConnectionError(f"short read of range at {offset_length[0]}")
+            write(offset, _read_body(response, length))
 
-        with ThreadPoolExecutor(min(self.settings.parallelism, len(ranges))) as pool:
-            list(pool.map(fetch, ranges))
+        pool = ThreadPoolExecutor(max(1, min(self.settings.parallelism, len(ranges))))
+        try:
+            futures = [pool.submit(fetch, offset, length) for offset, length in ranges]
+            write(0, _read_body(first, first_length))
+            for future in futures:
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def size(self, key: str) -> int:
         return int(
@@ -296,6 +284,27 @@ def _total_size(headers: urllib3.HTTPHeaderDict) -> int:
     if content_range and "/" in content_range:
         return int(content_range.rsplit("/", 1)[1])
     return int(headers.get("Content-Length", 0))
+
+
+def _split(start: int, end: int, streams: int, min_size: int) -> list[tuple[int, int]]:
+    """(offset, length) ranges covering [start, end): at most ``streams`` of them, each at
+    least ``min_size`` bytes (but the last): few large requests, all running at once."""
+    remaining = end - start
+    if remaining <= 0:
+        return []
+    size = max(min_size, -(-remaining // streams))
+    return [(offset, min(size, end - offset)) for offset in range(start, end, size)]
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, expected: int) -> bytes:
+    try:
+        data = response.read()
+    finally:
+        response.close()
+        response.release_conn()
+    if len(data) != expected:
+        raise ConnectionError(f"short read: {len(data)} of {expected} bytes")
+    return data
 
 
 def _pwrite_all(fd: int, chunk: bytes, offset: int) -> None:

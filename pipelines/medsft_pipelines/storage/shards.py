@@ -491,8 +491,18 @@ class DatasetReader:
         order = list(range(table.num_rows))
         random.Random(f"medsft-rows:{seed}:{epoch}:{piece.shard}").shuffle(order)
         wanted = order[piece.start + skip : piece.stop]
-        for i in range(0, len(wanted), DECODE_CHUNK_ROWS):
-            yield from table.take(wanted[i : i + DECODE_CHUNK_ROWS]).to_pylist()
+        if 2 * len(wanted) < table.num_rows:
+            # A small part of the shard: gather just those rows, a chunk at a time.
+            for i in range(0, len(wanted), DECODE_CHUNK_ROWS):
+                yield from table.take(wanted[i : i + DECODE_CHUNK_ROWS]).to_pylist()
+            return
+        # Most of the shard: decode it in storage order (no gather copy of the image bytes),
+        # drop the Arrow table, and hand out rows in shuffled order, releasing each one.
+        rows: list[dict[str, Any] | None] = table.to_pylist()  # type: ignore[assignment]
+        del table
+        for i in wanted:
+            row, rows[i] = rows[i], None
+            yield row  # type: ignore[misc]
 
 
 def _rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
