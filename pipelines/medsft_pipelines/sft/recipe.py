@@ -1,0 +1,623 @@
+"""medsft-train: full fine-tuning of a Qwen-VL model on curated shards, with DeepSpeed.
+
+Launched by torchrun on every node (the PyTorchJob's pods, or ``medsft run --local``)::
+
+    torchrun --nproc_per_node=8 --nnodes=$N ... $(which medsft-train) --config job.yaml
+
+The file reads top to bottom: setup (distributed, storage, model, data) -> optimiser ->
+resume -> the loop (one optimiser step = grad-accumulation micro-batches on every rank) ->
+checkpoints -> Hugging Face export and the end-of-run report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoModelForImageTextToText, get_scheduler
+
+from medsft_pipelines.models import load_processor, save_processor
+from medsft_pipelines.sft.checkpointing import Checkpoints, Topology, TrainState
+from medsft_pipelines.sft.data import (
+    BatchPlan,
+    Collated,
+    DataPosition,
+    ExampleEncoder,
+    MicroBatch,
+    MicroBatchStream,
+    collate,
+    first_fit_decreasing,
+    shifted_targets,
+)
+from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
+from medsft_pipelines.sft.layout import FINAL_MODEL, LOSS_CURVE, PROGRESS_STAGE, SUMMARY
+from medsft_pipelines.sft.model_files import (
+    check_model_dir,
+    download_model,
+    is_remote,
+    local_path,
+    storage_settings,
+    upload_export,
+)
+from medsft_pipelines.sft.telemetry import peak_flops, plot_loss_curve, training_flops
+from medsft_pipelines.specs.jobconfig import SFTJobConfig, load_job_config
+from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
+from medsft_pipelines.storage import ObjectStore, StorageError, StorageSettings, open_store
+from medsft_pipelines.storage.progress import ProgressReporter, read_metrics
+from medsft_pipelines.storage.shards import DatasetReader
+
+log = logging.getLogger("medsft.sft")
+
+WORK_DIR_ENV = "MEDSFT_WORK_DIR"
+"""Node-local scratch (checkpoints before upload, the downloaded model); a volume in pods."""
+CACHE_ENV = "MEDSFT_CACHE"
+
+
+# == setup ======================================================================================
+
+
+def init_distributed() -> tuple[Topology, torch.device]:
+    """Join the process group torchrun describes (or a group of one when run directly)."""
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, default)
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    topo = Topology(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        local_world_size=int(os.environ["LOCAL_WORLD_SIZE"]),
+    )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(topo.local_rank)
+        device = torch.device("cuda", topo.local_rank)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed(
+        dist_backend="nccl" if device.type == "cuda" else "gloo",
+        auto_mpi_discovery=False,
+        verbose=False,
+    )
+    return topo, device
+
+
+def node_work_dir(config: SFTJobConfig) -> Path:
+    """Scratch folder of this job on this node, distinct per output location."""
+    root = os.environ.get(WORK_DIR_ENV)
+    if root:
+        return Path(root)
+    digest = hashlib.sha256(config.output_uri.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "medsft-sft" / f"{config.run.name}-{digest}"
+
+
+def fetch_model(uri: str, topo: Topology, settings: StorageSettings) -> Path:
+    """A local folder holding the model at ``uri`` (downloaded once per node)."""
+    if not is_remote(uri):
+        return local_path(uri)
+    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "medsft")) / "models"
+    path: list[Path | None] = [None]
+    if topo.local_rank == 0:
+        path = [download_model(uri, cache, settings)]
+    dist.barrier()  # rank-local: the other ranks of this node wait for the download
+    if topo.local_rank != 0:
+        path = [download_model(uri, cache, settings)]  # cached by now: returns at once
+    assert path[0] is not None
+    return path[0]
+
+
+def load_model(model_dir: Path, spec: SFTSpec, device: torch.device) -> torch.nn.Module:
+    """The model in training dtype, with gradient checkpointing and frozen parts applied."""
+    on_gpu = device.type == "cuda"
+    dtype = torch.float32
+    if on_gpu:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.training.precision, dtype)
+    attn = "sdpa"
+    if on_gpu:
+        try:
+            import flash_attn  # noqa: F401  (varlen kernels: packing without a dense mask)
+
+            attn = "flash_attention_2"
+        except ImportError:
+            pass
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=attn
+    )
+    model.config.use_cache = False
+    if spec.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec.model.freeze_vision_tower:
+        for param in model.model.visual.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+# == data =======================================================================================
+
+
+def dataset_store(config: SFTJobConfig, settings: StorageSettings) -> ObjectStore:
+    """The dataset root: the folder of the manifest URI."""
+    manifest_uri = config.dataset_manifest_uri.rstrip("/")
+    root = manifest_uri.rsplit("/", 1)[0] if manifest_uri.endswith(".json") else manifest_uri
+    return open_store(root, settings)
+
+
+def estimate_steps_per_epoch(
+    reader: DatasetReader, encoder: ExampleEncoder, plan: BatchPlan, seed: int, global_rows: int
+) -> int:
+    """Optimiser steps in one epoch, estimated from the packing of a sample of the data.
+
+    The exact number depends on the packing of every chunk, which is only known once the
+    epoch has been read; the schedule needs its length up front. The loop itself stops when
+    the data runs out, so the estimate only shapes the learning-rate curve and the ETA.
+    """
+    sample_size = min(len(reader), 256)
+    rows = reader.iter_samples(seed, epoch=0, rank=0, world_size=1)
+    examples = [
+        ex for _, row in zip(range(sample_size), rows, strict=False) if (ex := encoder.encode(row))
+    ]
+    if not examples:
+        raise ValueError(
+            "no usable sample in the first rows of the dataset (all over-long or empty)"
+        )
+    if plan.packing:
+        packed = len(first_fit_decreasing([ex.length for ex in examples], plan.max_seq_length))
+    else:
+        packed = len(examples)
+    rows_per_epoch = len(reader) * packed / sample_size
+    return max(1, math.floor(rows_per_epoch / global_rows))
+
+
+class Prefetcher:
+    """Runs a micro-batch iterator (read, decode, tokenise, collate) in a background thread."""
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterator[MicroBatch], make: Any, depth: int = 4) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batches, make), daemon=True)
+        self._thread.start()
+
+    def _run(self, batches: Iterator[MicroBatch], make: Any) -> None:
+        try:
+            for batch in batches:
+                item = (batch, make(batch))
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._DONE)
+        except BaseException as exc:  # surfaced in the training thread
+            self._queue.put(exc)
+
+    def take(self, n: int) -> list[tuple[MicroBatch, Collated]]:
+        """Up to ``n`` items; fewer when the epoch's data ends."""
+        out: list[tuple[MicroBatch, Collated]] = []
+        while len(out) < n:
+            item = self._queue.get()
+            if item is self._DONE:
+                self._queue.put(self._DONE)
+                break
+            if isinstance(item, BaseException):
+                raise item
+            out.append(item)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# == optimisation ===============================================================================
+
+
+def build_engine(
+    model: torch.nn.Module, spec: SFTSpec, ds_config: dict[str, Any], total_steps: int
+) -> Any:
+    """The DeepSpeed engine with AdamW and the warmup + decay schedule of the spec."""
+    t = spec.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None
+    if uses_client_optimizer(spec):
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=t.learning_rate,
+            weight_decay=t.weight_decay,
+            fused=torch.cuda.is_available(),
+        )
+
+    def schedule(opt: torch.optim.Optimizer) -> Any:
+        return get_scheduler(
+            {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[
+                t.scheduler
+            ],
+            opt,
+            num_warmup_steps=math.ceil(t.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        model_parameters=params,
+        lr_scheduler=schedule,
+        config=ds_config,
+    )
+    return engine
+
+
+def vision_keepalive(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """Zero times the vision tower's output on one blank minimal image.
+
+    ZeRO reduces gradients in buckets filled by backward hooks. A rank whose micro-batch has
+    no image produces no vision-tower gradients, its buckets stop matching the other ranks'
+    (gloo: "Received data size doesn't match expected size"; NCCL: a hang). Adding this
+    zero-valued term to a text-only micro-batch's loss gives every rank the same backward.
+    """
+    vision = model.config.vision_config
+    merge = vision.spatial_merge_size
+    grid = torch.tensor([[1, merge, merge]], device=device)
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    pixels = torch.zeros((merge * merge, width), device=device)
+    out = model.model.get_image_features(pixels, grid, return_dict=True)
+    tensors = [
+        t for value in out.values() for t in (value if isinstance(value, list | tuple) else [value])
+    ]
+    return sum(
+        (0.0 * t.float().sum() for t in tensors if torch.is_tensor(t)),
+        torch.zeros((), device=device),
+    )
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_step(
+    engine: Any,
+    batches: list[Collated],
+    world_size: int,
+    device: torch.device,
+    train_vision: bool = True,
+) -> dict[str, float]:
+    """One optimiser step over this rank's micro-batches; returns the global step metrics.
+
+    The loss is the mean over every assistant token of the step, across micro-batches and
+    ranks (token-weighted, so packing and batch composition do not change it). DeepSpeed
+    averages gradients over ranks, hence the ``world_size`` factor.
+    """
+    local = [
+        sum(c.target_tokens for c in batches),
+        sum(c.real_tokens for c in batches),
+        sum(c.padded_tokens for c in batches),
+        sum(len(c.sample_ids) for c in batches),
+    ]
+    targets, real, padded, samples = all_reduce_sum(local, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in batches:
+        keep, labels = shifted_targets(batch.labels)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
+        out = engine(**inputs, logits_to_keep=keep.to(device), use_cache=False)
+        ce = F.cross_entropy(out.logits.float(), labels.to(device), reduction="sum")
+        loss = ce * (world_size / targets)
+        if train_vision and "pixel_values" not in batch.inputs:
+            loss = loss + vision_keepalive(engine.module, device)
+        engine.backward(loss, scale_wrt_gas=False)
+        engine.step()
+        loss_sum += ce.detach().double()
+    dist.all_reduce(loss_sum)
+    grad_norm = engine.get_global_grad_norm()
+    return {
+        "loss": loss_sum.item() / targets,
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "target_tokens": targets,
+        "tokens": real,
+        "padded_tokens": padded,
+        "samples": samples,
+    }
+
+
+# == the job ====================================================================================
+
+
+@dataclass
+class Job:
+    """What the loop needs, built by :func:`setup`."""
+
+    config: SFTJobConfig
+    topo: Topology
+    device: torch.device
+    engine: Any
+    processor: Any
+    stream: MicroBatchStream
+    encoder: ExampleEncoder
+    plan: BatchPlan
+    grad_accum: int
+    output: ObjectStore
+    telemetry: ObjectStore
+    checkpoints: Checkpoints
+    model_dir: Path
+    flops: dict[str, int]
+    rope_index: Any
+    """The model's 3-D rope position function, used to build packed position ids."""
+
+
+def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
+    """Everything before the first step: process group, storage, model, data, optimiser, resume."""
+    topo, device = init_distributed()
+    spec, t = config.spec, config.spec.training
+    # Fail before any heavy work when the batch configuration cannot be honoured.
+    grad_accum = check_batch_divisible(t, topo.world_size)
+    settings = storage_settings(config.storage)
+    output = open_store(config.output_uri, settings)
+    telemetry = open_store(config.effective_progress_uri(), settings)
+    work = node_work_dir(config)
+
+    model_dir = fetch_model(config.model_uri, topo, settings)
+    check_model_dir(model_dir)
+    processor_dir = model_dir
+    if spec.model.processor_uri:
+        processor_dir = fetch_model(spec.model.processor_uri, topo, settings)
+    processor = load_processor(processor_dir)
+    reader = DatasetReader(dataset_store(config, settings))
+
+    encoder = ExampleEncoder(processor, t.max_seq_length, t.overlong)
+    plan = BatchPlan(
+        micro_batch_size=t.micro_batch_size,
+        max_seq_length=t.max_seq_length,
+        packing=t.packing,
+        length_grouping=t.length_grouping,
+    )
+    global_rows = t.global_batch_size
+    if t.max_steps is not None:
+        total_steps = t.max_steps
+    else:
+        probe = ExampleEncoder(processor, t.max_seq_length, t.overlong)
+        total_steps = t.epochs * estimate_steps_per_epoch(reader, probe, plan, t.seed, global_rows)
+
+    model = load_model(model_dir, spec, device)
+    ds_config = deepspeed_config(
+        spec, world_size=topo.world_size, grad_accum_steps=grad_accum, on_gpu=device.type == "cuda"
+    )
+    engine = build_engine(model, spec, ds_config, total_steps)
+    text = model.config.get_text_config()
+    flops = {
+        "params": sum(
+            p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()
+        ),
+        "layers": text.num_hidden_layers,
+        "hidden": text.hidden_size,
+    }
+
+    def source(epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        return reader.iter_samples(t.seed, epoch, topo.rank, topo.world_size, start)
+
+    stream = MicroBatchStream(source, encoder, plan, t.seed)
+    checkpoints = Checkpoints(output, work / "checkpoints", topo, spec.checkpointing.keep_last)
+    state = TrainState(total_steps=total_steps)
+    if spec.checkpointing.resume and (step := checkpoints.latest()) is not None:
+        state = checkpoints.load(engine, step)
+        encoder.stats = state.stats.copy()
+        log.info("resumed from checkpoint step %d (%s)", step, state.position)
+    job = Job(
+        config, topo, device, engine, processor, stream, encoder, plan, grad_accum,
+        output, telemetry, checkpoints, model_dir, flops, engine.module.model.get_rope_index,
+    )  # fmt: skip
+    return job, state
+
+
+def make_collator(job: Job) -> Any:
+    pad_id = job.processor.tokenizer.pad_token_id
+
+    def make(batch: MicroBatch) -> Collated:
+        return collate(batch.rows, pad_id, job.rope_index, job.plan.packing)
+
+    return make
+
+
+def batch_fingerprint(sample_ids: list[str]) -> str:
+    """A short hash of the step's sample ids on every rank (same batch <=> same hash)."""
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sample_ids)
+    text = "\n".join("|".join(ids or []) for ids in gathered)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run(config: SFTJobConfig) -> dict[str, Any]:
+    """Train according to ``config``; returns the run summary (rank 0's view)."""
+    job, state = setup(config)
+    t, topo = config.spec.training, job.topo
+    is_main = topo.rank == 0
+    progress = ProgressReporter(job.telemetry, PROGRESS_STAGE) if is_main else None
+    peak = peak_flops(job.device)
+    make = make_collator(job)
+    bar = tqdm(
+        total=state.total_steps, initial=state.step, desc="sft", disable=not is_main,
+        dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+    )  # fmt: skip
+    prefetch = Prefetcher(job.stream.iter_epoch(state.position), make)
+    steps_this_epoch = 0
+    every = config.spec.checkpointing.every_steps
+    last_saved = state.resumed_from
+
+    def counts() -> dict[str, int]:
+        return {**job.encoder.stats.__dict__, "epoch_tail_dropped_batches": state.tail_dropped}
+
+    # == the loop ===============================================================================
+    while state.step < state.total_steps:
+        items = prefetch.take(job.grad_accum)
+        have_step = torch.tensor([1 if len(items) == job.grad_accum else 0], device=job.device)
+        dist.all_reduce(have_step, op=dist.ReduceOp.MIN)
+        if not have_step.item():
+            # This epoch's data ran out on some rank: every rank moves to the next epoch together.
+            prefetch.close()
+            state.tail_dropped += len(items)
+            if steps_this_epoch == 0:
+                raise ValueError(
+                    f"epoch {state.position.epoch} did not yield one optimiser step: the dataset is "
+                    f"smaller than globalBatchSize {t.global_batch_size} (packed) sequences"
+                )
+            epoch = state.position.epoch + 1
+            if t.max_steps is None and epoch >= t.epochs:
+                break
+            state.position = DataPosition(epoch=epoch)
+            prefetch = Prefetcher(job.stream.iter_epoch(state.position), make)
+            steps_this_epoch = 0
+            continue
+
+        batches = [collated for _, collated in items]
+        lr = job.engine.get_lr()[0]
+        started = time.perf_counter()
+        metrics = train_step(
+            job.engine,
+            batches,
+            topo.world_size,
+            job.device,
+            not config.spec.model.freeze_vision_tower,
+        )
+        elapsed = time.perf_counter() - started
+        state.step += 1
+        steps_this_epoch += 1
+        state.position = items[-1][0].next_position
+        state.stats = items[-1][0].stats_at_chunk_start
+
+        if state.step % t.log_every_steps == 0 or state.step == state.total_steps:
+            fingerprint = batch_fingerprint([i for c in batches for i in c.sample_ids])
+            lengths = [ex.length for mb, _ in items for row in mb.rows for ex in row]
+            (sum_sq,) = all_reduce_sum([float(sum(n * n for n in lengths))], job.device)
+            flops = training_flops(
+                job.flops["params"],
+                metrics["tokens"],
+                sum_sq,
+                job.flops["layers"],
+                job.flops["hidden"],
+            )
+            record = {
+                **metrics,
+                "epoch": state.position.epoch,
+                "lr": lr,
+                "step_time_s": elapsed,
+                "tokens_per_s": metrics["tokens"] / elapsed,
+                "tokens_per_s_per_gpu": metrics["tokens"] / elapsed / topo.world_size,
+                "padding_fraction": 1 - metrics["tokens"] / metrics["padded_tokens"],
+                "mfu": flops / elapsed / (peak * topo.world_size) if peak else None,
+                "batch_fingerprint": fingerprint,
+            }
+            if progress:
+                progress.log_metrics(record, step=state.step)
+                progress.update(
+                    step=state.step, total=state.total_steps, counts=counts(),
+                    epoch=state.position.epoch, loss=metrics["loss"],
+                )  # fmt: skip
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.update(1)
+
+        # == checkpoint =========================================================================
+        if state.step % every == 0 and state.step < state.total_steps:
+            job.checkpoints.save(job.engine, state, metadata={"epoch": state.position.epoch})
+            last_saved = state.step
+
+    prefetch.close()
+    bar.close()
+    if last_saved != state.step:
+        job.checkpoints.save(
+            job.engine, state, metadata={"epoch": state.position.epoch, "final": True}
+        )
+    job.checkpoints.close()
+
+    # == export =================================================================================
+    summary = export(job, state, counts())
+    if progress:
+        progress.update(
+            step=state.step, total=state.total_steps, counts=counts(), force=True, phase="done"
+        )
+        progress.flush()
+        plot = plot_loss_curve(read_metrics(job.telemetry), node_work_dir(config) / LOSS_CURVE)
+        job.output.upload_file(plot, LOSS_CURVE)
+        job.output.put_json(SUMMARY, summary)
+    dist.barrier()
+    return summary
+
+
+def export(job: Job, state: TrainState, counts: dict[str, int]) -> dict[str, Any]:
+    """Save the trained model in Hugging Face format (safetensors + processor) to storage."""
+    engine = job.engine
+    if engine.zero_optimization_stage() == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank
+    else:
+        state_dict = engine.module.state_dict() if job.topo.rank == 0 else None
+    summary = {
+        "steps": state.step,
+        "total_steps_planned": state.total_steps,
+        "resumed_from": state.resumed_from,
+        "counts": counts,
+        "model_uri": job.config.model_uri,
+        "dataset_manifest_uri": job.config.dataset_manifest_uri,
+        "spec_hash": job.config.run.spec_hash,
+    }
+    if job.topo.rank == 0:
+        local = node_work_dir(job.config) / "export"
+        engine.module.save_pretrained(local, state_dict=state_dict, safe_serialization=True)
+        save_processor(job.processor, local)
+        upload_export(local, job.output.child(FINAL_MODEL), summary)
+        log.info("exported the final model to %s", job.output.uri_of(FINAL_MODEL))
+    dist.barrier()
+    return summary
+
+
+# == entry point ================================================================================
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``medsft-train --config <job config>``."""
+    parser = argparse.ArgumentParser(prog="medsft-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="SFTJobConfig YAML/JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = load_job_config(args.config)
+    if not isinstance(config, SFTJobConfig):
+        parser.error(f"{args.config} is a {config.kind}, not an SFTJobConfig")
+    try:
+        summary = run(config)
+    except (ValueError, StorageError) as exc:
+        # Bad input (batch configuration, model files, dataset checksums...): one clear line.
+        log.error("medsft-train failed: %s: %s", type(exc).__name__, exc)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
