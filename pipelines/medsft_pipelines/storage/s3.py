@@ -205,13 +205,16 @@ class S3Backend:
     def _read(self, key: str, open_sink: Callable[[int], Sink]) -> None:
         """Fetch ``key`` range by range into the sink ``open_sink(size)`` returns.
 
-        The first range (``part_size`` bytes) answers small objects in one request; its
-        headers tell the size and ETag, and the rest is requested as up to ``parallelism``
-        ranges at once (``If-Match``: same object version) while the first body is read.
+        The first range answers most objects in one request; its headers tell the size and
+        ETag, and the rest of a larger object is requested as up to ``parallelism`` ranges at
+        once (``If-Match``: same object version) while the first body is read.
         """
         part = self.settings.part_size
+        # Objects up to parallelism x part_size come in one request: on a fast link one stream
+        # is as quick as several, and a single buffer needs no joining copy.
+        first_request = part * self.settings.parallelism
         try:
-            first = self._client.get_object(self.bucket, key, offset=0, length=part)
+            first = self._client.get_object(self.bucket, key, offset=0, length=first_request)
         except S3Error as exc:
             if exc.code != "InvalidRange":
                 raise
@@ -221,7 +224,7 @@ class S3Backend:
         etag = first.headers.get("ETag")
         write = open_sink(total)
         whole = first.status == 200  # a server that ignores Range sends everything at once
-        first_length = total if whole else min(part, total)
+        first_length = total if whole else min(first_request, total)
         ranges = [] if whole else _split(first_length, total, self.settings.parallelism, part)
 
         def fetch(offset: int, length: int) -> None:
