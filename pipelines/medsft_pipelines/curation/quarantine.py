@@ -1,7 +1,7 @@
 """Quarantine: every unusable row, image or response is recorded with its reason — never a
 silent drop — and the error budget turns too much bad input into a clear job failure.
 
-Row-level reasons (count against the budget): ``malformed_row``, ``missing_image``,
+Row-level reasons (count against the budget): ``malformed_row``, ``missing_traces``, ``missing_image``,
 ``undecodable_image``, ``teacher_error``, ``teacher_empty`` and ``teacher_unparseable`` (not one
 of a question's responses could be parsed). Trace-level entries (``unparseable_response``) are
 recorded for inspection but a question with some usable responses is not bad input.
@@ -24,6 +24,7 @@ from .errors import ErrorBudgetExceeded
 ROW_REASONS = frozenset(
     {
         "malformed_row",
+        "missing_traces",
         "missing_image",
         "undecodable_image",
         "teacher_error",

@@ -69,8 +69,8 @@ class Sample:
         return "\n".join(p for p in parts if p)
 
 
-# One output row per kept trace. Columns up to ``metadata`` are the contract with the SFT
-# trainer; the ``_``-free bookkeeping columns after it are what the merge step needs.
+# One output row per kept trace: the contract with the SFT trainer (sft/data.py reads ``id``,
+# ``images`` and ``messages``; the rest is for people, reports and filtering).
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 ROW_SCHEMA = pa.schema(
     [
@@ -80,38 +80,37 @@ ROW_SCHEMA = pa.schema(
         ("task_type", pa.string()),
         ("modality", pa.string()),
         ("images", pa.list_(pa.binary())),
+        ("image_sha256", pa.list_(pa.string())),
         ("question", pa.string()),
+        ("context", pa.string()),
         ("options", pa.list_(pa.string())),
         ("answer", pa.string()),
         ("messages", pa.list_(MESSAGE_TYPE)),
         ("n_tokens", pa.int32()),
         ("trace_tokens", pa.int32()),
+        ("trace_index", pa.int32()),
         ("teacher", pa.string()),
         ("metadata", pa.string()),
-        # bookkeeping for the merge step
-        ("trace_index", pa.int32()),
-        ("source_index", pa.int32()),
-        ("row_index", pa.int64()),
-        ("question_hash", pa.string()),
-        ("image_sha256", pa.list_(pa.string())),
-        ("prompt_text", pa.string()),
     ]
 )
-"""Schema of the worker partials and of the final shards."""
+"""Schema of the rows of worker partials and of the final shards."""
 
-LIGHT_COLUMNS = [
-    "id",
-    "question_id",
-    "source",
-    "task_type",
-    "answer",
-    "n_tokens",
-    "trace_tokens",
-    "source_index",
-    "row_index",
-    "trace_index",
-    "question_hash",
-    "image_sha256",
-    "prompt_text",
-]
-"""Columns the merge step reads to make its global decisions (no images, no messages)."""
+# One record per question that a worker finished (with or without kept traces): what the
+# merge needs for its global decisions, without reading a single image.
+QUESTION_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("source", pa.string()),
+        ("source_index", pa.int32()),
+        ("row_index", pa.int64()),
+        ("task_type", pa.string()),
+        ("answer", pa.string()),
+        ("question_hash", pa.string()),
+        ("prompt_text", pa.string()),
+        ("image_ids", pa.list_(pa.string())),
+        ("trace_index", pa.list_(pa.int32())),
+        ("n_tokens", pa.list_(pa.int32())),
+        ("trace_tokens", pa.list_(pa.int32())),
+    ]
+)
+"""Schema of the per-worker question records (``trace_index`` etc.: one entry per kept row)."""

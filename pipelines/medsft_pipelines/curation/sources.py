@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from medsft_pipelines.answers import OPTION_LETTERS, normalize_answer
 from medsft_pipelines.specs.curation import CurationSource
-from medsft_pipelines.storage import ObjectStore, open_store
+from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 
 from .errors import BadInput, CurationError
 from .sample import ImageRef, Sample
@@ -55,14 +55,15 @@ def split_uri(uri: str) -> tuple[str, str]:
 class Fetcher:
     """Makes files local: in place for ``file://``, downloaded once (into ``scratch``) otherwise."""
 
-    def __init__(self, scratch: Path, stores: dict[str, ObjectStore] | None = None) -> None:
+    def __init__(self, scratch: Path, settings: StorageSettings | None = None) -> None:
         self.scratch = scratch
-        self._stores = stores if stores is not None else {}
+        self.settings = settings
+        self._stores: dict[str, ObjectStore] = {}
 
     def store(self, uri: str) -> ObjectStore:
         """An object store rooted at ``uri`` (cached per URI)."""
         if uri not in self._stores:
-            self._stores[uri] = open_store(uri)
+            self._stores[uri] = open_store(uri, self.settings)
         return self._stores[uri]
 
     def file(self, uri: str) -> Path:

@@ -1,0 +1,630 @@
+"""One curation worker: a deterministic slice of every source through the per-sample steps.
+
+Worker ``i`` of ``N`` takes rows ``[n*i/N, n*(i+1)/N)`` of every source and, batch by batch:
+
+    sources -> images -> decontam -> exact dedup (within the slice) -> teacher / imported traces
+    -> verify -> format -> lengths -> rows (per source) + question records
+
+The output is a small partial dataset under ``_work/<worker>/`` whose manifest is written last.
+Re-running a worker is idempotent: a finished worker with the same spec hash returns at once;
+otherwise its earlier partial output is unpublished and rewritten from scratch (the teacher
+cache makes the rewrite free of API cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from medsft_pipelines.specs.common import join_uri
+from medsft_pipelines.specs.curation import CurationSource, TeacherSpec
+from medsft_pipelines.specs.jobconfig import CurationJobConfig
+from medsft_pipelines.storage import ObjectNotFound, ObjectStore, StorageSettings, open_store
+from medsft_pipelines.storage.progress import ProgressReporter
+from medsft_pipelines.storage.shards import (
+    MANIFEST_KEY,
+    Manifest,
+    ShardWriter,
+    read_manifest,
+    write_manifest,
+)
+
+from .decontam import BenchmarkIndex, BenchmarkText
+from .errors import BadInput, CurationError
+from .format import render_messages
+from .images import ImageProcessor
+from .layout import (
+    QUARANTINE_PREFIX,
+    STAGE,
+    TEACHER_CACHE_PREFIX,
+    WORK_PREFIX,
+    key,
+    load_token_counter,
+    spec_hash,
+    storage_settings,
+    worker_name,
+)
+from .lengths import QuestionTokens, TokenCounter
+from .quarantine import Quarantine, check_error_budget
+from .sample import QUESTION_SCHEMA, ROW_SCHEMA, Sample
+from .sources import Fetcher, RawRow, SourceContext, SourceReader, describe_raw, to_sample
+from .teacher import TeacherClient, resolve_api_key
+from .text import question_hash
+from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
+
+log = logging.getLogger("medsft.curation.worker")
+
+PARTIAL_SHARD_BYTES = 64 * 1024 * 1024
+EARLY_BUDGET_CHECK_ROWS = 1000
+"""From this many rows read on, the error budget is checked after every batch (fail fast)."""
+
+
+def _batches(it: Iterable[tuple[int, RawRow]], size: int) -> Iterator[list[tuple[int, RawRow]]]:
+    it = iter(it)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def benchmark_texts(
+    config: CurationJobConfig, settings: StorageSettings, images: ImageProcessor
+) -> list[BenchmarkText]:
+    """Every item of every benchmark to protect, with its images' file and pixel hashes."""
+    from medsft_pipelines.eval.registry import load_benchmark
+
+    texts = []
+    for bench in config.spec.decontamination.benchmarks:
+        root = bench.uri or join_uri(config.storage.root_uri(), "benchmarks", bench.name)
+        store: str | ObjectStore = open_store(root, settings) if root.startswith("s3://") else root
+        # The whole split, not the eval's max_items subset: every item must stay unseen.
+        loaded = load_benchmark(bench.name, store, bench.split, check_images=False)
+        for item in loaded.items:
+            hashes: list[str] = []
+            for ref in item.images:
+                try:
+                    processed = images(loaded.image_bytes(ref))
+                except (BadInput, OSError, ObjectNotFound):
+                    continue  # an unreadable benchmark image cannot leak into training
+                hashes += [processed.file_sha256, processed.sha256]
+            text = "\n".join(p for p in (item.context, item.question, *item.options.values()) if p)
+            texts.append(BenchmarkText(bench.name, text, tuple(hashes)))
+    return texts
+
+
+class Worker:
+    """Runs one worker's slice; see the module docstring."""
+
+    def __init__(
+        self,
+        config: CurationJobConfig,
+        index: int,
+        *,
+        settings: StorageSettings | None = None,
+        scratch: Path | None = None,
+        token_counter: TokenCounter | None = None,
+        batch_size: int = 256,
+        show_progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.index = index
+        self.name = worker_name(index, config.workers)
+        self.settings = settings if settings is not None else storage_settings(config)
+        self.scratch = scratch or Path(tempfile.mkdtemp(prefix="medsft-curation-"))
+        self.out = open_store(config.output_uri, self.settings)
+        self.store = self.out.child(f"{WORK_PREFIX}/{self.name}")
+        self.spec_hash = spec_hash(config)
+        self.fetcher = Fetcher(self.scratch, self.settings)
+        self.images = ImageProcessor(
+            max_pixels=self.spec.images.max_pixels,
+            min_pixels=self.spec.images.min_pixels,
+            encoding=self.spec.images.encoding,
+        )
+        self.token_counter = token_counter
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.counts: Counter[str] = Counter()
+        self.quarantine = Quarantine()
+        self.seen: set[str] = set()
+        self.bench: BenchmarkIndex | None = None
+        self.teachers: dict[str, TeacherClient] = {}
+        self.imported: dict[str, list[str]] | None = None
+        self._row_writers: dict[int, ShardWriter] = {}
+        self._questions: ShardWriter | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def done(self) -> Manifest | None:
+        """This worker's manifest if it already finished with the same spec hash."""
+        if not self.store.exists(MANIFEST_KEY):
+            return None
+        manifest = read_manifest(self.store)
+        return manifest if manifest.spec_hash == self.spec_hash else None
+
+    def run(self) -> Manifest:
+        """Process the slice (or return the finished output of an earlier run)."""
+        finished = self.done()
+        if finished is not None:
+            log.info("%s already finished for this spec; nothing to do", self.name)
+            return finished
+        return asyncio.run(self._run())
+
+    async def _run(self) -> Manifest:
+        # Unpublish and clear an earlier attempt: nothing of it may be mistaken for output.
+        self.store.delete(MANIFEST_KEY)
+        self.store.delete_prefix("rows/")
+        if self.token_counter is None:
+            self.token_counter = load_token_counter(self.config, self.settings, self.scratch)
+        self._setup_decontamination()
+        self._setup_traces()
+        self._questions = ShardWriter(
+            self.store.child("questions"),
+            QUESTION_SCHEMA,
+            target_shard_bytes=PARTIAL_SHARD_BYTES,
+            spec_hash=self.spec_hash,
+            overwrite=True,
+        )
+        readers = [SourceReader(src, self.fetcher) for src in self.spec.sources]
+        slices = [self._slice(r) for r in readers]
+        total = sum(stop - start for start, stop in slices)
+        progress = ProgressReporter(
+            open_store(self.config.effective_progress_uri(), self.settings),
+            STAGE,
+            worker=self.index,
+        )
+        bar = tqdm(
+            total=total,
+            desc=self.name,
+            unit="row",
+            mininterval=10,
+            file=sys.stderr,
+            disable=not self.show_progress,
+        )
+        done = 0
+        try:
+            for source_index, (reader, (start, stop)) in enumerate(
+                zip(readers, slices, strict=True)
+            ):
+                ctx = SourceContext(reader.source, source_index)
+                for batch in _batches(reader.rows(start, stop), self.batch_size):
+                    await self._process_batch(ctx, batch)
+                    done += len(batch)
+                    bar.update(len(batch))
+                    progress.update(step=done, total=total, counts=self._progress_counts())
+                    if done >= EARLY_BUDGET_CHECK_ROWS:
+                        self._check_budget()
+            self._check_budget()
+            manifest = self._finish()
+            progress.update(
+                step=done, total=total, counts=self._progress_counts(), force=True, phase="done"
+            )
+            return manifest
+        except BaseException:
+            self._abort()
+            self._write_quarantine()
+            progress.update(
+                step=done, total=total, counts=self._progress_counts(), force=True, phase="failed"
+            )
+            raise
+        finally:
+            bar.close()
+            progress.flush()
+            for client in self.teachers.values():
+                await client.close()
+
+    def _slice(self, reader: SourceReader) -> tuple[int, int]:
+        from .sources import worker_slice
+
+        n = reader.num_rows()
+        return worker_slice(n, self.index, self.config.workers)
+
+    def _setup_decontamination(self) -> None:
+        deco = self.spec.decontamination
+        if not deco.enabled or not deco.benchmarks:
+            return
+        texts = benchmark_texts(self.config, self.settings, self.images)
+        self.bench = BenchmarkIndex.build(
+            texts, ngram=deco.ngram, num_perm=self.spec.dedup.num_perm
+        )
+        log.info("%s: decontaminating against %d benchmark items", self.name, len(texts))
+
+    def _setup_traces(self) -> None:
+        if self.spec.teachers is not None:
+            cache = self.out.child(TEACHER_CACHE_PREFIX)
+            for modality in ("text", "image"):
+                teacher: TeacherSpec | None = getattr(self.spec.teachers, modality)
+                if teacher is not None:
+                    self.teachers[modality] = TeacherClient(
+                        teacher,
+                        api_key=resolve_api_key(modality, teacher),
+                        cache=cache,
+                        option_style=self.spec.format.option_style,
+                    )
+            if "image" not in self.teachers and any(
+                s.modality == "image" for s in self.spec.sources
+            ):
+                raise CurationError("image sources need teachers.image (a multimodal teacher)")
+        elif self.spec.traces_from is not None and self.spec.traces_from.uri:
+            self.imported = self._load_traces_file()
+
+    def _load_traces_file(self) -> dict[str, list[str]]:
+        spec = self.spec.traces_from
+        assert spec is not None and spec.uri is not None
+        path = self.fetcher.file(spec.uri)
+        if spec.format == "parquet":
+            records: list[dict[str, Any]] = pq.read_table(
+                path, columns=[spec.id_column, spec.traces_column]
+            ).to_pylist()
+        else:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        traces: dict[str, list[str]] = {}
+        for rec in records:
+            value = rec.get(spec.traces_column)
+            if rec.get(spec.id_column) is None or value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            traces.setdefault(str(rec[spec.id_column]), []).extend(str(v) for v in values)
+        return traces
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    async def _process_batch(self, ctx: SourceContext, batch: list[tuple[int, RawRow]]) -> None:
+        src = ctx.source.name
+        self.counts[key("read", src)] += len(batch)
+        samples = [s for row_index, raw in batch if (s := self._load(ctx, row_index, raw))]
+        samples = self._decontaminate(samples)
+        samples = self._dedup_exact(samples)
+        responses = await self._responses(samples)
+        rows_by_sample = self._verify_and_format(samples, responses)
+        self._write(ctx.index, samples, rows_by_sample)
+
+    def _load(self, ctx: SourceContext, row_index: int, raw: RawRow) -> Sample | None:
+        src = ctx.source
+        try:
+            sample = to_sample(raw, ctx, row_index)
+            sample.images = [self.images(self._image_bytes(ref, src)) for ref in sample.image_refs]
+        except BadInput as bad:
+            self.counts[key("quarantined", src.name, bad.reason)] += 1
+            self.quarantine.add(
+                bad.reason,
+                source=src.name,
+                row_index=row_index,
+                detail=bad.detail,
+                raw=describe_raw(raw) if bad.reason == "malformed_row" else None,
+            )
+            return None
+        if len(sample.images) > self.spec.images.max_images_per_sample:
+            self.counts[key("removed", "too_many_images", src.name)] += 1
+            return None
+        return sample
+
+    def _image_bytes(self, ref: bytes | str, src: CurationSource) -> bytes:
+        if isinstance(ref, bytes):
+            return ref
+        if "://" in ref:
+            uri = ref
+        else:
+            base = src.image_root or src.uri.rstrip("/").rpartition("/")[0]
+            uri = join_uri(base, ref)
+        try:
+            return self.fetcher.read_bytes(uri)
+        except (FileNotFoundError, IsADirectoryError, ObjectNotFound):
+            raise BadInput("missing_image", f"image {ref!r} not found") from None
+
+    def _image_ids(self, sample: Sample) -> list[str]:
+        """Image identity in the exact-duplicate key: decoded pixels, or file bytes."""
+        if self.spec.dedup.image_hash:
+            return [im.sha256 for im in sample.images]
+        return [im.file_sha256 for im in sample.images]
+
+    def _decontaminate(self, samples: list[Sample]) -> list[Sample]:
+        if self.bench is None or not samples:
+            return samples
+        hashes = [
+            [h for im in s.images for h in (im.file_sha256, im.sha256)]
+            if self.spec.decontamination.image_hash
+            else []
+            for s in samples
+        ]
+        found = self.bench.check_many([s.prompt_text() for s in samples], hashes)
+        kept = []
+        for sample, hit in zip(samples, found, strict=True):
+            if hit is None:
+                kept.append(sample)
+            else:
+                self.counts[key("decontam", hit.benchmark, hit.reason)] += 1
+                self.counts[key("removed", "decontamination", sample.source)] += 1
+        return kept
+
+    def _dedup_exact(self, samples: list[Sample]) -> list[Sample]:
+        # Exact duplicates within the slice are dropped before paying the teacher; the merge
+        # repeats the test across workers (keep-first in the same canonical order).
+        kept = []
+        for sample in samples:
+            qh = question_hash(sample.prompt_text(), self._image_ids(sample))
+            sample.metadata["_question_hash"] = qh
+            if self.spec.dedup.exact and qh in self.seen:
+                self.counts[key("removed", "duplicate_exact", sample.source)] += 1
+                continue
+            self.seen.add(qh)
+            kept.append(sample)
+        return kept
+
+    async def _responses(self, samples: list[Sample]) -> list[list[str] | BadInput]:
+        if not self.teachers:
+            out: list[list[str] | BadInput] = []
+            for s in samples:
+                traces = s.traces
+                if self.imported is not None:
+                    raw_id = s.id.split("/", 1)[1]
+                    traces = self.imported.get(s.id) or self.imported.get(raw_id) or []
+                out.append(traces if traces else BadInput("missing_traces", "no imported traces"))
+            return out
+        results: list[list[str] | BadInput] = [[] for _ in samples]
+        for modality in ("text", "image"):
+            client = self.teachers.get(modality) or self.teachers.get("image")
+            picked = [i for i, s in enumerate(samples) if s.modality == modality]
+            if not picked or client is None:
+                continue
+            answers = await client.generate_many([samples[i] for i in picked])
+            for i, answer in zip(picked, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _teacher_name(self, sample: Sample) -> str:
+        if not self.teachers:
+            return "imported"
+        client = self.teachers.get(sample.modality) or self.teachers.get("image")
+        return client.name if client else "none"
+
+    def _verify_and_format(
+        self, samples: list[Sample], responses: Sequence[list[str] | BadInput]
+    ) -> list[list[dict[str, Any]]]:
+        vspec, imported = self.spec.verification, not self.teachers
+        pending: list[tuple[int, int, Sample, list[dict[str, str]]]] = []
+        for si, (sample, answer) in enumerate(zip(samples, responses, strict=True)):
+            src = sample.source
+            if isinstance(answer, BadInput):
+                self.counts[key("quarantined", src, answer.reason)] += 1
+                self.quarantine.add(
+                    answer.reason,
+                    source=src,
+                    row_index=sample.order[1],
+                    sample_id=sample.id,
+                    detail=answer.detail,
+                )
+                continue
+            kind = verifier_kind(sample, vspec)
+            verdicts = [verify(sample, r, kind, vspec, imported=imported) for r in answer]
+            base = ("traces", src, sample.task_type)
+            self.counts[key(*base, "generated")] += len(verdicts)
+            kept = 0
+            for ti, (response, verdict) in enumerate(zip(answer, verdicts, strict=True)):
+                self.counts[key(*base, verdict.reason)] += 1
+                if verdict.reason == UNPARSEABLE:
+                    self.quarantine.add(
+                        "unparseable_response",
+                        source=src,
+                        row_index=sample.order[1],
+                        sample_id=sample.id,
+                        response=response,
+                    )
+                if verdict.reason != ACCEPTED:
+                    continue
+                if kept >= vspec.max_correct_per_question:
+                    self.counts[key(*base, "over_max_correct")] += 1
+                    continue
+                kept += 1
+                pending.append(
+                    (si, ti, sample, render_messages(sample, verdict.reasoning, self.spec.format))
+                )
+            if verdicts and all(v.reason == UNPARSEABLE for v in verdicts):
+                self.counts[key("quarantined", src, "teacher_unparseable")] += 1
+                self.quarantine.add(
+                    "teacher_unparseable",
+                    source=src,
+                    row_index=sample.order[1],
+                    sample_id=sample.id,
+                    detail=f"none of {len(verdicts)} responses has a parseable answer",
+                )
+            if kept:
+                self.counts[key("questions", src, "with_traces")] += 1
+        return self._measure(samples, pending)
+
+    def _measure(
+        self, samples: list[Sample], pending: list[tuple[int, int, Sample, list[dict[str, str]]]]
+    ) -> list[list[dict[str, Any]]]:
+        assert self.token_counter is not None
+        prompts: dict[int, QuestionTokens] = {}
+        for si, _, sample, messages in pending:
+            if si not in prompts:
+                sizes = [(im.width, im.height) for im in sample.images]
+                prompts[si] = self.token_counter.question(messages, sizes)
+        lengths = self.token_counter.count(
+            [prompts[si] for si, *_ in pending], [m[-1]["content"] for *_, m in pending]
+        )
+        rows: list[list[dict[str, Any]]] = [[] for _ in samples]
+        max_tokens = self.spec.lengths.max_tokens
+        for (si, ti, sample, messages), (n_tokens, trace_tokens) in zip(
+            pending, lengths, strict=True
+        ):
+            if n_tokens > max_tokens:
+                self.counts[key("removed", "too_long", sample.source)] += 1
+                continue
+            rows[si].append(
+                {
+                    "id": f"{sample.id}#{ti}",
+                    "question_id": sample.id,
+                    "source": sample.source,
+                    "task_type": sample.task_type,
+                    "modality": sample.modality,
+                    "images": [im.data for im in sample.images],
+                    "image_sha256": [im.sha256 for im in sample.images],
+                    "question": sample.question,
+                    "context": sample.context,
+                    "options": sample.options,
+                    "answer": sample.answer,
+                    "messages": messages,
+                    "n_tokens": n_tokens,
+                    "trace_tokens": trace_tokens,
+                    "trace_index": ti,
+                    "teacher": self._teacher_name(sample),
+                    "metadata": json.dumps(
+                        {k: v for k, v in sample.metadata.items() if not k.startswith("_")},
+                        sort_keys=True,
+                    ),
+                }
+            )
+        return rows
+
+    def _write(
+        self, source_index: int, samples: list[Sample], rows: list[list[dict[str, Any]]]
+    ) -> None:
+        assert self._questions is not None
+        records = []
+        flat = []
+        for sample, sample_rows in zip(samples, rows, strict=True):
+            records.append(
+                {
+                    "question_id": sample.id,
+                    "source": sample.source,
+                    "source_index": sample.order[0],
+                    "row_index": sample.order[1],
+                    "task_type": sample.task_type,
+                    "answer": sample.answer,
+                    "question_hash": sample.metadata["_question_hash"],
+                    "prompt_text": sample.prompt_text(),
+                    "image_ids": self._image_ids(sample),
+                    "trace_index": [r["trace_index"] for r in sample_rows],
+                    "n_tokens": [r["n_tokens"] for r in sample_rows],
+                    "trace_tokens": [r["trace_tokens"] for r in sample_rows],
+                }
+            )
+            flat.extend(sample_rows)
+            self.counts[key("rows", sample.source)] += len(sample_rows)
+        if records:
+            self._questions.write(records)
+        if flat:
+            self._row_writer(source_index).write(flat)
+
+    def _row_writer(self, source_index: int) -> ShardWriter:
+        if source_index not in self._row_writers:
+            self._row_writers[source_index] = ShardWriter(
+                self.store,
+                ROW_SCHEMA,
+                target_shard_bytes=PARTIAL_SHARD_BYTES,
+                spec_hash=self.spec_hash,
+                shard_prefix=f"rows/s{source_index:05d}/",
+                compression="zstd",
+                overwrite=True,
+            )
+        return self._row_writers[source_index]
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def _progress_counts(self) -> dict[str, int]:
+        c = self.counts
+        return {
+            "rows_read": sum(v for k, v in c.items() if k.startswith("read/")),
+            "quarantined": self.quarantine.bad_rows,
+            "rows_written": sum(v for k, v in c.items() if k.startswith("rows/")),
+        }
+
+    def _rows_read(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith("read/"))
+
+    def _check_budget(self) -> None:
+        try:
+            check_error_budget(
+                self.quarantine.rows,
+                self._rows_read(),
+                self.spec.error_budget.max_fraction,
+                where=self.name,
+                quarantine_uri=self.out.uri_of(f"{QUARANTINE_PREFIX}/{self.name}.jsonl"),
+            )
+        except CurationError:
+            log.error("%s: error budget exceeded", self.name)
+            raise
+
+    def _write_quarantine(self) -> None:
+        self.quarantine.write(self.out, f"{QUARANTINE_PREFIX}/{self.name}.jsonl")
+
+    def _abort(self) -> None:
+        for writer in [*self._row_writers.values(), self._questions]:
+            if writer is not None:
+                writer.abort()
+
+    def _finish(self) -> Manifest:
+        assert self._questions is not None
+        self._write_quarantine()
+        self._questions.close()
+        parts: dict[int, Manifest] = {
+            i: w.close(publish=False) for i, w in sorted(self._row_writers.items())
+        }
+        teacher_stats = {
+            key("teacher", c.name, stat): value
+            for c in self.teachers.values()
+            for stat, value in (
+                ("requests", c.stats.requests),
+                ("cache_hits", c.stats.cache_hits),
+                ("failures", c.stats.failures),
+                ("completion_tokens", c.stats.completion_tokens),
+            )
+        }
+        self.counts.update(teacher_stats)
+        self.counts["images/decoded"] += self.images.decoded
+        self.counts.update(
+            {key("quarantine_trace", r): n for r, n in self.quarantine.traces.items()}
+        )
+        manifest = Manifest.combine(
+            list(parts.values()),
+            spec_hash=self.spec_hash,
+            extra={
+                "worker": self.index,
+                "workers": self.config.workers,
+                "counts": dict(sorted(self.counts.items())),
+                "source_shards": {str(i): [s.key for s in m.shards] for i, m in parts.items()},
+            },
+        )
+        write_manifest(self.store, manifest)  # last: the worker is done
+        log.info(
+            "%s done: %d rows read, %d rows written, %d quarantined",
+            self.name,
+            self._rows_read(),
+            manifest.num_rows,
+            self.quarantine.bad_rows,
+        )
+        return manifest
+
+
+def run_worker(
+    config: CurationJobConfig,
+    index: int,
+    *,
+    settings: StorageSettings | None = None,
+    scratch: Path | None = None,
+    token_counter: TokenCounter | None = None,
+    show_progress: bool = True,
+) -> Manifest:
+    """Run worker ``index`` of ``config.workers``; returns its partial manifest."""
+    return Worker(
+        config,
+        index,
+        settings=settings,
+        scratch=scratch,
+        token_counter=token_counter,
+        show_progress=show_progress,
+    ).run()
+
+
+__all__ = ["Worker", "benchmark_texts", "run_worker"]
