@@ -400,3 +400,27 @@ def test_runtime_fields_and_run_specs_stay_editable(kube, medsft_crds, namespace
     assert apply(kube, namespace, MSR).returncode == 0
     result = apply(kube, namespace, edit(MSR, "sft.spec.training", {"epochs": 2}))
     assert result.returncode == 0, result.stderr
+
+
+def test_unknown_fields_are_rejected_when_strict_and_never_stored_otherwise(
+    kube, medsft_crds, namespace
+):
+    """The documented policy (docs/api.md): Strict rejects; a client asking for less gets
+    the field pruned (with a warning), so it is never stored or acted upon."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(kube.api_client())
+    body = edit(manifest("SFTJob", name="typo"), "trainig", {"epochs": 1})
+    with pytest.raises(client.ApiException) as rejected:
+        api.create_namespaced_custom_object(
+            "medsft.io", "v1alpha1", namespace, "sftjobs", body, field_validation="Strict"
+        )
+    assert (
+        rejected.value.status == 400 and 'unknown field \\"spec.trainig\\"' in rejected.value.body
+    )
+    created = api.create_namespaced_custom_object(
+        "medsft.io", "v1alpha1", namespace, "sftjobs", body, field_validation="Ignore"
+    )
+    assert "trainig" not in created["spec"]
+    stored = api.get_namespaced_custom_object("medsft.io", "v1alpha1", namespace, "sftjobs", "typo")
+    assert "trainig" not in stored["spec"] and stored["spec"]["training"]["epochs"] == 3
