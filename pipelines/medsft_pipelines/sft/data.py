@@ -266,9 +266,9 @@ class MicroBatch:
 
     rows: list[list[Example]]
     next_position: DataPosition
-    stats_at_chunk_start: DataStats
-    """Encoder counters before this batch's chunk was encoded: what a checkpoint saves, since
-    resuming re-encodes (and re-counts) the chunk."""
+    resume_stats: DataStats
+    """Encoder counters as of the start of the chunk ``next_position`` points into: what a
+    checkpoint saves, since resuming re-encodes (and so re-counts) that chunk."""
 
     @property
     def sample_ids(self) -> list[str]:
@@ -333,6 +333,7 @@ class MicroBatchStream:
             chunk_end = chunk_start + len(raw)
             stats_before = self.encoder.stats.copy()
             examples = [ex for ex in map(self.encoder.encode, raw) if ex is not None]
+            stats_after = self.encoder.stats.copy()
             batches = self._chunk_batches(examples, epoch, chunk_start)
             for index in range(skip, len(batches)):
                 last = index + 1 == len(batches)
@@ -341,7 +342,7 @@ class MicroBatchStream:
                     if last
                     else DataPosition(epoch, chunk_start, index + 1)
                 )
-                yield MicroBatch(batches[index], after, stats_before)
+                yield MicroBatch(batches[index], after, stats_after if last else stats_before)
             chunk_start, skip = chunk_end, 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
+from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 
 CACHE_MARKER = ".medsft-complete"
@@ -29,13 +29,9 @@ class ModelFilesError(ValueError):
 def storage_settings(
     storage: StorageSpec, environ: Mapping[str, str] | None = None
 ) -> StorageSettings:
-    """Connection settings from the job config's storage block plus credentials from the env.
-
-    Credentials: ``MEDSFT_STORAGE_ACCESS_KEY``/``MEDSFT_STORAGE_SECRET_KEY`` (what the operator
-    injects from the Secret), else whatever :meth:`StorageSettings.from_env` finds.
-    """
-    env = os.environ if environ is None else environ
-    settings = StorageSettings.from_env(env)
+    """Connection settings: the job config's storage block, credentials from the environment
+    (:meth:`StorageSettings.from_env`: the variables or mounted Secret the operator provides)."""
+    settings = StorageSettings.from_env(os.environ if environ is None else environ)
     updates: dict[str, Any] = {}
     if storage.endpoint:
         updates.update(endpoint=storage.endpoint, secure=storage.secure)
@@ -43,12 +39,6 @@ def storage_settings(
         updates["ca_file"] = storage.ca_file
     if storage.region:
         updates["region"] = storage.region
-    if env.get(ACCESS_KEY_ENV) and env.get(SECRET_KEY_ENV):
-        from pydantic import SecretStr
-
-        updates.update(
-            access_key=SecretStr(env[ACCESS_KEY_ENV]), secret_key=SecretStr(env[SECRET_KEY_ENV])
-        )
     return settings.model_copy(update=updates)
 
 

@@ -503,7 +503,7 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         state.step += 1
         steps_this_epoch += 1
         state.position = items[-1][0].next_position
-        state.stats = items[-1][0].stats_at_chunk_start
+        state.stats = items[-1][0].resume_stats
 
         if state.step % t.log_every_steps == 0 or state.step == state.total_steps:
             fingerprint = batch_fingerprint([i for c in batches for i in c.sample_ids])

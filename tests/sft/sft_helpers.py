@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from PIL import Image
-
 from medsft_pipelines.specs.jobconfig import SFTJobConfig, dump_job_config
 from medsft_pipelines.storage import ObjectStore
 from medsft_pipelines.storage.shards import ShardWriter
+from PIL import Image
 
 SYSTEM = (
     "You are a helpful medical assistant. Think step by step inside <think> </think> tags, "
@@ -46,7 +45,9 @@ def _conversation(question: str, trace: str, answer: str) -> list[dict[str, str]
     ]
 
 
-def curated_rows(shared_data: Path, n_text: int = 16, n_image: int = 8, image_px: int = 56) -> list[dict]:
+def curated_rows(
+    shared_data: Path, n_text: int = 16, n_image: int = 8, image_px: int = 56
+) -> list[dict]:
     """Rows in the curated shard format: PubMedQA (text, the human rationale as the trace) and
     VQA-RAD (image; a short templated trace), images downsized like curation does."""
     rows: list[dict[str, Any]] = []
@@ -169,7 +170,9 @@ def torchrun_cmd(config_path: Path, nproc: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_training(config_path: Path, nproc: int, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_training(
+    config_path: Path, nproc: int, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         torchrun_cmd(config_path, nproc), env=train_env(env), cwd=REPO,
         capture_output=True, text=True, timeout=timeout, check=False,

@@ -1,0 +1,89 @@
+"""DeepSpeed config generation, model-folder checks, storage settings, MFU arithmetic."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
+from medsft_pipelines.sft.layout import final_model_uri
+from medsft_pipelines.sft.model_files import ModelFilesError, check_model_dir, storage_settings
+from medsft_pipelines.sft.telemetry import training_flops
+from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
+from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
+
+
+def _spec(**deepspeed) -> SFTSpec:
+    return SFTSpec.model_validate(
+        {
+            "model": {"uri": "s3://bucket/models/qwen"},
+            "training": {"globalBatchSize": 64, "microBatchSize": 2},
+            "deepspeed": deepspeed,
+        }
+    )
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stage_and_batch_sizes(stage: int) -> None:
+    spec = _spec(zeroStage=stage)
+    accum = check_batch_divisible(spec.training, world_size=8)
+    config = deepspeed_config(spec, world_size=8, grad_accum_steps=accum, on_gpu=True)
+    assert config["zero_optimization"]["stage"] == stage
+    assert config["train_batch_size"] == 64 == 2 * accum * 8
+    assert config["bf16"]["enabled"] is True
+    assert ("stage3_gather_16bit_weights_on_model_save" in config["zero_optimization"]) == (
+        stage == 3
+    )
+    # torch's AdamW is handed to DeepSpeed: nothing to JIT-compile.
+    assert "optimizer" not in config and config["zero_allow_untested_optimizer"]
+
+
+def test_cpu_runs_fp32_and_offload_uses_deepspeed_adam() -> None:
+    spec = _spec(zeroStage=3, offloadOptimizer=True, offloadParams=True)
+    config = deepspeed_config(spec, world_size=2, grad_accum_steps=16, on_gpu=False)
+    assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert not uses_client_optimizer(spec)
+    assert config["optimizer"]["type"] == "AdamW"
+
+
+def test_non_dividing_batch_is_a_clear_error() -> None:
+    spec = _spec()
+    with pytest.raises(
+        ValueError, match="globalBatchSize 64 is not divisible by microBatchSize 2 x world size 6"
+    ):
+        check_batch_divisible(spec.training, world_size=6)
+
+
+def test_model_folder_missing_files_are_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    check_model_dir(tiny_model_dir)  # complete
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ModelFilesError) as err:
+        check_model_dir(broken)
+    assert "model.safetensors" in str(err.value) and "tokenizer.json" in str(err.value)
+    assert "config.json" not in str(err.value)
+    with pytest.raises(ModelFilesError, match="does not exist"):
+        check_model_dir(tmp_path / "nowhere")
+
+
+def test_storage_settings_from_job_config_and_env() -> None:
+    spec = StorageSpec(endpoint="minio.minio:9000", secure=False)
+    env = {ACCESS_KEY_ENV: "ak", SECRET_KEY_ENV: "sk"}
+    settings = storage_settings(spec, env)
+    assert settings.endpoint == "minio.minio:9000" and settings.secure is False
+    assert settings.secrets() == ("ak", "sk")
+    assert "sk" not in repr(settings)
+
+
+def test_flops_estimate_and_layout() -> None:
+    # 6 N T plus causal attention over each sample separately.
+    assert (
+        training_flops(1000, 10, sum_sq_lengths=100.0, num_layers=2, hidden=8)
+        == 6 * 1000 * 10 + 6 * 2 * 8 * 100
+    )
+    assert final_model_uri("s3://b/runs/r1/sft/") == "s3://b/runs/r1/sft/model"
