@@ -37,6 +37,7 @@ from .settings import StorageSettings
 log = logging.getLogger("medsft.storage")
 
 T = TypeVar("T")
+STREAM_CHUNK = 1024 * 1024
 # S3 error codes worth retrying: the server is busy, starting, or the object changed mid-read.
 RETRYABLE_CODES = frozenset(
     {
@@ -194,7 +195,7 @@ class S3Backend:
                         os.ftruncate(fd, total)
                         return lambda offset, data: _pwrite_all(fd, data, offset)
 
-                    self._read(key, open_sink)
+                    self._read(key, open_sink, chunked=True)
                 # No fsync: a download is a local copy, re-fetched after a crash anyway.
                 os.replace(tmp, path)
             finally:
@@ -202,8 +203,9 @@ class S3Backend:
 
         self._retrying("download", key, attempt)
 
-    def _read(self, key: str, open_sink: Callable[[int], Sink]) -> None:
-        """Fetch ``key`` range by range into the sink ``open_sink(size)`` returns.
+    def _read(self, key: str, open_sink: Callable[[int], Sink], *, chunked: bool = False) -> None:
+        """Fetch ``key`` range by range into the sink ``open_sink(size)`` returns: one call per
+        range, or per chunk of at most STREAM_CHUNK bytes with ``chunked`` (bounded memory).
 
         The first range answers most objects in one request; its headers tell the size and
         ETag, and the rest of a larger object is requested as up to ``parallelism`` ranges at
@@ -232,12 +234,12 @@ class S3Backend:
             response = self._client.get_object(
                 self.bucket, key, offset=offset, length=length, request_headers=headers
             )
-            write(offset, _read_body(response, length))
+            _read_body(response, offset, length, write, chunked)
 
         pool = ThreadPoolExecutor(max(1, min(self.settings.parallelism, len(ranges))))
         try:
             futures = [pool.submit(fetch, offset, length) for offset, length in ranges]
-            write(0, _read_body(first, first_length))
+            _read_body(first, 0, first_length, write, chunked)
             for future in futures:
                 future.result()
         finally:
@@ -299,15 +301,24 @@ def _split(start: int, end: int, streams: int, min_size: int) -> list[tuple[int,
     return [(offset, min(size, end - offset)) for offset in range(start, end, size)]
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, expected: int) -> bytes:
+def _read_body(
+    response: urllib3.BaseHTTPResponse, offset: int, expected: int, write: Sink, chunked: bool
+) -> None:
+    received = 0
     try:
-        data = response.read()
+        if chunked:
+            for chunk in response.stream(STREAM_CHUNK):
+                write(offset + received, chunk)
+                received += len(chunk)
+        else:
+            data = response.read()
+            received = len(data)
+            write(offset, data)
     finally:
         response.close()
         response.release_conn()
-    if len(data) != expected:
-        raise ConnectionError(f"short read: {len(data)} of {expected} bytes")
-    return data
+    if received != expected:
+        raise ConnectionError(f"short read: {received} of {expected} bytes")
 
 
 def _pwrite_all(fd: int, chunk: bytes, offset: int) -> None:
