@@ -218,7 +218,7 @@ def aggregate_progress(workers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def read_metrics(store: ObjectStore, worker: int | None = None) -> list[dict[str, Any]]:
     """All metrics records of the job (or of one worker), in the order they were logged."""
-    records = []
+    records: list[dict[str, Any]] = []
     for match in _segments(store, _stream_name(worker)):
         try:
             data = store.get_bytes(match.group(0)).decode()

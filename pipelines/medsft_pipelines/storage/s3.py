@@ -230,7 +230,9 @@ class S3Backend:
         ranges = [] if whole else _split(first_length, total, self.settings.parallelism, part)
 
         def fetch(offset: int, length: int) -> None:
-            headers = {"If-Match": etag} if etag else None
+            headers: dict[str, str | list[str] | tuple[str]] | None = (
+                {"If-Match": etag} if etag else None
+            )
             response = self._client.get_object(
                 self.bucket, key, offset=offset, length=length, request_headers=headers
             )

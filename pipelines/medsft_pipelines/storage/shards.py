@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import accumulate
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,7 +51,7 @@ MiB = 1024 * 1024
 # Rows are turned into Python dicts this many at a time (bounded memory, amortised overhead).
 DECODE_CHUNK_ROWS = 256
 
-Rows = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pa.RecordBatch | pa.Table
+Rows: TypeAlias = Mapping[str, Any] | Sequence[Mapping[str, Any]] | pa.RecordBatch | pa.Table
 
 
 class ShardInfo(Spec):
@@ -506,7 +506,7 @@ class DatasetReader:
             return
         # Most of the shard: decode it in storage order (no gather copy of the image bytes),
         # drop the Arrow table, and hand out rows in shuffled order, releasing each one.
-        rows: list[dict[str, Any] | None] = table.to_pylist()  # type: ignore[assignment]
+        rows: list[dict[str, Any] | None] = table.to_pylist()
         del table
         for i in wanted:
             row, rows[i] = rows[i], None
