@@ -7,6 +7,9 @@ Three tests, each counted per benchmark in the report:
   their own length, so a short benchmark question copied inside a longer prompt is still found.
 * ``near_duplicate``: MinHash similarity with a text-only benchmark item at or above the
   threshold (a paraphrase that changes words everywhere keeps no 16-gram).
+
+Both text tests look at the whole item (context + question + options) *and* at the question
+alone, so a benchmark question copied without its abstract or options is still found.
 * ``image_hash``: an image identical to a benchmark image (file bytes or decoded pixels).
 
 Short image questions ("Is there a fracture?") are not matched on text alone: with a different
@@ -32,6 +35,8 @@ class BenchmarkText:
     """Name of the benchmark it belongs to."""
     text: str
     """Context, question and options joined, as :meth:`Sample.prompt_text` joins them."""
+    question: str = ""
+    """The question alone."""
     image_hashes: tuple[str, ...] = ()
     """File and pixel sha256 of each of its images."""
 
@@ -76,18 +81,22 @@ class BenchmarkIndex:
             owner = names.setdefault(item.benchmark, len(names))
             for digest in item.image_hashes:
                 index._images.setdefault(digest, item.benchmark)
-            tokens = words(item.text)
-            if len(tokens) < index.min_words:
-                continue
-            size = min(index.ngram, len(tokens))
-            if size < index.ngram:
-                short.add(size)
-            grams = ngram_hashes(word_ids(tokens), size)
-            hashes.append(grams)
-            owners.append(np.full(len(grams), owner, dtype=np.int32))
-            if not item.image_hashes:
-                near_keys.append(item.benchmark)
-                near_tokens.append(shingles(tokens, index.shingle_size))
+            full = words(item.text)
+            views = [full]
+            if item.question and (question := words(item.question)) != full:
+                views.append(question)
+            for tokens in views:
+                if len(tokens) < index.min_words:
+                    continue
+                size = min(index.ngram, len(tokens))
+                if size < index.ngram:
+                    short.add(size)
+                grams = ngram_hashes(word_ids(tokens), size)
+                hashes.append(grams)
+                owners.append(np.full(len(grams), owner, dtype=np.int32))
+                if not item.image_hashes:
+                    near_keys.append(item.benchmark)
+                    near_tokens.append(shingles(tokens, index.shingle_size))
         index._names = list(names)
         if hashes:
             all_hashes, all_owners = np.concatenate(hashes), np.concatenate(owners)
@@ -123,13 +132,17 @@ class BenchmarkIndex:
         return None
 
     def check_many(
-        self, texts: Sequence[str], image_hashes: Sequence[Sequence[str]]
+        self,
+        texts: Sequence[str],
+        image_hashes: Sequence[Sequence[str]],
+        questions: Sequence[str] | None = None,
     ) -> list[Contamination | None]:
-        """For each training question: why it is contaminated, or None."""
+        """For each training question (full prompt text, image hashes, question alone): why
+        it is contaminated, or None."""
         results: list[Contamination | None] = [None] * len(texts)
         if self.empty:
             return results
-        near_pending: list[int] = []
+        pending: list[tuple[int, list[str]]] = []  # (item, tokens) for the near-duplicate test
         token_lists = [words(t) for t in texts]
         for i, (tokens, digests) in enumerate(zip(token_lists, image_hashes, strict=True)):
             image_hit = next((self._images[d] for d in digests if d in self._images), None)
@@ -137,14 +150,16 @@ class BenchmarkIndex:
                 results[i] = Contamination(image_hit, "image_hash")
             elif (name := self._ngram_hit(tokens)) is not None:
                 results[i] = Contamination(name, "ngram")
-            elif self._near is not None and not digests and len(tokens) >= self.min_words:
-                near_pending.append(i)
-        if near_pending and self._near is not None:
+            elif self._near is not None and not digests:
+                views = [tokens]
+                if questions is not None and (q := words(questions[i])) != tokens:
+                    views.append(q)
+                pending += [(i, v) for v in views if len(v) >= self.min_words]
+        if pending and self._near is not None:
             sketches = MinHasher(self.num_perm, self.backend).sketch_many(
-                [shingles(token_lists[i], self.shingle_size) for i in near_pending]
+                [shingles(tokens, self.shingle_size) for _, tokens in pending]
             )
-            for i, sketch in zip(near_pending, sketches, strict=True):
-                match = self._near.query(sketch)
-                if match is not None:
+            for (i, _), sketch in zip(pending, sketches, strict=True):
+                if results[i] is None and (match := self._near.query(sketch)) is not None:
                     results[i] = Contamination(match, "near_duplicate")
         return results

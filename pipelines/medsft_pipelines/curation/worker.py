@@ -97,7 +97,7 @@ def benchmark_texts(
                     continue  # an unreadable benchmark image cannot leak into training
                 hashes += [processed.file_sha256, processed.sha256]
             text = "\n".join(p for p in (item.context, item.question, *item.options.values()) if p)
-            texts.append(BenchmarkText(bench.name, text, tuple(hashes)))
+            texts.append(BenchmarkText(bench.name, text, item.question, tuple(hashes)))
     return texts
 
 
@@ -336,7 +336,9 @@ class Worker:
             else []
             for s in samples
         ]
-        found = self.bench.check_many([s.prompt_text() for s in samples], hashes)
+        found = self.bench.check_many(
+            [s.prompt_text() for s in samples], hashes, [s.question for s in samples]
+        )
         kept = []
         for sample, hit in zip(samples, found, strict=True):
             if hit is None:
