@@ -44,7 +44,7 @@ demo: $(STAMP)
 	$(BIN)/medsft run --local examples/quickstart.yaml
 
 crds: $(STAMP)
-	$(BIN)/medsft crds --write crds/
+	$(BIN)/python -m medsft_operator.api.crdgen --write crds/
 	$(BIN)/python -m medsft_operator.api.docs > docs/api.md
 
 lock: $(STAMP)
