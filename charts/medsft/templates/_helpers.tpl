@@ -102,21 +102,29 @@ false
 {{- if and .Values.minio.enabled .Values.storage.credentialsSecret.name -}}
 {{- fail "minio.enabled creates its own credentials Secret: leave storage.credentialsSecret.name empty" -}}
 {{- end -}}
-{{- if eq (int .Values.operator.healthPort) (int .Values.operator.metricsPort) -}}
-{{- fail (printf "operator.healthPort and operator.metricsPort must differ (both are %v)" .Values.operator.healthPort) -}}
-{{- end -}}
 {{- if and .Values.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
 {{- fail "serviceMonitor.enabled needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1) in the cluster; install it first (with `helm template`, pass --api-versions monitoring.coreos.com/v1/ServiceMonitor)" -}}
 {{- end -}}
 {{- end -}}
 
-{{/* The default storage as a medsft StorageSpec (JSON), handed to the operator. */}}
-{{- define "medsft.storage.json" -}}
-{{- $spec := dict "endpoint" (include "medsft.storage.endpoint" .) "bucket" .Values.storage.bucket "secure" (eq (include "medsft.storage.secure" .) "true") -}}
-{{- with .Values.storage.prefix -}}{{- $_ := set $spec "prefix" . -}}{{- end -}}
-{{- with .Values.storage.region -}}{{- $_ := set $spec "region" . -}}{{- end -}}
-{{- with include "medsft.storage.secretName" . -}}
-{{- $_ := set $spec "credentialsSecret" (dict "name" . "accessKeyKey" $.Values.storage.credentialsSecret.accessKeyKey "secretKeyKey" $.Values.storage.credentialsSecret.secretKeyKey) -}}
-{{- end -}}
-{{- toJson $spec -}}
+{{/* The default storage of runs, as the operator's MEDSFT_STORAGE_* variables. */}}
+{{- define "medsft.storage.env" -}}
+- name: MEDSFT_STORAGE_ENDPOINT
+  value: {{ include "medsft.storage.endpoint" . | quote }}
+- name: MEDSFT_STORAGE_BUCKET
+  value: {{ .Values.storage.bucket | quote }}
+- name: MEDSFT_STORAGE_SECURE
+  value: {{ include "medsft.storage.secure" . | quote }}
+{{- with .Values.storage.prefix }}
+- name: MEDSFT_STORAGE_PREFIX
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.storage.region }}
+- name: MEDSFT_STORAGE_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with include "medsft.storage.secretName" . }}
+- name: MEDSFT_STORAGE_SECRET
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
