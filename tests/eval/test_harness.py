@@ -32,17 +32,31 @@ def job(tmp_path: Path, model: Path, baseline: Path | None = None, **generation)
     spec = {
         "benchmarks": [
             {"name": "pubmedqa", "uri": f"file://{PUBMEDQA}", "maxItems": ITEMS["pubmedqa"]},
-            {"name": "vqa-rad", "uri": str(VQA_RAD), "maxItems": ITEMS["vqa-rad"], "distribution": "out"},
+            {
+                "name": "vqa-rad",
+                "uri": str(VQA_RAD),
+                "maxItems": ITEMS["vqa-rad"],
+                "distribution": "out",
+            },
         ],
         "generation": {
-            "seeds": SEEDS, "maxNewTokens": MAX_NEW, "forcedExitTokens": EXIT_TOKENS, "batchSize": 4,
-            "promptTemplate": "thinking", "majorityVote": True, "maxPixels": 65536, **generation,
+            "seeds": SEEDS,
+            "maxNewTokens": MAX_NEW,
+            "forcedExitTokens": EXIT_TOKENS,
+            "batchSize": 4,
+            "promptTemplate": "thinking",
+            "majorityVote": True,
+            "maxPixels": 65536,
+            **generation,
         },
     }
     config = {
-        "kind": "EvalJobConfig", "run": {"name": "eval-test", "generation": 2},
-        "outputUri": f"file://{tmp_path / 'out'}", "modelUri": str(model),
-        "storage": {"localPath": str(tmp_path / "store")}, "spec": spec,
+        "kind": "EvalJobConfig",
+        "run": {"name": "eval-test", "generation": 2},
+        "outputUri": f"file://{tmp_path / 'out'}",
+        "modelUri": str(model),
+        "storage": {"localPath": str(tmp_path / "store")},
+        "spec": spec,
     }
     if baseline:
         spec["baseline"] = {"name": "base", "uri": str(baseline)}
@@ -54,13 +68,19 @@ def gold_items() -> dict[str, dict[str, tuple[str, str, list[str] | None]]]:
     """(gold, kind, options) per item id, straight from the original data files."""
     truth = json.loads((PUBMEDQA / "test_ground_truth.json").read_text())
     letter = {"yes": "A", "no": "B", "maybe": "C"}
-    pubmed = {pmid: (letter[label], "choice", ["yes", "no", "maybe"]) for pmid, label in truth.items()}
+    pubmed = {
+        pmid: (letter[label], "choice", ["yes", "no", "maybe"]) for pmid, label in truth.items()
+    }
     vqa = {}
     for row in json.loads((VQA_RAD / "VQA_RAD_Dataset_Public.json").read_text()):
         if row["phrase_type"].startswith("test"):
             answer = row["answer"].strip()
             if answer.lower() in ("yes", "no"):
-                vqa[str(row["qid"])] = ("A" if answer.lower() == "yes" else "B", "choice", ["yes", "no"])
+                vqa[str(row["qid"])] = (
+                    "A" if answer.lower() == "yes" else "B",
+                    "choice",
+                    ["yes", "no"],
+                )
             else:
                 vqa[str(row["qid"])] = (answer, "open", None)
     return {"pubmedqa": pubmed, "vqa-rad": vqa}
@@ -81,7 +101,12 @@ def recompute(out: Path, label: str) -> dict[str, dict]:
     for name in ITEMS:
         per_seed, lengths, think, answer, f1, forced = [], [], [], [], [], 0
         for seed in range(SEEDS):
-            rows = [json.loads(x) for x in (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines()]
+            rows = [
+                json.loads(x)
+                for x in (out / f"generations/{label}/{name}/seed-{seed}.jsonl")
+                .read_text()
+                .splitlines()
+            ]
             assert len(rows) == ITEMS[name] and len({r["id"] for r in rows}) == ITEMS[name]
             correct = 0
             for row in rows:
@@ -92,10 +117,14 @@ def recompute(out: Path, label: str) -> dict[str, dict]:
                 if kind == "open":
                     f1.append(grade.score)
                 assert row["think_tokens"] + row["answer_tokens"] == row["response_tokens"]
-                assert row["think_tokens"] <= MAX_NEW and row["answer_tokens"] <= MAX_NEW + EXIT_TOKENS
+                assert (
+                    row["think_tokens"] <= MAX_NEW and row["answer_tokens"] <= MAX_NEW + EXIT_TOKENS
+                )
                 if row["forced_exit"]:
                     forced += 1
-                    assert "\n</think>\n\n" in row["response"] and row["answer_tokens"] <= EXIT_TOKENS
+                    assert (
+                        "\n</think>\n\n" in row["response"] and row["answer_tokens"] <= EXIT_TOKENS
+                    )
                 lengths.append(row["response_tokens"])
                 think.append(row["think_tokens"])
                 answer.append(row["answer_tokens"])
@@ -176,13 +205,21 @@ def test_reported_numbers_match_an_independent_recomputation(evaluated) -> None:
     by_name = {entry["name"]: entry for entry in summary["results"]}
     for name in ITEMS:
         assert by_name[name]["accuracy"] == pytest.approx(mine["model"][name]["accuracy"], abs=1e-6)
-        assert by_name[name]["baselineAccuracy"] == pytest.approx(mine["base"][name]["accuracy"], abs=1e-6)
-        assert by_name[name]["meanResponseTokens"] == pytest.approx(mine["model"][name]["mean"], abs=0.01)
+        assert by_name[name]["baselineAccuracy"] == pytest.approx(
+            mine["base"][name]["accuracy"], abs=1e-6
+        )
+        assert by_name[name]["meanResponseTokens"] == pytest.approx(
+            mine["model"][name]["mean"], abs=0.01
+        )
         assert by_name[name]["items"] == ITEMS[name]
-    assert by_name["vqa-rad"]["distribution"] == "out" and by_name["pubmedqa"]["distribution"] == "in"
+    assert (
+        by_name["vqa-rad"]["distribution"] == "out" and by_name["pubmedqa"]["distribution"] == "in"
+    )
     overall = statistics.fmean(mine["model"][n]["accuracy"] for n in ITEMS)
     assert summary["meanAccuracy"] == pytest.approx(overall, abs=1e-6)
-    assert summary["meanAccuracyIn"] == pytest.approx(mine["model"]["pubmedqa"]["accuracy"], abs=1e-6)
+    assert summary["meanAccuracyIn"] == pytest.approx(
+        mine["model"]["pubmedqa"]["accuracy"], abs=1e-6
+    )
 
 
 def test_majority_vote_and_unparsed_ids_are_reported(evaluated) -> None:
@@ -193,7 +230,9 @@ def test_majority_vote_and_unparsed_ids_are_reported(evaluated) -> None:
         for name in ITEMS:
             ids = set()
             for seed in range(SEEDS):
-                for line in (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines():
+                for line in (
+                    (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines()
+                ):
                     row = json.loads(line)
                     if row["prediction"] is None:
                         ids.add(row["id"])
@@ -218,7 +257,10 @@ def test_unparseable_answers_are_wrong_and_logged_by_id(tmp_path, tiny_model, ca
     config = job(tmp_path, tiny_model, seeds=1, forcedThinkExit=False, majorityVote=False)
     results = evaluate(config)
     out = tmp_path / "out"
-    rows = [json.loads(x) for x in (out / "generations/model/pubmedqa/seed-0.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for x in (out / "generations/model/pubmedqa/seed-0.jsonl").read_text().splitlines()
+    ]
     unparsed = [r for r in rows if r["prediction"] is None]
     assert unparsed, "an open reasoning block without forced exit leaves no answer"
     assert all(not r["correct"] and not r["forced_exit"] for r in unparsed)
@@ -244,7 +286,11 @@ def test_multimodal_benchmark_with_inline_images(tmp_path, tiny_model) -> None:
     WRITERS["mmmu-pro-health"][0](tmp_path / "mmmu")
     config = job(tmp_path, tiny_model, seeds=1)
     spec = config.spec.model_copy(deep=True)
-    spec.benchmarks = [spec.benchmarks[0].model_copy(update={"name": "mmmu-pro-health", "uri": str(tmp_path / "mmmu"), "max_items": None})]
+    spec.benchmarks = [
+        spec.benchmarks[0].model_copy(
+            update={"name": "mmmu-pro-health", "uri": str(tmp_path / "mmmu"), "max_items": None}
+        )
+    ]
     results = evaluate(config.model_copy(update={"spec": spec}))
     assert results["benchmarks"][0]["items"] == 2
     assert results["benchmarks"][0]["family"] == "mm_reasoning"
@@ -258,10 +304,60 @@ def test_cli_entry_point(tmp_path, tiny_model) -> None:
     path.write_text(dump_job_config(config.model_copy(update={"spec": spec})))
     proc = subprocess.run(
         [sys.executable, "-m", "medsft_pipelines.eval.cli", "--config", str(path)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout)
     assert printed["results"][0]["name"] == "pubmedqa"
     stored = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert printed["results"] == stored["results"]
+
+
+def test_eval_job_against_minio(minio, minio_bucket, tiny_model, tmp_path, monkeypatch) -> None:
+    # As in the EvalJob's pod: model and benchmark files in object storage (the benchmark at the
+    # registry's default location under the storage root), credentials from the env vars the
+    # operator fills from the storage Secret, results written back to storage.
+    from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV
+    from medsft_pipelines.storage import open_store
+    from medsft_pipelines.storage.progress import read_progress
+
+    for variable in ("MEDSFT_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(ACCESS_KEY_ENV, minio.access_key)
+    monkeypatch.setenv(SECRET_KEY_ENV, minio.secret_key)
+    storage = {
+        "endpoint": minio.endpoint,
+        "secure": False,
+        "bucket": minio_bucket,
+        "prefix": "team",
+    }
+    config = job(tmp_path, tiny_model, seeds=1)
+    from medsft_pipelines.eval.run import storage_settings
+
+    settings = storage_settings(config.storage.model_validate(storage))
+    root = open_store(f"s3://{minio_bucket}/team", settings)
+    for path in sorted(tiny_model.iterdir()):
+        root.upload_file(path, f"models/tiny/{path.name}")
+    for name in ("ori_pqal.json", "test_ground_truth.json"):
+        root.upload_file(PUBMEDQA / name, f"benchmarks/pubmedqa/{name}")
+    wire = config.to_wire()
+    wire.update(
+        storage=storage,
+        modelUri=f"s3://{minio_bucket}/team/models/tiny",
+        outputUri=f"s3://{minio_bucket}/team/runs/r1/eval",
+    )
+    wire["spec"]["benchmarks"] = [{"name": "pubmedqa", "maxItems": 3}]
+    results = evaluate(parse_job_config(wire), cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+
+    out = root.child("runs/r1/eval")
+    summary = out.get_json("summary.json")
+    assert summary["results"][0]["name"] == "pubmedqa" and summary["results"][0]["items"] == 3
+    assert summary["reportUri"] == f"s3://{minio_bucket}/team/runs/r1/eval/results.json"
+    assert out.get_json("results.json")["benchmarks"] == results["benchmarks"]
+    assert len(out.get_bytes("generations/model/pubmedqa/seed-0.jsonl").splitlines()) == 3
+    assert out.get_bytes("plots/response_length.png")[:4] == b"\x89PNG"
+    progress = read_progress(out)
+    assert progress is not None and progress["step"] == progress["total"] == 3
