@@ -1,0 +1,28 @@
+"""The vLLM engine gives the same kind of results as the transformers engine (GPU only)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_vllm_engine_generates_with_forced_exit(tiny_model) -> None:
+    pytest.importorskip("vllm", reason="vLLM is only in the GPU image")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from medsft_pipelines.eval.backends import Request, Sampling, generate, open_engine
+
+    engine = open_engine("vllm", str(tiny_model), batch_size=8, max_pixels=65536, max_images=2)
+    prompt = engine.render(
+        [{"role": "user", "content": [{"type": "text", "text": "Is it benign?"}]}]
+    )
+    requests = [Request(f"q{i}", prompt + "<think>\n") for i in range(4)]
+    generations = generate(
+        engine, requests, Sampling(max_new_tokens=8, forced_exit_tokens=4, think_opened=True)
+    )
+    assert len(generations) == 4
+    assert any(g.forced_exit for g in generations)
+    for g in generations:
+        assert g.think_tokens <= 8 and g.answer_tokens <= 8 + 4
