@@ -43,6 +43,13 @@ class TeacherServer:
     fail_status: int = 500
     api_key: str | None = None
     """When set, requests must carry ``Authorization: Bearer <api_key>``."""
+    delay_s: float = 0.0
+    """Time each answer takes (to observe the client's concurrency)."""
+    inflight: int = 0
+    max_inflight: int = 0
+    """The most requests the server was handling at once."""
+    arrivals: list[float] = field(default_factory=list)
+    """``time.monotonic()`` of every request's arrival."""
     requests: int = 0
     """Completion requests answered with choices."""
     failures_served: int = 0
@@ -59,6 +66,19 @@ class TeacherServer:
     # -- protocol ---------------------------------------------------------------------------
 
     async def _completions(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.arrivals.append(time.monotonic())
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.inflight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         if (
             self.api_key is not None
             and request.headers.get("Authorization") != f"Bearer {self.api_key}"

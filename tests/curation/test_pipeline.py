@@ -1,0 +1,497 @@
+"""End to end: raw rows -> manifest, on file:// and on the real MinIO.
+
+Inputs: the real VQA-RAD and PubMedQA files in ../shared/data (VQA-RAD rows as a subset
+written at test time, images read in place; PubMedQA read in place), plus the generated
+fixtures (synthetic MCQ and image classification) with planted problems. The teacher is a real
+HTTP server speaking the chat-completions protocol with generated responses
+(curation_helpers.TeacherServer): the real teachers are paid APIs or GPU servers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from curation.curation_helpers import TeacherServer, gold_responder
+from medsft_pipelines.answers import grade_response
+from medsft_pipelines.curation.cli import main
+from medsft_pipelines.curation.lengths import TokenCounter
+from medsft_pipelines.curation.merge import run_merge
+from medsft_pipelines.curation.worker import run_worker
+from medsft_pipelines.specs.jobconfig import CurationJobConfig, dump_job_config
+from medsft_pipelines.storage import StorageSettings, open_store
+from medsft_pipelines.storage.shards import DatasetReader, dataset_ready
+from PIL import Image
+
+VQA_ROWS = 40
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_data: Path,
+    fixtures_dir: Path,
+    tiny_model_dir: Path,
+) -> dict[str, Any]:
+    """Source files (real subsets + fixtures + planted rows) and the truth the test knows."""
+    root = tmp_path_factory.mktemp("inputs")
+    vqa = json.loads((shared_data / "vqa-rad/VQA_RAD_Dataset_Public.json").read_text())
+    test_images = {r["image_name"] for r in vqa if r["phrase_type"].startswith("test")}
+    train = [r for r in vqa if r["phrase_type"] == "freeform"][:VQA_ROWS]
+    vqa_rows = [
+        {
+            "qid": str(r["qid"]),
+            "question": r["question"],
+            "answer": str(r["answer"]).strip(),
+            "image_name": r["image_name"],
+        }
+        for r in train
+    ]
+    vqa_rows.append(
+        {
+            "qid": "corrupt",
+            "question": "What organ is shown here, planted corrupt?",
+            "answer": "liver",
+            "image_name": f"file://{fixtures_dir / 'corrupt.png'}",
+        }
+    )
+    vqa_rows.append(
+        {
+            "qid": "missing",
+            "question": "What organ is shown here, planted missing?",
+            "answer": "liver",
+            "image_name": "no-such-image.jpg",
+        }
+    )
+    (root / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in vqa_rows))
+
+    pubmed = json.loads((shared_data / "pubmedqa/ori_pqal.json").read_text())
+    test_ids = list(json.loads((shared_data / "pubmedqa/test_ground_truth.json").read_text()))
+    target = next(pubmed[i] for i in test_ids if len(pubmed[i]["QUESTION"].split()) >= 12)
+    words = target["QUESTION"].split()
+    mid = len(words) // 2
+    paraphrase = " ".join([*words[:mid], "really", *words[mid + 1 :]])
+    yes_no = {"A": "yes", "B": "no", "C": "maybe"}
+    planted = [
+        {
+            "id": "planted-verbatim",
+            "question": "\n".join([*target["CONTEXTS"], target["QUESTION"]]),
+            "options": yes_no,
+            "answer_idx": "ABC"[["yes", "no", "maybe"].index(target["final_decision"])],
+        },
+        {"id": "planted-paraphrase", "question": paraphrase, "options": yes_no, "answer_idx": "A"},
+    ]
+    mcq_lines = (fixtures_dir / "mcq.jsonl").read_text().splitlines()
+    (root / "mcq.jsonl").write_text("\n".join(mcq_lines + [json.dumps(p) for p in planted]) + "\n")
+
+    gold: dict[str, str] = {}
+    wrong: dict[str, str] = {}
+    for line in mcq_lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "question" in row:
+            gold[row["question"]] = row["answer_idx"]
+            wrong[row["question"]] = "D" if row["answer_idx"] != "D" else "A"
+    for p in planted:
+        gold[p["question"].rsplit("\n", 1)[-1]] = p["answer_idx"]
+        wrong[p["question"].rsplit("\n", 1)[-1]] = "C"
+    for r in vqa_rows:
+        gold[r["question"]] = r["answer"]
+        wrong[r["question"]] = "an unrelated finding"
+    labels = ["circle", "square", "triangle"]
+    for line in (fixtures_dir / "classification.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        gold[row["question"]] = row["label"]
+        wrong[row["question"]] = labels[(labels.index(row["label"]) + 1) % 3]
+    return {
+        "root": root,
+        "fixtures": fixtures_dir,
+        "shared": shared_data,
+        "gold": gold,
+        "wrong": wrong,
+        "vqa_rows": vqa_rows,
+        "vqa_test_images": test_images,
+        "classification_labels": labels,
+        "processor_dir": tiny_model_dir,
+    }
+
+
+def make_config(
+    inputs: dict[str, Any],
+    output_uri: str,
+    teacher_url: str,
+    *,
+    workers: int = 1,
+    sources: dict[str, str] | None = None,
+    **spec_overrides: Any,
+) -> CurationJobConfig:
+    shared, root, fixtures = inputs["shared"], inputs["root"], inputs["fixtures"]
+    uris = {
+        "vqa": f"file://{root / 'vqa.jsonl'}",
+        "vqa_images": f"file://{shared / 'vqa-rad/images'}",
+        "mcq": f"file://{root / 'mcq.jsonl'}",
+        "cls": f"file://{fixtures / 'classification.jsonl'}",
+        **(sources or {}),
+    }
+    teacher = {
+        "endpoint": teacher_url,
+        "model": "teacher-x",
+        "samplesPerQuestion": 4,
+        "maxRetries": 2,
+    }
+    spec = {
+        "sources": [
+            {
+                "name": "vqa-rad",
+                "uri": uris["vqa"],
+                "task": "open",
+                "modality": "image",
+                "imageRoot": uris["vqa_images"],
+                "fields": {"id": "qid", "images": "image_name", "options": None},
+            },
+            {
+                "name": "mcq",
+                "uri": uris["mcq"],
+                "task": "mcq",
+                "fields": {"answer": "answer_idx", "images": None},
+            },
+            {
+                "name": "shapes",
+                "uri": uris["cls"],
+                "task": "classification",
+                "modality": "image",
+                "options": inputs["classification_labels"],
+                "classBalance": True,
+                "fields": {"answer": "label", "images": "image", "options": None},
+            },
+        ],
+        "teachers": {"text": teacher, "image": {**teacher, "model": "teacher-mm"}},
+        "verification": {"maxCorrectPerQuestion": 1},
+        "lengths": {"maxTokens": 4096},
+        "processor": {"model": str(inputs["processor_dir"])},
+        "decontamination": {
+            "benchmarks": [
+                {"name": "pubmedqa", "uri": f"file://{shared / 'pubmedqa'}"},
+                {"name": "vqa-rad", "uri": f"file://{shared / 'vqa-rad'}"},
+            ]
+        },
+        "sharding": {"samplesPerShard": 16},
+        "errorBudget": {"maxFraction": 0.1},
+        **spec_overrides,
+    }
+    return CurationJobConfig.model_validate(
+        {"run": {"name": "e2e"}, "outputUri": output_uri, "workers": workers, "spec": spec}
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher(inputs: dict[str, Any]):
+    with TeacherServer(gold_responder(inputs["gold"], inputs["wrong"])) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def one_worker(inputs, teacher, token_counter: TokenCounter, tmp_path_factory):
+    """The reference run: one worker + merge on file://."""
+    out = tmp_path_factory.mktemp("one")
+    config = make_config(inputs, f"file://{out}", teacher.url)
+    before = teacher.requests
+    run_worker(config, 0, token_counter=token_counter, show_progress=False)
+    manifest = run_merge(config, show_progress=False)
+    return {
+        "out": out,
+        "config": config,
+        "manifest": manifest,
+        "requests": teacher.requests - before,
+    }
+
+
+def _rows(uri: str, settings: StorageSettings | None = None) -> list[dict[str, Any]]:
+    reader = DatasetReader(open_store(uri, settings))  # verifies every shard's sha256
+    return [
+        row for i in range(len(reader.manifest.shards)) for row in reader.read_shard(i).to_pylist()
+    ]
+
+
+# -- the reference run ----------------------------------------------------------------------------
+
+
+def test_end_to_end_dataset_on_file(one_worker, inputs, tiny_model_dir: Path) -> None:
+    out: Path = one_worker["out"]
+    rows = _rows(f"file://{out}")
+    assert rows and len(rows) == one_worker["manifest"].num_rows
+    assert len({r["id"] for r in rows}) == len(rows)
+    by_source = Counter(r["source"] for r in rows)
+    assert set(by_source) == {"vqa-rad", "mcq", "shapes"}
+
+    from medsft_pipelines.curation.lengths import template_messages
+    from medsft_pipelines.models import load_processor
+
+    processor = load_processor(tiny_model_dir)
+    for row in rows:
+        system, user, assistant = row["messages"]
+        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+        assert (
+            assistant["content"].startswith("<think>\n")
+            and "\n</think>\n\nThe answer is " in assistant["content"]
+        )
+        # Rejection sampling: the kept trace's final answer grades correct with the same
+        # extraction the eval harness uses.
+        kind = {"mcq": "choice", "classification": "label", "open": "open"}[row["task_type"]]
+        grade = grade_response(assistant["content"], row["answer"], kind, row["options"] or None)
+        assert grade.correct, row["id"]
+        assert len(row["images"]) == (1 if row["modality"] == "image" else 0)
+        for data in row["images"]:
+            with Image.open(io.BytesIO(data)) as img:
+                assert img.size[0] * img.size[1] <= 262144
+    # Token counts equal the processor's own count (image tokens included) on a sample of rows.
+    for row in rows[:: max(1, len(rows) // 6)]:
+        images = [Image.open(io.BytesIO(d)).convert("RGB") for d in row["images"]]
+        text = processor.apply_chat_template(
+            template_messages(row["messages"], len(images)), tokenize=False
+        )
+        encoded = processor(text=[text], images=images or None)
+        assert row["n_tokens"] == len(encoded["input_ids"][0])
+
+
+def test_rejection_sampling_keeps_at_most_k_and_counts(one_worker) -> None:
+    rows = _rows(f"file://{one_worker['out']}")
+    per_question = Counter(r["question_id"] for r in rows)
+    assert max(per_question.values()) == 1  # maxCorrectPerQuestion: 1
+    report = json.loads((one_worker["out"] / "report/report.json").read_text())
+    mcq = report["verification"]["mcq/mcq"]
+    # The generated responses per question: 2 correct, 1 wrong, 1 unparseable — except the
+    # "hard" question: 4 unparseable (see gold_responder).
+    asked = mcq["generated"] // 4
+    assert mcq["generated"] == 4 * asked and asked == 38  # 41 rows - 2 planted - 1 exact copy
+    assert mcq["accepted"] == 2 * (asked - 1)
+    assert mcq["wrong_answer"] == asked - 1
+    assert mcq["unparseable"] == (asked - 1) + 4
+    assert mcq["over_max_correct"] == asked - 1  # the second correct trace of each, K = 1
+    assert mcq["accept_rate"] == round(mcq["accepted"] / mcq["generated"], 4)
+    # One request per question (n = 4 in one request).
+    assert (
+        one_worker["requests"] == sum(v["generated"] for v in report["verification"].values()) // 4
+    )
+
+
+def test_decontamination_removes_planted_question_and_paraphrase(one_worker, inputs) -> None:
+    rows = _rows(f"file://{one_worker['out']}")
+    ids = {r["question_id"] for r in rows}
+    assert "mcq/planted-verbatim" not in ids and "mcq/planted-paraphrase" not in ids
+    report = json.loads((one_worker["out"] / "report/report.json").read_text())
+    assert report["decontamination"]["pubmedqa"] == {"ngram": 1, "near_duplicate": 1}
+    # Every VQA-RAD training row whose image is also a test image is gone (exact image hash),
+    # counted independently from the published file.
+    expected = sum(
+        1 for r in inputs["vqa_rows"][:VQA_ROWS] if r["image_name"] in inputs["vqa_test_images"]
+    )
+    assert expected > 0
+    assert report["decontamination"]["vqa-rad"] == {"image_hash": expected}
+    kept_vqa = {r["question_id"].split("/", 1)[1] for r in rows if r["source"] == "vqa-rad"}
+    names = {r["qid"]: r["image_name"] for r in inputs["vqa_rows"]}
+    assert not {names[q] for q in kept_vqa} & inputs["vqa_test_images"]
+
+
+def test_bad_input_lands_in_quarantine_by_reason(one_worker) -> None:
+    entries = [
+        json.loads(line)
+        for line in (one_worker["out"] / "quarantine/worker-00000-of-00001.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    by_reason = Counter(e["reason"] for e in entries)
+    assert by_reason["undecodable_image"] == 1 and by_reason["missing_image"] == 1
+    assert by_reason["malformed_row"] == 2 and by_reason["teacher_unparseable"] == 1
+    assert by_reason["unparseable_response"] > 0
+    ids = {(e["reason"], e.get("id") or e.get("row")) for e in entries}
+    assert ("teacher_unparseable", "mcq/hard") in ids
+    malformed = [e for e in entries if e["reason"] == "malformed_row"]
+    assert any(e.get("raw", {}).get("id") == "no-question" for e in malformed)
+    report = json.loads((one_worker["out"] / "report/report.json").read_text())
+    assert report["quarantine_by_reason"] == {
+        "undecodable_image": 1,
+        "missing_image": 1,
+        "malformed_row": 2,
+        "teacher_unparseable": 1,
+    }
+
+
+def test_dedup_and_class_balance(one_worker) -> None:
+    rows = _rows(f"file://{one_worker['out']}")
+    ids = {r["question_id"] for r in rows}
+    assert "mcq/q003" in ids and "mcq/q003-copy" not in ids  # exact duplicate: first kept
+    assert "mcq/q005" in ids and "mcq/q005-near" not in ids  # near duplicate: first kept
+    report = json.loads((one_worker["out"] / "report/report.json").read_text())
+    assert report["removed_by_reason"]["duplicate_exact"] >= 1
+    assert report["removed_by_reason"]["near_duplicate"] >= 1
+    labels = Counter(r["answer"] for r in rows if r["source"] == "shapes")
+    assert labels == {"circle": 4, "square": 4, "triangle": 4}  # 12/8/4 stratified to 4 each
+    assert report["removed_by_reason"]["class_balance"] == 12
+
+
+def test_report_progress_and_manifest_written(one_worker) -> None:
+    out: Path = one_worker["out"]
+    for name in (
+        "trace_lengths.png",
+        "rows_per_source.png",
+        "accept_rates.png",
+        "removed_by_reason.png",
+    ):
+        with Image.open(out / "report" / name) as img:
+            assert img.format == "PNG"
+    markdown = (out / "report/report.md").read_text()
+    assert "## Decontamination" in markdown and "pubmedqa" in markdown
+    progress = json.loads((out / "progress.json").read_text())
+    assert (
+        progress["phase"] == "done"
+        and progress["counts"]["rows"] == one_worker["manifest"].num_rows
+    )
+    manifest = one_worker["manifest"]
+    assert manifest.token_stats["samples"] == manifest.num_rows
+    assert all(key.startswith("report/") for key in manifest.extra["report"])
+
+
+# -- parallelism and restarts ---------------------------------------------------------------------
+
+
+def test_two_workers_and_merge_equal_one_worker(
+    one_worker, inputs, teacher, tmp_path: Path, monkeypatch
+) -> None:
+    """The Indexed-Job way: the CLI per worker (index from JOB_COMPLETION_INDEX), then --merge."""
+    out = tmp_path / "two"
+    config = make_config(inputs, f"file://{out}", teacher.url, workers=2)
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_job_config(config))
+    for index in (1, 0):  # any order
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
+        assert main(["--config", str(path)]) == 0
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    assert main(["--config", str(path), "--merge"]) == 0
+    assert _rows(f"file://{out}") == _rows(f"file://{one_worker['out']}")
+
+    # A worker that crashed and is re-run: nothing is paid twice (request cache), same output.
+    requests = teacher.requests
+    (out / "_work/worker-00001-of-00002/manifest.json").unlink()
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    assert main(["--config", str(path)]) == 0
+    assert teacher.requests == requests
+    (out / "manifest.json").unlink()
+    assert main(["--config", str(path), "--merge"]) == 0
+    assert _rows(f"file://{out}") == _rows(f"file://{one_worker['out']}")
+
+
+def test_merge_refuses_until_every_worker_finished(inputs, teacher, tmp_path: Path, capsys) -> None:
+    config = make_config(inputs, f"file://{tmp_path}", teacher.url, workers=2)
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_job_config(config))
+    assert main(["--config", str(path), "--merge"]) == 1
+    err = capsys.readouterr().err
+    assert "worker 0 of 2 has not finished" in err
+
+
+def test_error_budget_exceeded_fails_clearly(inputs, teacher, tmp_path: Path, capsys) -> None:
+    config = make_config(
+        inputs, f"file://{tmp_path}", teacher.url, errorBudget={"maxFraction": 0.01}
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_job_config(config))
+    assert main(["--config", str(path), "--worker-index", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "error budget of 1.0%" in err and "malformed_row=2" in err and "quarantine/" in err
+    assert not dataset_ready(open_store(f"file://{tmp_path}/_work/worker-00000-of-00001"))
+    assert (tmp_path / "quarantine/worker-00000-of-00001.jsonl").exists()
+
+
+def test_imported_pubmedqa_rationales_decontaminated_in_place(
+    shared_data: Path, tiny_model_dir: Path, token_counter: TokenCounter, tmp_path: Path
+) -> None:
+    """tracesFrom: PubMedQA's human rationales (LONG_ANSWER) read in place as the traces; the
+    500 test items are exactly what decontamination removes."""
+    spec = {
+        "sources": [
+            {
+                "name": "pubmedqa",
+                "uri": f"file://{shared_data / 'pubmedqa/ori_pqal.json'}",
+                "format": "json",
+                "task": "mcq",
+                "options": ["yes", "no", "maybe"],
+                "fields": {
+                    "question": "QUESTION",
+                    "context": "CONTEXTS",
+                    "answer": "final_decision",
+                    "traces": "LONG_ANSWER",
+                    "images": None,
+                },
+            }
+        ],
+        "tracesFrom": {},
+        "verification": {"verifiers": {"mcq": "none"}, "requireThink": False},
+        "processor": {"model": str(tiny_model_dir)},
+        "decontamination": {
+            "benchmarks": [{"name": "pubmedqa", "uri": str(shared_data / "pubmedqa")}]
+        },
+    }
+    config = CurationJobConfig.model_validate(
+        {"run": {"name": "pq"}, "outputUri": f"file://{tmp_path}", "workers": 2, "spec": spec}
+    )
+    for index in range(2):
+        run_worker(config, index, token_counter=token_counter, show_progress=False)
+    run_merge(config, show_progress=False)
+    rows = _rows(f"file://{tmp_path}")
+    test_ids = set(json.loads((shared_data / "pubmedqa/test_ground_truth.json").read_text()))
+    raw = json.loads((shared_data / "pubmedqa/ori_pqal.json").read_text())
+    assert len(rows) == len(raw) - len(test_ids) == 500
+    assert not {r["question_id"].split("/", 1)[1] for r in rows} & test_ids
+    for row in rows[:20]:
+        pmid = row["question_id"].split("/", 1)[1]
+        assert raw[pmid]["LONG_ANSWER"].strip() in row["messages"][-1]["content"]
+
+
+# -- the real MinIO -------------------------------------------------------------------------------
+
+
+def test_end_to_end_on_minio_equals_file(
+    one_worker, inputs, teacher, minio, minio_bucket: str, token_counter: TokenCounter
+) -> None:
+    """Output on the real MinIO, with sources and images read from it too."""
+    client = minio.client()
+    root: Path = inputs["root"]
+    client.fput_object(minio_bucket, "raw/mcq.jsonl", str(root / "mcq.jsonl"))
+    client.fput_object(minio_bucket, "raw/vqa.jsonl", str(root / "vqa.jsonl"))
+    for name in {r["image_name"] for r in inputs["vqa_rows"] if "://" not in r["image_name"]}:
+        path = inputs["shared"] / "vqa-rad/images" / name
+        if path.exists():
+            client.fput_object(minio_bucket, f"raw/images/{name}", str(path))
+    settings = StorageSettings.from_env(minio.env())
+    config = make_config(
+        inputs,
+        f"s3://{minio_bucket}/datasets/e2e",
+        teacher.url,
+        sources={
+            "mcq": f"s3://{minio_bucket}/raw/mcq.jsonl",
+            "vqa": f"s3://{minio_bucket}/raw/vqa.jsonl",
+            "vqa_images": f"s3://{minio_bucket}/raw/images",
+        },
+    )
+    run_worker(config, 0, settings=settings, token_counter=token_counter, show_progress=False)
+    manifest = run_merge(config, settings=settings, show_progress=False)
+    assert manifest.num_rows == one_worker["manifest"].num_rows
+    assert _rows(f"s3://{minio_bucket}/datasets/e2e", settings) == _rows(
+        f"file://{one_worker['out']}"
+    )
+    keys = {
+        o.object_name
+        for o in client.list_objects(minio_bucket, prefix="datasets/e2e/", recursive=True)
+    }
+    assert "datasets/e2e/manifest.json" in keys and "datasets/e2e/report/report.md" in keys
+    assert any(k.startswith("datasets/e2e/teacher-cache/") for k in keys)

@@ -1,0 +1,166 @@
+"""The teacher client against a real HTTP server speaking the chat-completions protocol.
+
+The server (curation_helpers.TeacherServer) stands in for a paid API / a GPU vLLM server,
+which cannot run here; its responses are generated from the ground truth (see
+``gold_responder``), not recorded from a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pytest
+from curation.curation_helpers import TeacherServer, gold_responder
+from medsft_pipelines.curation.errors import BadInput, CurationError
+from medsft_pipelines.curation.images import process_image
+from medsft_pipelines.curation.sample import Sample
+from medsft_pipelines.curation.teacher import (
+    TeacherClient,
+    api_key_env,
+    resolve_api_key,
+    teacher_messages,
+)
+from medsft_pipelines.specs.curation import TeacherSpec
+from medsft_pipelines.storage import open_store
+from PIL import Image
+
+QUESTIONS = {f"Which catalogue entry number {i} is listed first?": "B" for i in range(12)}
+WRONG = dict.fromkeys(QUESTIONS, "C")
+
+
+def _sample(i: int, images: list | None = None) -> Sample:
+    q = f"Which catalogue entry number {i} is listed first?"
+    return Sample(
+        id=f"s/{i}",
+        source="s",
+        task_type="mcq",
+        modality="image" if images else "text",
+        question=q,
+        answer="B",
+        options=["alpha", "beta", "gamma"],
+        images=images or [],
+    )
+
+
+def _spec(server: TeacherServer, **kw) -> TeacherSpec:
+    return TeacherSpec(
+        **{
+            "endpoint": server.url,
+            "model": "teacher-x",
+            "samples_per_question": 4,
+            "max_retries": 3,
+            **kw,
+        }
+    )
+
+
+def _run(client: TeacherClient, samples: list[Sample]) -> list:
+    async def go() -> list:
+        try:
+            return await client.generate_many(samples)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_k_samples_images_as_data_urls_and_reasoning_field(tmp_path: Path) -> None:
+    big = io.BytesIO()
+    Image.new("RGB", (1200, 900), (10, 80, 200)).save(big, format="JPEG")
+    image = process_image(big.getvalue(), max_pixels=262144, min_pixels=3136, encoding="png")
+    with TeacherServer(gold_responder(QUESTIONS, WRONG)) as server:
+        client = TeacherClient(_spec(server), api_key="k", cache=open_store(str(tmp_path)))
+        (responses,) = _run(client, [_sample(0, [image])])
+        assert server.requests == 1  # n=4 in one request
+        assert server.image_sizes == [(image.width, image.height)]
+        assert image.width * image.height <= 262144
+    assert len(responses) == 4
+    assert responses[0].endswith("Answer: B") and responses[1].endswith("Answer: C")
+    assert responses[3].startswith("<think>") and "</think>Answer: B" in responses[3]  # folded
+    content = teacher_messages(_sample(0, [image]))[0]["content"]
+    assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_server_without_n_support_is_asked_for_the_rest(tmp_path: Path) -> None:
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), max_choices=1) as server:
+        client = TeacherClient(_spec(server), api_key="k", cache=open_store(str(tmp_path)))
+        (responses,) = _run(client, [_sample(1)])
+        assert server.requests == 4
+    assert [r.split("Step ")[1][0] for r in responses] == ["0", "1", "2", "3"]
+
+
+def test_restarted_worker_never_pays_twice(tmp_path: Path) -> None:
+    samples = [_sample(i) for i in range(6)]
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), max_choices=3) as server:
+        first = _run(
+            TeacherClient(_spec(server), api_key="k", cache=open_store(str(tmp_path))), samples
+        )
+        paid = server.requests
+        assert paid == 12  # 3 + 1 choices per question
+        restarted = TeacherClient(_spec(server), api_key="k", cache=open_store(str(tmp_path)))
+        second = _run(restarted, samples)
+        assert server.requests == paid
+        assert restarted.stats.cache_hits == 12 and restarted.stats.requests == 0
+        # A changed request (another temperature) is a different request: it is paid.
+        other = TeacherClient(
+            _spec(server, temperature=0.9), api_key="k", cache=open_store(str(tmp_path))
+        )
+        _run(other, samples[:1])
+        assert server.requests == paid + 2
+    assert first == second
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_retries_with_backoff(status: int, tmp_path: Path) -> None:
+    with TeacherServer(
+        gold_responder(QUESTIONS, WRONG), fail_first=2, fail_status=status
+    ) as server:
+        client = TeacherClient(_spec(server), api_key="k", cache=None)
+        (responses,) = _run(client, [_sample(2)])
+        assert server.failures_served == 2 and server.requests == 1
+    assert len(responses) == 4
+
+
+def test_failure_after_retries_is_bad_input_without_content(tmp_path: Path) -> None:
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), fail_first=100, fail_status=500) as server:
+        client = TeacherClient(_spec(server, max_retries=1), api_key="k", cache=None)
+        results = _run(client, [_sample(3), _sample(4)])
+    assert all(isinstance(r, BadInput) and r.reason == "teacher_error" for r in results)
+    assert "HTTP 500" in results[0].detail and "catalogue" not in results[0].detail
+    assert client.stats.failures == 2
+
+
+def test_concurrency_is_bounded(tmp_path: Path) -> None:
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), delay_s=0.2) as server:
+        client = TeacherClient(_spec(server, concurrency=3), api_key="k", cache=None)
+        results = _run(client, [_sample(i) for i in range(9)])
+        assert server.max_inflight == 3
+    assert all(len(r) == 4 for r in results)
+
+
+def test_rate_limit_spaces_requests(tmp_path: Path) -> None:
+    with TeacherServer(gold_responder(QUESTIONS, WRONG)) as server:
+        client = TeacherClient(_spec(server, requests_per_minute=600), api_key="k", cache=None)
+        _run(client, [_sample(i) for i in range(5)])
+        gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:], strict=False)]
+    assert len(gaps) == 4 and min(gaps) >= 0.09  # 600/min: one request every 0.1 s
+
+
+def test_api_key_from_mounted_file_reaches_the_server(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("sk-test-123\n")
+    env = {f"{api_key_env('text')}_FILE": str(secret)}
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), api_key="sk-test-123") as server:
+        spec = _spec(server, api_key_secret={"name": "teacher", "key": "apiKey"})
+        key = resolve_api_key("text", spec, env)
+        (ok,) = _run(TeacherClient(spec, api_key=key, cache=None), [_sample(5)])
+        assert len(ok) == 4
+        (denied,) = _run(
+            TeacherClient(_spec(server, max_retries=0), api_key="wrong", cache=None), [_sample(5)]
+        )
+        assert isinstance(denied, BadInput) and "401" in denied.detail
+    with pytest.raises(CurationError, match="MEDSFT_TEACHER_TEXT_API_KEY") as err:
+        resolve_api_key("text", spec, {})
+    assert "sk-test" not in str(err.value)
