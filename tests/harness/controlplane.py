@@ -89,7 +89,9 @@ class ControlPlane:
     def _start_apiserver(self) -> None:
         pki = PKI(self.root / "pki")
         self.pki = pki
-        serving_cert, serving_key = pki.issue("apiserver", common_name="kube-apiserver", server=True)
+        serving_cert, serving_key = pki.issue(
+            "apiserver", common_name="kube-apiserver", server=True
+        )
         admin_cert, admin_key = pki.issue("admin", common_name="admin", org="system:masters")
         sa_key, sa_pub = pki.service_account_keys()
         self._write_kubeconfig(self.kubeconfig, admin_cert, admin_key)
@@ -118,8 +120,10 @@ class ControlPlane:
         )
         ctx = self._ssl_context(admin_cert, admin_key)
         processes.wait_until(
-            lambda: urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=2).status
-            == 200,
+            lambda: (
+                urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=2).status
+                == 200
+            ),
             timeout=120,
             what="kube-apiserver",
             proc=proc,

@@ -89,7 +89,9 @@ def next_status(job: dict[str, Any]) -> dict[str, Any] | None:
         if outcome == "Restarting" and not restarted:
             return settle("Restarting", "Restarting", f"PyTorchJob {name} is restarting.")
         if outcome == "Failed":
-            new = settle("Failed", "Failed", f"PyTorchJob {name} has failed because a replica failed.")
+            new = settle(
+                "Failed", "Failed", f"PyTorchJob {name} has failed because a replica failed."
+            )
             new["replicaStatuses"] = {r: {"failed": 1} for r in replicas}
         else:
             new = settle("Succeeded", "Succeeded", f"PyTorchJob {name} is successfully completed.")
@@ -107,7 +109,9 @@ class FakeTrainingOperator:
         self.interval = interval
         self.transitions = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fake-training-operator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="fake-training-operator", daemon=True
+        )
 
     def start(self) -> FakeTrainingOperator:
         self._thread.start()

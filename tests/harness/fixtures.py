@@ -50,7 +50,9 @@ def namespace(kube: ControlPlane) -> Iterator[str]:
 def kubeflow_crds(kube: ControlPlane) -> list[str]:
     """Installs the upstream Kubeflow CRDs (PyTorchJob v1 and Trainer v2), unmodified."""
     folder = shared_dir() / "third_party" / "kubeflow"
-    files = sorted(folder.glob("*.kubeflow.org_*.yaml")) + sorted(folder.glob("kubeflow.org_*.yaml"))
+    files = sorted(folder.glob("*.kubeflow.org_*.yaml")) + sorted(
+        folder.glob("kubeflow.org_*.yaml")
+    )
     names = []
     for path in files:
         # Server-side apply: these CRDs are larger than the client-side annotation limit.

@@ -56,8 +56,9 @@ class MinioServer:
             },
         )
         processes.wait_until(
-            lambda: urllib.request.urlopen(f"{self.url}/minio/health/ready", timeout=1).status
-            == 200,
+            lambda: (
+                urllib.request.urlopen(f"{self.url}/minio/health/ready", timeout=1).status == 200
+            ),
             timeout=60,
             what="minio",
             proc=self._proc,

@@ -7,6 +7,7 @@ Every process is started in its own session and recorded, so that a finalizer
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -41,10 +42,8 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
