@@ -1,0 +1,231 @@
+"""What the operator reads from (and writes to) object storage, with the run's own credentials.
+
+Credentials come from the Secret a spec references (the same one its pods use), so a
+run's storage is reached with exactly the rights its jobs have. They live only in this
+process's memory (a short-lived cache) and are scrubbed from every error text.
+Storage calls block, so they run on the operator's thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from medsft_pipelines.specs.common import StorageSpec
+from medsft_pipelines.storage import (
+    DatasetNotReady,
+    ObjectNotFound,
+    ObjectStore,
+    StorageSettings,
+    open_store,
+)
+from medsft_pipelines.storage.progress import read_progress
+from medsft_pipelines.storage.shards import Manifest, read_manifest
+from pydantic import SecretStr
+
+from medsft_operator import metrics
+from medsft_operator.kube import SECRETS, Kube
+
+T = TypeVar("T")
+
+SECRET_TTL_S = 30.0
+
+
+class InputsError(Exception):
+    """An input is missing or wrong (Secret, reference, dataset); the message is for users
+    and never contains secret values."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class StorageAccess:
+    """Per-namespace storage clients built from referenced Secrets."""
+
+    def __init__(self, kube: Kube, executor: ThreadPoolExecutor) -> None:
+        self.kube = kube
+        self.executor = executor
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._stores: dict[tuple[str, ...], ObjectStore] = {}
+        self._known_secret_values: set[str] = set()
+        self._ca_dir = Path(tempfile.mkdtemp(prefix="medsft-ca-"))
+
+    # -- secrets -------------------------------------------------------------------------
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """Decoded data of a Secret (cached briefly); InputsError when it does not exist."""
+        key = (namespace, name)
+        cached = self._secrets.get(key)
+        if cached and time.monotonic() - cached[0] < SECRET_TTL_S:
+            return cached[1]
+        body = await self.kube.get(SECRETS, namespace, name)
+        if body is None:
+            self._secrets.pop(key, None)
+            raise InputsError(
+                "SecretNotFound", f"Secret {name!r} does not exist in namespace {namespace!r}"
+            )
+        data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+        data.update(body.get("stringData") or {})
+        self._known_secret_values.update(v for v in data.values() if len(v) >= 4)
+        self._secrets[key] = (time.monotonic(), data)
+        return data
+
+    async def secret_key(self, namespace: str, name: str, key: str) -> str:
+        data = await self.secret_data(namespace, name)
+        if key not in data:
+            raise InputsError(
+                "SecretKeyNotFound", f"Secret {name!r} has no key {key!r} (namespace {namespace!r})"
+            )
+        return data[key]
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value this process has seen replaced."""
+        for value in self._known_secret_values:
+            text = text.replace(value, "***")
+        return text
+
+    # -- stores --------------------------------------------------------------------------
+
+    async def settings(self, namespace: str, storage: StorageSpec) -> StorageSettings:
+        """Connection settings of ``storage`` with credentials from its Secret."""
+        access = secret = None
+        creds = storage.credentials_secret
+        if creds is not None:
+            access = await self.secret_key(namespace, creds.name, creds.access_key_key)
+            secret = await self.secret_key(namespace, creds.name, creds.secret_key_key)
+        ca_file = storage.ca_file
+        if storage.ca_secret is not None:
+            pem = await self.secret_key(namespace, storage.ca_secret.name, storage.ca_secret.key)
+            ca_file = str(self._ca_path(pem))
+        return StorageSettings(
+            endpoint=storage.endpoint,
+            secure=storage.secure,
+            ca_file=ca_file,
+            access_key=SecretStr(access) if access else None,
+            secret_key=SecretStr(secret) if secret else None,
+            region=storage.region or "us-east-1",
+            # The operator only reads small objects: fail fast and try again on the next tick.
+            retry_timeout_s=5.0,
+            connect_timeout_s=3.0,
+            read_timeout_s=10.0,
+        )
+
+    def _ca_path(self, pem: str) -> Path:
+        path = self._ca_dir / f"{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+        if not path.exists():
+            path.write_text(pem)
+        return path
+
+    async def store(self, namespace: str, storage: StorageSpec, uri: str) -> ObjectStore:
+        """The store rooted at ``uri`` (``s3://bucket/prefix``)."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            raise InputsError("UnsupportedURI", f"{uri} is not an s3:// URI the operator can read")
+        settings = await self.settings(namespace, storage)
+        access, secret = settings.secrets()
+        key = (
+            parsed.netloc,
+            settings.endpoint or "",
+            str(settings.secure),
+            settings.ca_file or "",
+            hashlib.sha256(f"{access}\0{secret}".encode()).hexdigest(),
+        )
+        bucket = self._stores.get(key)
+        if bucket is None:
+            bucket = open_store(f"s3://{parsed.netloc}", settings)
+            self._stores[key] = bucket
+        path = parsed.path.strip("/")
+        return bucket.child(path) if path else bucket
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.executor, fn)
+        except ObjectNotFound:
+            metrics.STORAGE_READS.labels(result="not_found").inc()
+            raise
+        except Exception:
+            metrics.STORAGE_READS.labels(result="error").inc()
+            raise
+        metrics.STORAGE_READS.labels(result="ok").inc()
+        return result
+
+    # -- what the reconcilers read and write ---------------------------------------------
+
+    async def progress(
+        self, namespace: str, storage: StorageSpec, root: str
+    ) -> dict[str, Any] | None:
+        store = await self.store(namespace, storage, root)
+        return await self.call(lambda: read_progress(store))
+
+    async def manifest(
+        self, namespace: str, storage: StorageSpec, manifest_uri: str
+    ) -> Manifest | None:
+        """The dataset manifest at ``manifest_uri`` (``.../manifest.json``), None if absent."""
+        root, _ = manifest_uri.rstrip("/").rsplit("/", 1)
+        store = await self.store(namespace, storage, root)
+        try:
+            return await self.call(lambda: read_manifest(store))
+        except DatasetNotReady:
+            return None
+
+    async def get_json(self, namespace: str, storage: StorageSpec, uri: str) -> Any | None:
+        root, key = uri.rstrip("/").rsplit("/", 1)
+        store = await self.store(namespace, storage, root)
+        try:
+            return await self.call(lambda: store.get_json(key))
+        except ObjectNotFound:
+            return None
+
+    async def exists(self, namespace: str, storage: StorageSpec, uri: str) -> bool:
+        root, key = uri.rstrip("/").rsplit("/", 1)
+        store = await self.store(namespace, storage, root)
+        return await self.call(lambda: store.exists(key))
+
+    async def put_json(self, namespace: str, storage: StorageSpec, uri: str, value: Any) -> None:
+        root, key = uri.rstrip("/").rsplit("/", 1)
+        store = await self.store(namespace, storage, root)
+        await self.call(lambda: store.put_json(key, value))
+
+    async def delete_prefix(self, namespace: str, storage: StorageSpec, uri: str) -> int:
+        """Delete everything under the folder ``uri``; how many objects went."""
+        store = await self.store(namespace, storage, uri)
+        return await self.call(lambda: store.delete_prefix(""))
+
+    async def latest_checkpoint(
+        self, namespace: str, storage: StorageSpec, sft_output: str, nodes: int
+    ) -> str | None:
+        """URI of the newest step every node completed, or None."""
+        from medsft_pipelines.storage.checkpoints import CheckpointStore, step_prefix
+
+        from medsft_operator import layout
+
+        stores = [
+            CheckpointStore(
+                await self.store(namespace, storage, layout.checkpoints_uri(sft_output, node))
+            )
+            for node in range(nodes)
+        ]
+
+        def newest_common() -> int | None:
+            if len(stores) == 1:
+                return stores[0].latest()
+            steps = set(stores[0].steps())
+            for other in stores[1:]:
+                steps &= set(other.steps())
+            return max(steps) if steps else None
+
+        step = await self.call(newest_common)
+        if step is None:
+            return None
+        return f"{layout.checkpoints_uri(sft_output, 0)}/{step_prefix(step).rstrip('/')}"

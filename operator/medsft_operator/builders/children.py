@@ -1,0 +1,306 @@
+"""Children of the stage kinds: ConfigMaps, batch Jobs and the PyTorchJob.
+
+Every function takes the owner's manifest (for name, namespace, uid and labels), the
+parsed spec and what the reconciler resolved (image, storage, URIs), and returns
+manifests ready to create: deterministic names, owner references, labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from medsft_pipelines.specs.jobconfig import (
+    CurationJobConfig,
+    EvalJobConfig,
+    SFTJobConfig,
+    dump_job_config,
+)
+from medsft_pipelines.specs.sft import check_batch_divisible
+
+from medsft_operator import names
+from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTStageSpec
+from medsft_operator.builders.pods import (
+    CONFIG_DIR,
+    Manifest,
+    PodSettings,
+    base_env,
+    container,
+    pod_template,
+    storage_env,
+)
+
+CURATE_COMMAND = ["medsft-curate", "--config"]
+TRAIN_COMMAND = ["torchrun", "--no-python", "medsft-train", "--config"]
+EVAL_COMMAND = ["medsft-eval", "--config"]
+DEEPSPEED_FILE = "deepspeed.json"
+PYTORCHJOB_PORT = 23456  # the training operator's default rendezvous port
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The resource whose children are being built."""
+
+    manifest: dict[str, Any]
+    component: str  # curation | sft | eval
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.manifest["metadata"]["namespace"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    def labels(self) -> dict[str, str]:
+        """Child labels, inheriting the run and generation of a run-owned stage."""
+        own = self.manifest["metadata"].get("labels") or {}
+        generation = own.get(names.GENERATION)
+        return names.child_labels(
+            self.kind,
+            self.name,
+            self.component,
+            run=own.get(names.RUN),
+            generation=int(generation) if generation else None,
+        )
+
+    def metadata(self, name: str, **extra_labels: str) -> Manifest:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {**self.labels(), **extra_labels},
+            "ownerReferences": [names.owner_reference(self.manifest)],
+        }
+
+
+def content_hash(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_map(owner: Owner, files: dict[str, str]) -> Manifest:
+    """The (immutable) ConfigMap with a stage's job config files."""
+    meta = owner.metadata(names.config_map_name(owner.name))
+    meta["annotations"] = {names.CONFIG_HASH: content_hash(files)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "immutable": True,
+        "data": files,
+    }
+
+
+def _queue(owner_spec: CurationStageSpec | SFTStageSpec | EvalStageSpec) -> dict[str, str]:
+    queue = owner_spec.scheduling.queue_name
+    return {names.KUEUE_QUEUE: queue} if queue else {}
+
+
+def _batch_job(
+    owner: Owner,
+    name: str,
+    pod: Manifest,
+    spec: CurationStageSpec | EvalStageSpec,
+    *,
+    job_spec: Manifest,
+) -> Manifest:
+    queued = _queue(spec)
+    body: Manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": owner.metadata(name, **queued),
+        "spec": {**job_spec, "template": pod},
+    }
+    if queued:
+        body["spec"]["suspend"] = True  # Kueue admits the workload by unsuspending it
+    return body
+
+
+# ------------------------------------------------------------------------------- curation
+
+
+def curation_config_map(
+    owner: Owner, work: CurationJobConfig, merge: CurationJobConfig
+) -> Manifest:
+    return config_map(
+        owner, {"work.yaml": dump_job_config(work), "merge.yaml": dump_job_config(merge)}
+    )
+
+
+def _curation_pod(
+    owner: Owner, spec: CurationStageSpec, settings: PodSettings, config_file: str
+) -> Manifest:
+    env = base_env(config_file) + storage_env(settings.storage)
+    teachers = spec.teachers
+    for modality, teacher in (
+        ("text", teachers and teachers.text),
+        ("image", teachers and teachers.image),
+    ):
+        if teacher and teacher.api_key_secret is not None:
+            ref = teacher.api_key_secret
+            env.append(
+                {
+                    "name": f"MEDSFT_TEACHER_{modality.upper()}_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
+    worker = container(
+        "curate",
+        settings,
+        command=[*CURATE_COMMAND, f"{CONFIG_DIR}/{config_file}"],
+        env=env,
+        runtime=spec,
+    )
+    return pod_template(settings, [worker], spec, restart_policy="Never")
+
+
+def curation_work_job(owner: Owner, spec: CurationStageSpec, settings: PodSettings) -> Manifest:
+    """The Indexed Job of the workers: one pod per slice, each slice retried on its own."""
+    return _batch_job(
+        owner,
+        names.curation_work_job_name(owner.name),
+        _curation_pod(owner, spec, settings, "work.yaml"),
+        spec,
+        job_spec={
+            "completionMode": "Indexed",
+            "completions": spec.workers,
+            "parallelism": spec.workers,
+            "backoffLimitPerIndex": spec.backoff_limit,
+        },
+    )
+
+
+def curation_merge_job(owner: Owner, spec: CurationStageSpec, settings: PodSettings) -> Manifest:
+    """The Job combining the workers' slices into the final shards and manifest."""
+    return _batch_job(
+        owner,
+        names.curation_merge_job_name(owner.name),
+        _curation_pod(owner, spec, settings, "merge.yaml"),
+        spec,
+        job_spec={"completions": 1, "parallelism": 1, "backoffLimit": spec.backoff_limit},
+    )
+
+
+# ------------------------------------------------------------------------------------ SFT
+
+
+def deepspeed_file(spec: SFTStageSpec) -> str:
+    """The DeepSpeed config the trainer will use on this job's world size (for inspection;
+    the trainer regenerates the same from its job config)."""
+    from medsft_pipelines.sft.deepspeed_config import deepspeed_config
+
+    world = spec.nodes * spec.gpus_per_node
+    accumulation = check_batch_divisible(spec.training, world)
+    config = deepspeed_config(spec, world_size=world, grad_accum_steps=accumulation, on_gpu=True)
+    return json.dumps(config, indent=2, sort_keys=True)
+
+
+def sft_config_map(owner: Owner, spec: SFTStageSpec, config: SFTJobConfig) -> Manifest:
+    return config_map(
+        owner, {"job.yaml": dump_job_config(config), DEEPSPEED_FILE: deepspeed_file(spec)}
+    )
+
+
+def pytorch_job(
+    owner: Owner,
+    spec: SFTStageSpec,
+    settings: PodSettings,
+    *,
+    attempt: int,
+    resume_from: str | None = None,
+) -> Manifest:
+    """The PyTorchJob of one training attempt: Master + (nodes-1) Workers, torchrun with
+    ``nprocPerNode`` = GPUs per node, a memory-backed ``/dev/shm``, gang-scheduling hints."""
+    env = [
+        *base_env("job.yaml"),
+        {"name": "MEDSFT_DEEPSPEED_CONFIG", "value": f"{CONFIG_DIR}/{DEEPSPEED_FILE}"},
+        {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},
+        *storage_env(settings.storage),
+    ]
+    if resume_from:
+        # Informational: the trainer resumes from the newest complete checkpoint by itself.
+        env.append({"name": "MEDSFT_RESUME_FROM", "value": resume_from})
+    pod_settings = PodSettings(
+        image=settings.image,
+        storage=settings.storage,
+        config_map=settings.config_map,
+        labels={**settings.labels, names.ATTEMPT: str(attempt)},
+        pull_policy=settings.pull_policy,
+        service_account=settings.service_account,
+    )
+    trainer = container(
+        "pytorch",  # the training operator finds the trainer container by this name
+        pod_settings,
+        command=[*TRAIN_COMMAND, f"{CONFIG_DIR}/job.yaml"],
+        env=env,
+        runtime=spec,
+        gpus=spec.gpus_per_node,
+        shm=True,
+        ports=[{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT}],
+    )
+    template = pod_template(
+        pod_settings, [trainer], spec, restart_policy="OnFailure", shm_size=spec.shm_size
+    )
+    replicas: Manifest = {
+        "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}
+    }
+    if spec.nodes > 1:
+        replicas["Worker"] = {
+            "replicas": spec.nodes - 1,
+            "restartPolicy": "OnFailure",
+            "template": template,
+        }
+    scheduling: Manifest = {"minAvailable": spec.nodes}  # all nodes or none (gang)
+    if spec.scheduling.priority_class_name:
+        scheduling["priorityClass"] = spec.scheduling.priority_class_name
+    queued = _queue(spec)
+    run_policy: Manifest = {"backoffLimit": spec.backoff_limit, "schedulingPolicy": scheduling}
+    if queued:
+        run_policy["suspend"] = True
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": owner.metadata(
+            names.pytorch_job_name(owner.name, attempt), **queued, **{names.ATTEMPT: str(attempt)}
+        ),
+        "spec": {
+            "nprocPerNode": str(spec.gpus_per_node),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------- eval
+
+
+def eval_config_map(owner: Owner, config: EvalJobConfig) -> Manifest:
+    return config_map(owner, {"job.yaml": dump_job_config(config)})
+
+
+def eval_job(owner: Owner, spec: EvalStageSpec, settings: PodSettings) -> Manifest:
+    """One evaluation pod (all its GPUs in the same pod, e.g. for tensor-parallel vLLM)."""
+    evaluator = container(
+        "eval",
+        settings,
+        command=[*EVAL_COMMAND, f"{CONFIG_DIR}/job.yaml"],
+        env=base_env("job.yaml") + storage_env(settings.storage),
+        runtime=spec,
+        gpus=spec.gpus,
+        shm=spec.gpus > 0,
+    )
+    pod = pod_template(
+        settings, [evaluator], spec, restart_policy="Never", shm_size="8Gi" if spec.gpus else None
+    )
+    return _batch_job(
+        owner,
+        names.eval_job_name(owner.name),
+        pod,
+        spec,
+        job_spec={"completions": 1, "parallelism": 1, "backoffLimit": spec.backoff_limit},
+    )

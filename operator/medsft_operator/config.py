@@ -1,0 +1,101 @@
+"""The operator's own settings (from the Helm chart's values, via environment variables)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import StorageCredentialsRef, StorageSpec
+from pydantic import Field
+
+DEFAULT_IMAGE = "ghcr.io/medsft/trainer:0.1.0"
+
+
+class OperatorConfig(Spec):
+    """How the operator runs and the defaults it fills into specs."""
+
+    namespaces: list[str] = []
+    """Namespaces to serve; empty: every namespace (cluster-wide)."""
+    kubeconfig: str | None = None
+    """Kubeconfig file; unset: in-cluster ServiceAccount, else ``$KUBECONFIG`` / ``~/.kube/config``."""
+    default_image: Annotated[str, Field(min_length=1)] = DEFAULT_IMAGE
+    """Trainer image of stages whose spec and run name none."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """Pull policy of the trainer containers; unset: the Kubernetes default."""
+    default_storage: StorageSpec | None = None
+    """Storage of runs that name none (endpoint, bucket, credentials Secret in the run's namespace)."""
+    job_service_account: str | None = None
+    """ServiceAccount of the stage pods (their token is never mounted); unset: ``default``."""
+    poll_interval_s: Annotated[float, Field(gt=0)] = 15.0
+    """How often active stages fold progress from storage and waiting stages re-check inputs."""
+    retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0
+    """First delay before an unexpected error is retried (doubles up to ``retryBackoffMaxS``)."""
+    retry_backoff_max_s: Annotated[float, Field(gt=0)] = 120.0
+    """Longest delay between retries of an unexpected error."""
+    http_host: str = "0.0.0.0"
+    """Address of the health and metrics endpoint."""
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    """Port of ``/healthz`` and ``/readyz`` (and ``/metrics``; 0: any free port)."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 8080
+    """Port of ``/metrics`` (also served on ``httpPort``); unset: only ``httpPort``."""
+    leader_election: bool = True
+    """Act only while holding the Lease, so that two replicas never both act."""
+    lease_name: str = "medsft-operator"
+    """Name of the leader-election Lease."""
+    lease_namespace: str = "default"
+    """Namespace of the Lease (the operator's own namespace)."""
+    lease_duration_s: Annotated[float, Field(gt=0)] = 15.0
+    """How long a Lease stays valid without renewal (failover time after a crash)."""
+    lease_renew_s: Annotated[float, Field(gt=0)] = 5.0
+    """How often the leader renews the Lease."""
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """Holder identity in the Lease (pod name in a cluster)."""
+    api_threads: Annotated[int, Field(ge=1, le=256)] = 16
+    """Threads carrying blocking Kubernetes and storage requests."""
+    log_format: Literal["json", "plain"] = "json"
+    """Structured JSON logs, or plain text for a terminal."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Settings from ``MEDSFT_*`` variables (what the Helm chart sets)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field_name in cls.model_fields:
+            if field_name == "default_storage":
+                continue
+            raw = env.get(f"MEDSFT_{field_name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[field_name] = (
+                [n for n in raw.split(",") if n] if field_name == "namespaces" else raw
+            )
+        if not values.get("kubeconfig") and env.get("KUBECONFIG"):
+            values["kubeconfig"] = env["KUBECONFIG"]
+        if not values.get("lease_namespace") and env.get("POD_NAMESPACE"):
+            values["lease_namespace"] = env["POD_NAMESPACE"]
+        if not values.get("identity") and env.get("POD_NAME"):
+            values["identity"] = env["POD_NAME"]
+        storage = _storage_from_env(env)
+        if storage is not None:
+            values["default_storage"] = storage
+        return cls.model_validate(values)
+
+
+def _storage_from_env(env: Mapping[str, str]) -> StorageSpec | None:
+    """``MEDSFT_STORAGE_{ENDPOINT,BUCKET,PREFIX,SECURE,REGION,SECRET}``; None without an endpoint."""
+    endpoint = env.get("MEDSFT_STORAGE_ENDPOINT")
+    if not endpoint:
+        return None
+    values: dict[str, object] = {"endpoint": endpoint}
+    for name in ("bucket", "prefix", "secure", "region"):
+        raw = env.get(f"MEDSFT_STORAGE_{name.upper()}")
+        if raw:
+            values[name] = raw
+    if env.get("MEDSFT_STORAGE_SECRET"):
+        values["credentials_secret"] = StorageCredentialsRef(name=env["MEDSFT_STORAGE_SECRET"])
+    return StorageSpec.model_validate(values)

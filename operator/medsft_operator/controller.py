@@ -1,0 +1,199 @@
+"""The controller: serialises reconciles per object, writes status, counts, retries.
+
+kopf delivers the triggers (creation, spec changes, timers, children's events); this
+class turns each into one reconcile of one object under that object's lock, writes the
+status only when it changed (guarded by ``resourceVersion``), posts Events for
+transitions, and converts unexpected errors into ``kopf.TemporaryError`` with
+exponential backoff — with every secret value scrubbed from what it logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from medsft_operator import fold, metrics, names
+from medsft_operator.api.k8s import StatusBase
+from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body, Conflict, NotFound
+from medsft_operator.reconcilers.base import Context, Reconciler
+from medsft_operator.reconcilers.run import RunReconciler
+from medsft_operator.reconcilers.stages import CurationReconciler, EvalReconciler, SFTReconciler
+
+log = logging.getLogger("medsft.operator")
+
+MAX_PASSES = 5  # status conflicts and requeues within one trigger
+
+
+class Controller:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.reconcilers: dict[str, Reconciler] = {
+            r.rt.plural: r
+            for r in (
+                CurationReconciler(ctx),
+                SFTReconciler(ctx),
+                EvalReconciler(ctx),
+                RunReconciler(ctx),
+            )
+        }
+        self.phases = metrics.PhaseTracker()
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    def _lock(self, plural: str, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((plural, namespace, name), asyncio.Lock())
+
+    def forget(self, plural: str, namespace: str, name: str) -> None:
+        """The object is gone: drop its lock and its phase gauge."""
+        self._locks.pop((plural, namespace, name), None)
+        self.phases.forget(self.reconcilers[plural].rt.kind, namespace, name)
+
+    async def reconcile(
+        self, plural: str, body: Body, *, poll: bool = False, retry: int = 0
+    ) -> None:
+        """One reconcile of ``body`` (a kopf body or a fresh GET), retried by kopf on error."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        reconciler = self.reconcilers[plural]
+        kind = reconciler.rt.kind
+        started = time.perf_counter()
+        async with self._lock(plural, namespace, name):
+            try:
+                await self._reconcile(reconciler, dict(body), poll=poll)
+            except ValidationError as exc:
+                # The apiserver validated the spec against the same models: only a drifted
+                # CRD gets here. Say so in the status instead of retrying forever.
+                metrics.RECONCILES.labels(kind=kind, result="invalid").inc()
+                await self._invalid(reconciler, body, exc)
+                return
+            except Exception as exc:
+                metrics.RECONCILES.labels(kind=kind, result="error").inc()
+                metrics.RECONCILE_ERRORS.labels(kind=kind, error=type(exc).__name__).inc()
+                delay = min(
+                    self.ctx.config.retry_backoff_s * 2**retry, self.ctx.config.retry_backoff_max_s
+                )
+                text = self.ctx.storage.redact(f"{type(exc).__name__}: {exc}")[:500]
+                log.warning(
+                    "reconcile of %s %s/%s failed (retry in %.0fs): %s",
+                    kind,
+                    namespace,
+                    name,
+                    delay,
+                    text,
+                )
+                raise kopf.TemporaryError(text, delay=delay) from None
+            finally:
+                metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels(kind=kind, result="ok").inc()
+
+    async def reconcile_named(
+        self, plural: str, namespace: str, name: str, *, poll: bool = False
+    ) -> None:
+        """Reconcile an object known by name (a child changed): read it fresh first."""
+        body = await self.ctx.kube.get(self.reconcilers[plural].rt, namespace, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            await self.reconcile(plural, body, poll=poll)
+
+    async def child_changed(self, child: Body) -> None:
+        """A Job, PyTorchJob or stage resource we own changed: reconcile its owner."""
+        labels = child["metadata"].get("labels") or {}
+        namespace = child["metadata"]["namespace"]
+        owner_kind, owner_name = labels.get(names.OWNER_KIND), labels.get(names.OWNER_NAME)
+        if owner_kind in BY_KIND and owner_name:
+            plural = BY_KIND[owner_kind].plural
+            if plural in self.reconcilers:
+                await self.reconcile_named(plural, namespace, owner_name)
+
+    async def _reconcile(self, reconciler: Reconciler, body: Body, *, poll: bool) -> None:
+        for _ in range(MAX_PASSES):
+            if body["metadata"].get("deletionTimestamp"):
+                return
+            old = reconciler.status_of(body)
+            new = await reconciler.reconcile(body, poll=poll)
+            try:
+                written = await self._write_status(reconciler, body, old, new)
+            except Conflict:  # changed since we read it: start over from a fresh copy
+                fresh = await self.ctx.kube.get(
+                    reconciler.rt, body["metadata"]["namespace"], body["metadata"]["name"]
+                )
+                if fresh is None:
+                    return
+                body = fresh
+                continue
+            if written is None or not reconciler.requeue(old, new):
+                return
+            body = written
+        log.warning(
+            "reconcile of %s/%s did not settle in %d passes",
+            reconciler.rt.kind,
+            body["metadata"]["name"],
+            MAX_PASSES,
+        )
+
+    async def _write_status(
+        self, reconciler: Reconciler, body: Body, old: StatusBase, new: StatusBase
+    ) -> Body | None:
+        """Patch the status if it changed; the object as written (None if it is gone)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self.phases.set(reconciler.rt.kind, namespace, name, new.phase)
+        current: dict[str, Any] = body.get("status") or {}
+        wanted = new.to_wire()
+        if wanted == current:
+            return body
+        patch = {
+            "metadata": {"resourceVersion": meta["resourceVersion"]},
+            "status": {**{k: None for k in current if k not in wanted}, **wanted},
+        }
+        try:
+            written = await self.ctx.kube.patch_status(reconciler.rt, namespace, name, patch)
+        except NotFound:
+            return None
+        for type_, reason, message in fold.transition_events(old, new):
+            self.ctx.events.post(body, type_, reason, message)
+        return written
+
+    async def _invalid(self, reconciler: Reconciler, body: Body, exc: ValidationError) -> None:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        status = reconciler.status_of(body)
+        generation = body["metadata"].get("generation")
+        new = fold.apply_phase(
+            status, "Failed", "InvalidSpec", f"invalid spec: {errors}", generation
+        )
+        with contextlib.suppress(Conflict, NotFound):
+            await self._write_status(reconciler, body, status, new)
+
+    def is_active(self, body: Body) -> bool:
+        """Whether a timer should still poll this object (not finished, not being deleted)."""
+        phase = (body.get("status") or {}).get("phase")
+        return phase not in fold.TERMINAL and not body["metadata"].get("deletionTimestamp")
+
+    async def delete_artifacts(self, body: Body) -> None:
+        """``artifactPolicy: Delete``: remove the run's storage prefix (the finalizer)."""
+        from medsft_operator import layout
+        from medsft_operator.api.kinds import MedSFTRun
+        from medsft_operator.plan import resolve_storage
+
+        run = MedSFTRun.from_manifest(body)
+        if run.spec.artifact_policy != "Delete":
+            return
+        meta = body["metadata"]
+        storage = resolve_storage(run.spec.storage, self.ctx.config.default_storage)
+        root = layout.run_root(storage, meta["namespace"], meta["name"])
+        deleted = await self.ctx.storage.delete_prefix(meta["namespace"], storage, root)
+        self.ctx.events.post(
+            body, "Normal", "ArtifactsDeleted", f"deleted {deleted} objects under {root}/"
+        )
+        log.info(
+            "deleted %d objects under %s/ for %s/%s", deleted, root, meta["namespace"], meta["name"]
+        )
+
+
+__all__ = ["MEDSFTRUNS", "Controller"]

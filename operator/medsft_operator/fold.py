@@ -1,0 +1,317 @@
+"""Pure functions that turn what the operator observes into status.
+
+Children's Kubernetes status (batch Job and PyTorchJob conditions), the jobs' progress and
+metrics in storage, manifests and summaries are *folded* into the medsft status models;
+phases and conditions move together; transitions become Events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from medsft_pipelines.storage.shards import Manifest
+
+from medsft_operator.api import conditions as cond
+from medsft_operator.api.k8s import Phase, StatusBase
+from medsft_operator.api.status import (
+    BenchmarkResult,
+    CurationJobStatus,
+    EvalJobStatus,
+    SFTJobStatus,
+)
+
+StatusT = TypeVar("StatusT", bound=StatusBase)
+EventType = Literal["Normal", "Warning"]
+TERMINAL: tuple[Phase, ...] = ("Succeeded", "Failed")
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+# ---------------------------------------------------------------------- children's state
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """Where a child (batch Job or PyTorchJob) stands, in medsft's terms."""
+
+    phase: Phase
+    reason: str
+    message: str = ""
+    restarted: bool = False
+
+
+def job_state(job: Mapping[str, Any]) -> ChildState:
+    """State of a batch/v1 Job from its conditions (Complete / Failed / Suspended...)."""
+    status = job.get("status") or {}
+    true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    for kind in ("Failed", "FailureTarget"):
+        if kind in true:
+            c = true[kind]
+            return ChildState("Failed", c.get("reason") or "JobFailed", c.get("message") or "")
+    if "Complete" in true:
+        return ChildState("Succeeded", "JobComplete", "")
+    if "Suspended" in true or (job.get("spec") or {}).get("suspend"):
+        return ChildState("Pending", "Queued", "waiting for admission (suspended)")
+    if status.get("active") or status.get("ready") or status.get("startTime"):
+        return ChildState("Running", "Running", "")
+    return ChildState("Pending", "Starting", "pods not started yet")
+
+
+PYTORCHJOB_PHASES: dict[str, Phase] = {
+    "Created": "Pending",
+    "Suspended": "Pending",
+    "Running": "Running",
+    "Restarting": "Running",
+    "Succeeded": "Succeeded",
+    "Failed": "Failed",
+}
+
+
+def pytorchjob_state(job: Mapping[str, Any]) -> ChildState:
+    """State of a kubeflow.org/v1 PyTorchJob: its last condition that is True."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    restarted = any(c.get("type") == "Restarting" for c in conditions)
+    for c in reversed(conditions):
+        if c.get("status") == "True" and c.get("type") in PYTORCHJOB_PHASES:
+            return ChildState(
+                PYTORCHJOB_PHASES[c["type"]],
+                c.get("reason") or f"PyTorchJob{c['type']}",
+                c.get("message") or "",
+                restarted,
+            )
+    return ChildState("Pending", "Submitted", "waiting for the training operator", restarted)
+
+
+# ---------------------------------------------------------------- phases and conditions
+
+
+def apply_phase(
+    status: StatusT,
+    phase: Phase,
+    reason: str,
+    message: str,
+    generation: int | None,
+) -> StatusT:
+    """``status`` with ``phase``, its message and the Ready/Progressing/Succeeded/Failed
+    conditions set consistently (timestamps move only on real transitions)."""
+    conditions = list(status.conditions)
+    running = phase in ("Pending", "Running")
+    ready_reason = reason if phase != "Succeeded" else "Succeeded"
+    conditions = cond.set_condition(
+        conditions,
+        cond.READY,
+        "True" if phase == "Succeeded" else "False",
+        ready_reason,
+        message,
+        generation,
+    )
+    conditions = cond.set_condition(
+        conditions, cond.PROGRESSING, "True" if running else "False", reason, message, generation
+    )
+    conditions = cond.set_condition(
+        conditions,
+        cond.SUCCEEDED,
+        "True" if phase == "Succeeded" else "False",
+        reason,
+        message,
+        generation,
+    )
+    conditions = cond.set_condition(
+        conditions,
+        cond.FAILED,
+        "True" if phase == "Failed" else "False",
+        reason,
+        message,
+        generation,
+    )
+    update: dict[str, Any] = {
+        "phase": phase,
+        "message": message,
+        "conditions": conditions,
+        "observed_generation": generation,
+    }
+    if phase == "Running" and status.start_time is None:
+        update["start_time"] = now()
+    if phase in TERMINAL and status.completion_time is None:
+        update["completion_time"] = now()
+    return status.model_copy(update=update)
+
+
+def apply_inputs(
+    status: StatusT, ready: bool, reason: str, message: str, generation: int | None
+) -> StatusT:
+    conditions = cond.set_condition(
+        status.conditions,
+        cond.INPUTS_READY,
+        "True" if ready else "False",
+        reason,
+        message,
+        generation,
+    )
+    return status.model_copy(update={"conditions": conditions})
+
+
+def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType, str, str]]:
+    """Events for what changed between two statuses: the phase, and any condition whose
+    status flipped (InputsReady False -> True etc.)."""
+    events: list[tuple[EventType, str, str]] = []
+    if new.phase != old.phase and new.phase is not None:
+        kind: EventType = "Warning" if new.phase == "Failed" else "Normal"
+        reason = new.phase if new.phase != "Failed" else _reason(new, cond.FAILED) or "Failed"
+        events.append((kind, reason, new.message or new.phase))
+    for c in new.conditions:
+        if c.type in (cond.READY, cond.PROGRESSING, cond.SUCCEEDED, cond.FAILED):
+            continue  # these follow the phase, already announced
+        before = cond.get_condition(old.conditions, c.type)
+        if before is None or before.status != c.status or before.reason != c.reason:
+            kind = "Warning" if c.status == "False" else "Normal"
+            events.append((kind, c.reason, c.message or f"{c.type} is {c.status}"))
+    return events
+
+
+def _reason(status: StatusBase, type_: str) -> str | None:
+    c = cond.get_condition(status.conditions, type_)
+    return c.reason if c else None
+
+
+# -------------------------------------------------------------------------- progress
+
+
+def progress_text(progress: Mapping[str, Any] | None) -> str | None:
+    """``1200/3000`` (or ``1200``) for ``kubectl get``; None without progress."""
+    if not progress or progress.get("step") is None:
+        return None
+    step, total = int(progress["step"]), progress.get("total")
+    return f"{step}/{int(total)}" if total else str(step)
+
+
+def _count(mapping: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, int | float):
+            return int(value)
+    return None
+
+
+def fold_curation_counts(status: CurationJobStatus, counts: Mapping[str, Any]) -> CurationJobStatus:
+    """Curation counters from progress counts or the manifest's ``counts`` (``read/<src>``,
+    ``traces/<src>/<task>/generated|accepted``, ``removed/<reason>/<src>``)."""
+    update: dict[str, Any] = {}
+    read = sum(int(v) for k, v in counts.items() if k.startswith("read/"))
+    rows_read = _count(counts, "rows_read") or read
+    if rows_read:
+        update["input_rows"] = rows_read
+    generated = sum(
+        int(v) for k, v in counts.items() if k.startswith("traces/") and k.endswith("/generated")
+    )
+    accepted = sum(
+        int(v) for k, v in counts.items() if k.startswith("traces/") and k.endswith("/accepted")
+    )
+    if generated:
+        update["traces_generated"] = generated
+    if accepted:
+        update["traces_accepted"] = accepted
+    removed: dict[str, int] = {}
+    for k, v in counts.items():
+        parts = k.split("/")
+        if parts[0] == "removed" and len(parts) >= 2:
+            removed[parts[1]] = removed.get(parts[1], 0) + int(v)
+    if removed:
+        update["removed"] = dict(sorted(removed.items())[:64])
+    return status.model_copy(update=update)
+
+
+def fold_manifest(
+    status: CurationJobStatus, manifest: Manifest, report: Mapping[str, Any] | None
+) -> CurationJobStatus:
+    """Final dataset facts: samples, shards, tokens, and the report's unique counts."""
+    status = fold_curation_counts(status, manifest.extra.get("counts") or {})
+    tokens = manifest.extra.get("token_stats") or {}
+    update: dict[str, Any] = {"kept_samples": manifest.num_rows, "shards": len(manifest.shards)}
+    if _count(tokens, "total_tokens") is not None:
+        update["total_tokens"] = _count(tokens, "total_tokens")
+    if _count(tokens, "response_tokens") is not None:
+        update["response_tokens"] = _count(tokens, "response_tokens")
+    totals = (report or {}).get("totals") or {}
+    if _count(totals, "unique_questions") is not None:
+        update["questions"] = _count(totals, "unique_questions")
+    if _count(totals, "unique_images") is not None:
+        update["images"] = _count(totals, "unique_images")
+    return status.model_copy(update=update)
+
+
+def fold_sft_progress(
+    status: SFTJobStatus, progress: Mapping[str, Any] | None, last_metrics: Mapping[str, Any] | None
+) -> SFTJobStatus:
+    """Step, epoch and loss from ``progress.json``; learning rate and throughput from the
+    newest metrics record."""
+    update: dict[str, Any] = {}
+    if progress:
+        if progress.get("step") is not None:
+            update["step"] = int(progress["step"])
+        if progress.get("total") is not None:
+            update["total_steps"] = int(progress["total"])
+        for key, field in (("epoch", "epoch"), ("loss", "loss")):
+            if isinstance(progress.get(key), int | float):
+                update[field] = float(progress[key])
+        update["progress"] = progress_text(progress)
+    if last_metrics:
+        for keys, field in (
+            (("lr", "learning_rate"), "learning_rate"),
+            (("tokens_per_s", "tokens_per_second"), "tokens_per_second"),
+        ):
+            for key in keys:
+                if isinstance(last_metrics.get(key), int | float):
+                    update[field] = float(last_metrics[key])
+                    break
+        if "loss" not in update and isinstance(last_metrics.get("loss"), int | float):
+            update["loss"] = float(last_metrics["loss"])
+    return status.model_copy(update={k: v for k, v in update.items() if v is not None})
+
+
+def fold_eval_summary(status: EvalJobStatus, summary: Mapping[str, Any]) -> EvalJobStatus:
+    """The eval harness's ``summary.json`` (already in status shape) into the status; the
+    group means are recomputed from the results when the summary lacks them."""
+    results = [BenchmarkResult.model_validate(r) for r in summary.get("results") or []][:64]
+    update: dict[str, Any] = {"results": results}
+    for key, field in (
+        ("meanAccuracy", "mean_accuracy"),
+        ("meanAccuracyIn", "mean_accuracy_in"),
+        ("meanAccuracyOut", "mean_accuracy_out"),
+        ("reportUri", "report_uri"),
+    ):
+        if summary.get(key) is not None:
+            update[field] = summary[key]
+    if "mean_accuracy" not in update and results:
+        update["mean_accuracy"] = sum(r.accuracy for r in results) / len(results)
+    for dist, field in (("in", "mean_accuracy_in"), ("out", "mean_accuracy_out")):
+        chosen = [r.accuracy for r in results if r.distribution == dist]
+        if field not in update and chosen:
+            update[field] = sum(chosen) / len(chosen)
+    if update.get("mean_accuracy") is not None:
+        update["progress"] = f"{100 * update['mean_accuracy']:.1f}%"
+    return status.model_copy(update=update)
+
+
+def scores_of(status: EvalJobStatus) -> dict[str, float]:
+    """Accuracy per benchmark plus ``mean``, ``mean.in`` and ``mean.out`` (the names
+    promotion thresholds use)."""
+    scores = {r.name: r.accuracy for r in status.results}
+    for key, value in (
+        ("mean", status.mean_accuracy),
+        ("mean.in", status.mean_accuracy_in),
+        ("mean.out", status.mean_accuracy_out),
+    ):
+        if value is not None:
+            scores[key] = value
+    return scores
+
+
+def baseline_mean(status: EvalJobStatus) -> float | None:
+    values = [r.baseline_accuracy for r in status.results if r.baseline_accuracy is not None]
+    return sum(values) / len(values) if values else None

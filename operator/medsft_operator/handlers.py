@@ -1,0 +1,127 @@
+"""kopf handlers: thin adapters from kopf's triggers to the :class:`Controller`.
+
+* spec created / changed / operator resumed -> reconcile (kopf retries TemporaryError);
+* a timer on every unfinished object -> reconcile with progress folded from storage
+  (and missing inputs re-checked);
+* an owned Job, PyTorchJob or stage resource changed -> reconcile its owner at once;
+* a MedSFTRun with ``artifactPolicy: Delete`` is deleted -> the finalizer empties its prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from medsft_operator import names
+from medsft_operator.api.k8s import GROUP, VERSION
+from medsft_operator.controller import Controller
+from medsft_operator.kube import JOBS, PYTORCHJOBS
+
+KINDS = ("curationjobs", "sftjobs", "evaljobs", "medsftruns")
+STAGE_KINDS = ("curationjobs", "sftjobs", "evaljobs")
+FINALIZER = f"{GROUP}/artifacts"
+ANNOTATION_PREFIX = GROUP  # kopf's bookkeeping annotations: medsft.io/last-handled-configuration
+
+
+def configure(settings: kopf.OperatorSettings, *, poll_interval: float) -> None:
+    """kopf settings: bookkeeping in annotations (the CRD status schema has no room for
+    kopf's), our own finalizer name, no dynamic CRD/namespace scanning (less RBAC), Events
+    only from explicit calls and warnings."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4  # only kopf's own sync helpers: ours are async
+
+
+def register(
+    registry: kopf.OperatorRegistry, controller: Controller, *, poll_interval: float, login: Any
+) -> None:
+    """Register every handler of the operator on ``registry``."""
+    kopf.on.login(registry=registry)(login)
+    backoff = controller.ctx.config.retry_backoff_s
+
+    for plural in KINDS:
+
+        async def reconcile(body: kopf.Body, retry: int, _plural: str = plural, **_: Any) -> None:
+            await controller.reconcile(_plural, dict(body), retry=retry)
+
+        async def poll(body: kopf.Body, _plural: str = plural, **_: Any) -> None:
+            # Errors here are logged by the controller; the next tick tries again.
+            with contextlib.suppress(kopf.TemporaryError):
+                await controller.reconcile(_plural, dict(body), poll=True)
+
+        async def gone(body: kopf.Body, type: str, _plural: str = plural, **_: Any) -> None:
+            if type == "DELETED":
+                meta = body["metadata"]
+                controller.forget(_plural, meta["namespace"], meta["name"])
+
+        def active(body: kopf.Body, **_: Any) -> bool:
+            return controller.is_active(dict(body))
+
+        for decorator in (kopf.on.create, kopf.on.resume):
+            decorator(GROUP, VERSION, plural, id="reconcile", backoff=backoff, registry=registry)(
+                reconcile
+            )
+        kopf.on.update(
+            GROUP, VERSION, plural, id="reconcile", field="spec", backoff=backoff, registry=registry
+        )(reconcile)
+        kopf.timer(
+            GROUP,
+            VERSION,
+            plural,
+            id="poll",
+            interval=poll_interval,
+            initial_delay=poll_interval,
+            when=active,
+            registry=registry,
+        )(poll)
+        kopf.on.event(GROUP, VERSION, plural, id="forget", registry=registry)(gone)
+
+    async def child_changed(body: kopf.Body, type: str, **_: Any) -> None:
+        if type in ("ADDED", "MODIFIED", "DELETED", None):
+            # On errors the owner's own retries and timer take over.
+            with contextlib.suppress(kopf.TemporaryError):
+                await controller.child_changed(dict(body))
+
+    managed = {names.MANAGED_BY: names.OPERATOR_NAME}
+    for rt in (JOBS, PYTORCHJOBS):
+        kopf.on.event(
+            rt.group, rt.version, rt.plural, id="owner", labels=managed, registry=registry
+        )(child_changed)
+    for plural in STAGE_KINDS:
+        # Stage resources of a run report to the run.
+        kopf.on.event(
+            GROUP,
+            VERSION,
+            plural,
+            id="run",
+            labels={names.RUN: kopf.PRESENT, **managed},
+            registry=registry,
+        )(child_changed)
+
+    async def finalize(body: kopf.Body, **_: Any) -> None:
+        await controller.delete_artifacts(dict(body))
+
+    kopf.on.delete(
+        GROUP,
+        VERSION,
+        "medsftruns",
+        id="artifacts",
+        field="spec.artifactPolicy",
+        value="Delete",
+        backoff=backoff,
+        retries=20,
+        registry=registry,
+    )(finalize)

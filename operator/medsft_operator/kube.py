@@ -1,0 +1,228 @@
+"""Asynchronous access to the Kubernetes API for the reconcilers.
+
+The official ``kubernetes`` client does authentication (kubeconfig, in-cluster token)
+and TLS; its blocking calls run on a bounded thread pool so the operator's event loop
+never waits on the network. Objects go in and come out as plain dicts (no model
+(de)serialisation: cheaper, and the same shape kopf hands to the handlers). Every
+request is counted in the ``medsft_api_requests_total`` metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from medsft_operator import metrics
+from medsft_operator.api.k8s import GROUP, VERSION
+
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    """A namespaced API resource: where its objects live in the REST API."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        path = f"{base}/namespaces/{namespace}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+CURATIONJOBS = ResourceType(GROUP, VERSION, "curationjobs", "CurationJob")
+SFTJOBS = ResourceType(GROUP, VERSION, "sftjobs", "SFTJob")
+EVALJOBS = ResourceType(GROUP, VERSION, "evaljobs", "EvalJob")
+MEDSFTRUNS = ResourceType(GROUP, VERSION, "medsftruns", "MedSFTRun")
+JOBS = ResourceType("batch", "v1", "jobs", "Job")
+PYTORCHJOBS = ResourceType("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
+CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
+SECRETS = ResourceType("", "v1", "secrets", "Secret")
+LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
+
+BY_KIND = {
+    rt.kind: rt
+    for rt in (CURATIONJOBS, SFTJOBS, EVALJOBS, MEDSFTRUNS, JOBS, PYTORCHJOBS, CONFIGMAPS, SECRETS)
+}
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API error, with the HTTP status and the apiserver's message (no response body,
+    which could echo object contents)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @classmethod
+    def from_api_exception(cls, exc: ApiException) -> KubeError:
+        message = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(exc.body or "{}").get("message", "")
+        return cls(int(exc.status or 0), str(exc.reason or ""), message)
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: the object exists already, or the resourceVersion precondition failed."""
+
+
+def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 16) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Get, list, create, patch and delete namespaced objects as dicts."""
+
+    def __init__(self, api_client: client.ApiClient, executor: ThreadPoolExecutor) -> None:
+        self.api = api_client
+        self.executor = executor
+
+    async def _request(
+        self,
+        verb: str,
+        method: str,
+        rt: ResourceType,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Body:
+        url = path + (f"?{urlencode(query)}" if query else "")
+        metrics.API_REQUESTS.labels(verb=verb, resource=rt.plural).inc()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, self._call, method, url, body, content_type
+        )
+
+    def _call(self, method: str, url: str, body: Any, content_type: str) -> Body:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        request = self.api.param_serialize(
+            method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api(*request)
+        response.read()
+        if not 200 <= response.status <= 299:
+            error = KubeError.from_api_exception(ApiException(http_resp=response))
+            error_type = {404: NotFound, 409: Conflict}.get(error.status, KubeError)
+            raise error_type(error.status, error.reason, error.message)
+        return json.loads(response.data) if response.data else {}
+
+    async def get(self, rt: ResourceType, namespace: str, name: str) -> Body | None:
+        """The object, or None if it does not exist."""
+        try:
+            return await self._request("get", "GET", rt, rt.path(namespace, name))
+        except NotFound:
+            return None
+
+    async def list(self, rt: ResourceType, namespace: str, labels: dict[str, str]) -> list[Body]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        result = await self._request(
+            "list", "GET", rt, rt.path(namespace), query={"labelSelector": selector}
+        )
+        return list(result.get("items") or [])
+
+    async def create(self, rt: ResourceType, body: Body) -> Body:
+        namespace = body["metadata"]["namespace"]
+        return await self._request("create", "POST", rt, rt.path(namespace), body=body)
+
+    async def ensure(self, rt: ResourceType, body: Body) -> tuple[Body, bool]:
+        """The object named like ``body``, created from it if absent: (object, created).
+
+        Reads first: in the steady state a child exists, and a read is one request where a
+        failed create would be two.
+        """
+        meta = body["metadata"]
+        existing = await self.get(rt, meta["namespace"], meta["name"])
+        if existing is not None:
+            return existing, False
+        try:
+            return await self.create(rt, body), True
+        except Conflict:  # created meanwhile (another reconcile, or a replica's last act)
+            existing = await self.get(rt, meta["namespace"], meta["name"])
+            if existing is None:
+                raise
+            return existing, False
+
+    async def patch(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        patch: Body,
+        *,
+        subresource: str | None = None,
+    ) -> Body:
+        """JSON merge patch; a ``metadata.resourceVersion`` in ``patch`` is a precondition."""
+        return await self._request(
+            "patch",
+            "PATCH",
+            rt,
+            rt.path(namespace, name, subresource),
+            body=patch,
+            content_type=MERGE_PATCH,
+        )
+
+    async def patch_status(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
+        return await self.patch(rt, namespace, name, patch, subresource="status")
+
+    async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
+        """Delete with background propagation (children go by garbage collection)."""
+        try:
+            await self._request(
+                "delete",
+                "DELETE",
+                rt,
+                rt.path(namespace, name),
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
+            )
+            return True
+        except NotFound:
+            return False
+
+    async def update(self, rt: ResourceType, body: Body) -> Body:
+        meta = body["metadata"]
+        return await self._request(
+            "update", "PUT", rt, rt.path(meta["namespace"], meta["name"]), body=body
+        )

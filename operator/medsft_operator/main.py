@@ -1,0 +1,252 @@
+"""Run the operator: ``python -m medsft_operator`` (or :func:`run_operator` from the CLI).
+
+Settings come from ``MEDSFT_*`` environment variables (the Helm chart) and flags. The
+process serves health and metrics at once, waits for the leader Lease, then runs kopf
+until told to stop (SIGTERM) or until it loses the Lease (then it exits non-zero and
+its Deployment restarts it as a candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from medsft_operator.artifacts import StorageAccess
+from medsft_operator.config import OperatorConfig
+from medsft_operator.controller import Controller
+from medsft_operator.handlers import configure, register
+from medsft_operator.health import HealthServer
+from medsft_operator.kube import Kube, load_api_client
+from medsft_operator.leader import LeaderElector
+from medsft_operator.reconcilers.base import Context, EventSink
+
+log = logging.getLogger("medsft.operator")
+
+
+class Redactor(logging.Filter):
+    """Scrubs every secret value the operator has seen from log records."""
+
+    def __init__(self, redact: Any) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def setup_logging(config: OperatorConfig, redact: Any) -> None:
+    fmt = kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=config.log_level == "DEBUG", log_format=fmt)
+    root = logging.getLogger()
+    root.setLevel(config.log_level)
+    for handler in root.handlers:
+        handler.addFilter(Redactor(redact))
+    for noisy in ("urllib3", "kubernetes", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def login_handler(configuration: client.Configuration) -> Any:
+    """A kopf login handler that uses exactly the credentials of the reconcilers' client."""
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        header = configuration.get_api_key_with_prefix(
+            "BearerToken"
+        ) or configuration.get_api_key_with_prefix("authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (
+            (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+        )
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            scheme=scheme,
+            token=token,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+        )
+
+    return login
+
+
+async def run(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> int:
+    """Run until ``stop`` is set or a signal arrives (0), or the Lease is lost (1)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+
+    api_client = load_api_client(config.kubeconfig, pool_size=config.api_threads)
+    executor = ThreadPoolExecutor(config.api_threads, thread_name_prefix="medsft-io")
+    kube = Kube(api_client, executor)
+    storage = StorageAccess(kube, executor)
+    setup_logging(config, storage.redact)
+    controller = Controller(Context(kube, storage, config, EventSink(storage.redact)))
+
+    elector = (
+        LeaderElector(
+            kube,
+            namespace=config.lease_namespace,
+            name=config.lease_name,
+            identity=config.identity,
+            duration_s=config.lease_duration_s,
+            renew_s=config.lease_renew_s,
+        )
+        if config.leader_election
+        else None
+    )
+    ports = [config.http_port] + ([config.metrics_port] if config.metrics_port is not None else [])
+    health = HealthServer(
+        config.http_host,
+        ports,
+        lambda: {
+            "leader": elector.leading.is_set() if elector else True,
+            "identity": config.identity,
+        },
+    )
+    bound = await health.start()
+    log.info("health and metrics on ports %s; identity %s", bound, config.identity)
+    try:
+        if elector is not None:
+            acquiring = asyncio.create_task(elector.acquire())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                acquiring.cancel()
+                return 0
+            stopping.cancel()
+        return await _operate(config, controller, api_client, elector, stop)
+    finally:
+        if elector is not None:
+            await elector.release()
+        await health.stop()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _operate(
+    config: OperatorConfig,
+    controller: Controller,
+    api_client: client.ApiClient,
+    elector: LeaderElector | None,
+    stop: asyncio.Event,
+) -> int:
+    registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    configure(settings, poll_interval=config.poll_interval_s)
+    register(
+        registry,
+        controller,
+        poll_interval=config.poll_interval_s,
+        login=login_handler(api_client.configuration),
+    )
+    stop_flag: asyncio.Event = asyncio.Event()
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            stop_flag=stop_flag,
+        )
+    )
+    watchers = {operator, asyncio.create_task(stop.wait())}
+    keeping = asyncio.create_task(elector.keep()) if elector else None
+    if keeping is not None:
+        watchers.add(keeping)
+    await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    lost = keeping is not None and keeping.done()
+    stop_flag.set()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(operator, timeout=30)
+    for task in watchers:
+        task.cancel()
+    return 1 if lost else 0
+
+
+def run_operator(
+    config: OperatorConfig | None = None,
+    *,
+    namespaces: list[str] | None = None,
+    liveness_port: int | None = None,
+    metrics_port: int | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+    standalone: bool | None = None,
+) -> int:
+    """Blocking entry point (``medsft operator`` and ``python -m medsft_operator``).
+
+    Keyword arguments override ``config`` (default: from the environment):
+    ``standalone`` turns leader election off (one replica only); ``log_format`` is
+    ``json`` or ``text``.
+    """
+    config = config or OperatorConfig.from_env()
+    overrides: dict[str, Any] = {}
+    if namespaces is not None:
+        overrides["namespaces"] = list(namespaces)
+    if liveness_port is not None:
+        overrides["http_port"] = liveness_port
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    if log_level is not None:
+        overrides["log_level"] = log_level.upper()
+    if log_format is not None:
+        overrides["log_format"] = "plain" if log_format == "text" else log_format
+    if standalone is not None:
+        overrides["leader_election"] = not standalone
+    if overrides:
+        config = OperatorConfig.model_validate({**config.model_dump(), **overrides})
+    return asyncio.run(run(config))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m medsft_operator", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        help="serve only this namespace (repeatable)",
+    )
+    parser.add_argument("--http-port", type=int, help="port of /healthz (and /metrics)")
+    parser.add_argument("--metrics-port", type=int, help="port of /metrics")
+    parser.add_argument(
+        "--poll-interval", type=float, dest="poll_interval_s", help="seconds between progress polls"
+    )
+    parser.add_argument(
+        "--no-leader-election", dest="leader_election", action="store_false", default=None
+    )
+    parser.add_argument("--lease-namespace", help="namespace of the leader Lease")
+    parser.add_argument("--identity", help="holder identity in the Lease")
+    parser.add_argument("--log-format", choices=["json", "plain"])
+    args = vars(parser.parse_args(argv))
+    base = OperatorConfig.from_env()
+    overrides = {k: v for k, v in args.items() if v is not None}
+    return OperatorConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_operator(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""What every reconciler shares: the context, events, inputs and child creation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
+
+from medsft_operator import fold, metrics
+from medsft_operator.api.k8s import Resource, StatusBase
+from medsft_operator.artifacts import InputsError, StorageAccess
+from medsft_operator.config import OperatorConfig
+from medsft_operator.kube import Body, Kube, ResourceType
+from medsft_operator.plan import PlanError, resolve_storage
+from medsft_pipelines.specs.common import StorageSpec
+
+log = logging.getLogger("medsft.operator")
+
+
+class EventSink:
+    """Posts Kubernetes Events through kopf's background poster (never blocks a reconcile).
+
+    Outside a running operator (unit tests, ``medsft render``) events are only recorded.
+    """
+
+    def __init__(self, redact: Any = None) -> None:
+        self.redact = redact or (lambda text: text)
+        self.recorded: list[tuple[str, str, str, str]] = []
+
+    def post(self, body: Body, type_: str, reason: str, message: str) -> None:
+        message = self.redact(message)[:1024]
+        self.recorded.append((body["metadata"]["name"], type_, reason, message))
+        try:
+            import kopf
+
+            kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+        except LookupError:  # no operator context (kopf's settings are a ContextVar)
+            pass
+
+
+@dataclass
+class Context:
+    """Everything a reconciler talks to."""
+
+    kube: Kube
+    storage: StorageAccess
+    config: OperatorConfig
+    events: EventSink = field(default_factory=EventSink)
+
+
+class Reconciler:
+    """Base of the four reconcilers: observe, act (idempotently), return the new status."""
+
+    rt: ClassVar[ResourceType]
+    model: ClassVar[type[Resource]]
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def status_of(self, body: Body) -> StatusBase:
+        status_type = self.model.model_fields["status"].annotation.__args__[0]  # type: ignore[union-attr]
+        raw = body.get("status") or {}
+        try:
+            return status_type.model_validate(raw)
+        except ValueError:
+            log.warning(
+                "ignoring an unreadable status of %s/%s", self.rt.kind, body["metadata"]["name"]
+            )
+            return status_type()
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        raise NotImplementedError
+
+    def requeue(self, old: StatusBase, new: StatusBase) -> bool:
+        """Whether to reconcile again right after ``new`` was written."""
+        return False
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def pending(self, status: Any, error: InputsError | PlanError, generation: int | None) -> Any:
+        """Inputs missing: a condition naming what and why; re-checked by the timer."""
+        reason = error.reason
+        message = str(error)
+        status = fold.apply_inputs(status, False, reason, message, generation)
+        return fold.apply_phase(status, "Pending", reason, message, generation)
+
+    def inputs_ready(self, status: Any, generation: int | None) -> Any:
+        return fold.apply_inputs(status, True, "InputsReady", "inputs are available", generation)
+
+    async def resolve_storage(self, namespace: str, *candidates: StorageSpec | None) -> StorageSpec:
+        """The storage to use, with its Secret checked (PlanError / InputsError otherwise)."""
+        storage = resolve_storage(*candidates, self.ctx.config.default_storage)
+        await self.ctx.storage.settings(namespace, storage)
+        return storage
+
+    async def ensure_child(
+        self,
+        rt: ResourceType,
+        manifest: Body,
+        owner: Body,
+        *,
+        needs: tuple[tuple[ResourceType, Body], ...] = (),
+    ) -> Body:
+        """The child named like ``manifest``, created if absent (after the objects it
+        ``needs``, e.g. its ConfigMap); an Event and a metric when it is new."""
+        meta = manifest["metadata"]
+        existing = await self.ctx.kube.get(rt, meta["namespace"], meta["name"])
+        if existing is not None:
+            return existing
+        for need_rt, need in needs:
+            await self.ensure_child(need_rt, need, owner)
+        child, created = await self.ctx.kube.ensure(rt, manifest)
+        if created:
+            metrics.CHILDREN_CREATED.labels(kind=rt.kind).inc()
+            if rt.kind != "ConfigMap":
+                self.ctx.events.post(
+                    owner, "Normal", "Created", f"Created {rt.kind} {meta['name']}"
+                )
+        return child

@@ -1,0 +1,366 @@
+"""The MedSFTRun reconciler: generations, stage reuse, promotion, history.
+
+A generation exists once it is recorded in ``status.history`` (written before any of its
+children is created), so a restarted operator resumes the same generation with the same
+child names. Each stage is resolved to a stage resource by content hash: a child of this
+run with the stage's hash (from any generation, not failed) is reused; otherwise
+``<run>-<stage>-g<N>`` is created, once the previous stage has succeeded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from medsft_operator import fold, layout, names, promotion
+from medsft_operator.api import conditions as cond
+from medsft_operator.api.k8s import StatusBase
+from medsft_operator.api.kinds import MedSFTRun
+from medsft_operator.api.status import EvalJobStatus, GenerationRecord, MedSFTRunStatus
+from medsft_operator.artifacts import InputsError
+from medsft_operator.builders.stages import stage_resource
+from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body
+from medsft_operator.plan import STAGES, PlanError, RunPlan, StagePlan, plan_run
+from medsft_operator.reconcilers.base import Reconciler
+
+STAGE_TITLES = {"curation": "Curation", "sft": "SFT", "eval": "Eval"}
+RECORD_FIELD = {"curation": "curation_job", "sft": "sft_job", "eval": "eval_job"}
+
+
+class RunReconciler(Reconciler):
+    rt = MEDSFTRUNS
+    model = MedSFTRun
+
+    def requeue(self, old: StatusBase, new: StatusBase) -> bool:
+        """A generation was just recorded: continue at once with the persisted status."""
+        return (
+            cast(MedSFTRunStatus, old).current_generation
+            != cast(MedSFTRunStatus, new).current_generation
+        )
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        run = MedSFTRun.from_manifest(body)
+        status = cast(MedSFTRunStatus, self.status_of(body))
+        meta = body["metadata"]
+        namespace, gen = meta["namespace"], meta.get("generation")
+        try:
+            plan = plan_run(run, default_storage=self.ctx.config.default_storage)
+            await self.ctx.storage.settings(namespace, plan.storage)
+        except (InputsError, PlanError) as error:
+            return self.pending(status, error, gen)
+        status = self.inputs_ready(status, gen)
+
+        history = list(status.history)
+        if not history or history[0].spec_hash != plan.key:
+            return await self._start_generation(body, run, status, plan, history, gen)
+        record = history[0]
+        number = record.generation
+        upstream: dict[layout.StageName, str] = {}
+        children: dict[layout.StageName, Body] = {}
+        for stage in plan.stages:
+            try:
+                child, reused_from = await self._stage_child(
+                    body, plan, stage, record, number, upstream
+                )
+            except InputsError as error:
+                status = status.model_copy(
+                    update={"history": history, "stage": STAGE_TITLES[stage.stage]}
+                )
+                return self.pending(status, error, gen)
+            child_name = child["metadata"]["name"]
+            if getattr(record, RECORD_FIELD[stage.stage]) != child_name:
+                record = record.model_copy(update={RECORD_FIELD[stage.stage]: child_name})
+                if reused_from is not None:
+                    self.ctx.events.post(
+                        body,
+                        "Normal",
+                        "StageReused",
+                        f"generation {number} reuses {stage.kind} {child_name} (unchanged since generation {reused_from})",
+                    )
+                await self._delete_superseded(namespace, history[1:], stage, child_name, body)
+            upstream[stage.stage] = child_name
+            children[stage.stage] = child
+            child_status = child.get("status") or {}
+            phase = child_status.get("phase")
+            title = STAGE_TITLES[stage.stage]
+            if phase == "Succeeded":
+                continue
+            if phase == "Failed":
+                record = record.model_copy(
+                    update={
+                        "phase": "Failed",
+                        "completion_time": record.completion_time or fold.now(),
+                    }
+                )
+                history[0] = record
+                message = f"generation {number}: {stage.kind} {child_name} failed: {child_status.get('message', '')}"
+                status = status.model_copy(
+                    update={"history": history, "stage": title, "progress": None}
+                )
+                return fold.apply_phase(status, "Failed", f"{stage.kind}Failed", message, gen)
+            record = record.model_copy(update={"phase": "Running"})
+            history[0] = record
+            progress = child_status.get("progress")
+            status = status.model_copy(
+                update={
+                    "history": history,
+                    "stage": title,
+                    "progress": f"{stage.stage} {progress}" if progress else stage.stage,
+                }
+            )
+            state = phase or "Pending"
+            message = f"generation {number}: {title} {state.lower()} ({stage.kind} {child_name})"
+            return fold.apply_phase(status, "Running", f"{title}{state}", message, gen)
+        return await self._finish_generation(
+            body, run, status, plan, history, record, children, gen
+        )
+
+    # -- generations ------------------------------------------------------------------------
+
+    async def _start_generation(
+        self,
+        body: Body,
+        run: MedSFTRun,
+        status: MedSFTRunStatus,
+        plan: RunPlan,
+        history: list[GenerationRecord],
+        gen: int | None,
+    ) -> MedSFTRunStatus:
+        number = history[0].generation + 1 if history else 1
+        if history and history[0].phase not in fold.TERMINAL:
+            # Superseded before it finished: no outcome; its unreused children go below.
+            history[0] = history[0].model_copy(
+                update={"phase": None, "completion_time": fold.now()}
+            )
+        record = GenerationRecord(
+            generation=number, spec_hash=plan.key, phase="Pending", start_time=fold.now()
+        )
+        history = [record, *history]
+        kept, dropped = (
+            history[: run.spec.retraining.history_limit],
+            history[run.spec.retraining.history_limit :],
+        )
+        await self._delete_dropped(body, kept, dropped, status.promoted_generation)
+        first = plan.stages[0].stage
+        status = status.model_copy(
+            update={
+                "history": kept,
+                "current_generation": number,
+                "stage": STAGE_TITLES[first],
+                "score": None,
+                "progress": None,
+            }
+        )
+        if run.spec.promotion is not None:
+            status = status.model_copy(
+                update={"conditions": cond.remove_condition(status.conditions, cond.PROMOTED)}
+            )
+        self.ctx.events.post(body, "Normal", "GenerationStarted", f"generation {number} started")
+        return fold.apply_phase(
+            status, "Running", "GenerationStarted", f"generation {number} started", gen
+        )
+
+    async def _finish_generation(
+        self,
+        body: Body,
+        run: MedSFTRun,
+        status: MedSFTRunStatus,
+        plan: RunPlan,
+        history: list[GenerationRecord],
+        record: GenerationRecord,
+        children: dict[layout.StageName, Body],
+        gen: int | None,
+    ) -> MedSFTRunStatus:
+        number = record.generation
+        scores: dict[str, float] = {}
+        eval_status: EvalJobStatus | None = None
+        if "eval" in children:
+            eval_status = EvalJobStatus.model_validate(children["eval"].get("status") or {})
+            scores = fold.scores_of(eval_status)
+        model_uri = (children["sft"].get("status") or {}).get("modelUri")
+        record = record.model_copy(
+            update={
+                "phase": "Succeeded",
+                "scores": scores,
+                "model_uri": model_uri,
+                "completion_time": record.completion_time or fold.now(),
+            }
+        )
+        update: dict[str, Any] = {"stage": "Done", "score": scores.get("mean"), "progress": None}
+        spec = run.spec.promotion
+        if spec is not None and eval_status is not None and record.promoted is None:
+            promoted_mean = next(
+                (
+                    r.scores.get("mean")
+                    for r in history[1:]
+                    if r.generation == status.promoted_generation
+                ),
+                None,
+            )
+            verdict = promotion.evaluate(
+                spec,
+                scores,
+                baseline_mean=fold.baseline_mean(eval_status),
+                promoted_mean=promoted_mean,
+            )
+            meta = body["metadata"]
+            conditions = status.conditions
+            if verdict.promoted:
+                pointer = {
+                    "namespace": meta["namespace"],
+                    "run": meta["name"],
+                    "generation": number,
+                    "modelUri": model_uri,
+                    "scores": scores,
+                    "promotedAt": fold.now().isoformat(),
+                }
+                uri = layout.promoted_pointer_uri(plan.storage, meta["namespace"], meta["name"])
+                await self.ctx.storage.put_json(meta["namespace"], plan.storage, uri, pointer)
+                update |= {"promoted_generation": number, "promoted_model_uri": model_uri}
+                conditions = cond.set_condition(
+                    conditions,
+                    cond.PROMOTED,
+                    "True",
+                    "ThresholdsMet",
+                    f"generation {number} promoted: {verdict.message()}",
+                    gen,
+                )
+                self.ctx.events.post(
+                    body, "Normal", "Promoted", f"generation {number} promoted ({uri})"
+                )
+            else:
+                conditions = cond.set_condition(
+                    conditions,
+                    cond.PROMOTED,
+                    "False",
+                    "ThresholdsNotMet",
+                    f"generation {number} not promoted: {verdict.message()}",
+                    gen,
+                )
+                self.ctx.events.post(
+                    body, "Warning", "NotPromoted", f"generation {number}: {verdict.message()}"
+                )
+            record = record.model_copy(update={"promoted": verdict.promoted})
+            update["conditions"] = conditions
+        history[0] = record
+        update["history"] = history
+        status = status.model_copy(update=update)
+        mean = scores.get("mean")
+        message = f"generation {number} succeeded" + (
+            f" (mean accuracy {mean:.4f})" if mean is not None else ""
+        )
+        return fold.apply_phase(status, "Succeeded", "GenerationSucceeded", message, gen)
+
+    # -- stage children ---------------------------------------------------------------------
+
+    async def _stage_child(
+        self,
+        run: Body,
+        plan: RunPlan,
+        stage: StagePlan,
+        record: GenerationRecord,
+        number: int,
+        upstream: dict[layout.StageName, str],
+    ) -> tuple[Body, int | None]:
+        """The stage resource of this generation, and the generation it was reused from."""
+        kube, rt = self.ctx.kube, BY_KIND[stage.kind]
+        namespace, run_name = run["metadata"]["namespace"], run["metadata"]["name"]
+        if stage.ref is not None:
+            child = await kube.get(rt, namespace, stage.ref)
+            if child is None:
+                raise InputsError("ReferenceNotFound", f"{stage.kind} {stage.ref!r} does not exist")
+            return child, None
+        recorded = getattr(record, RECORD_FIELD[stage.stage])
+        if recorded:
+            child = await kube.get(rt, namespace, recorded)
+            if child is not None and _hash_of(child) == stage.hash:
+                return child, None
+        candidates = await kube.list(
+            rt, namespace, {names.RUN: run_name, names.STAGE_HASH: names.hash_label(stage.hash)}
+        )
+        usable = [
+            c
+            for c in candidates
+            if _hash_of(c) == stage.hash
+            and (c.get("status") or {}).get("phase") != "Failed"
+            and not c["metadata"].get("deletionTimestamp")
+        ]
+        if usable:
+            # Prefer a finished one, then the newest.
+            usable.sort(
+                key=lambda c: (
+                    (c.get("status") or {}).get("phase") == "Succeeded",
+                    _generation_of(c),
+                )
+            )
+            child = usable[-1]
+            origin = _generation_of(child)
+            return child, origin if origin != number else None
+        name = names.run_stage_name(run_name, stage.stage, number)
+        manifest = stage_resource(run, plan, stage, name=name, generation=number, upstream=upstream)
+        child = await self.ensure_child(rt, manifest, run)
+        if _hash_of(child) != stage.hash:
+            # Left by an attempt that never got recorded (the spec moved on meanwhile).
+            await kube.delete(rt, namespace, name)
+            raise InputsError(
+                "ReplacingStaleChild", f"replacing {stage.kind} {name} made for an older spec"
+            )
+        return child, None
+
+    async def _delete_superseded(
+        self, namespace: str, older: list[GenerationRecord], stage: StagePlan, keep: str, run: Body
+    ) -> None:
+        """Stop the unfinished child of an older, superseded generation that the current one
+        does not use (e.g. training on an outdated recipe)."""
+        field = RECORD_FIELD[stage.stage]
+        for record in older:
+            old_name = getattr(record, field)
+            if record.phase is not None or not old_name or old_name == keep:
+                continue
+            rt = BY_KIND[stage.kind]
+            child = await self.ctx.kube.get(rt, namespace, old_name)
+            if child is None or (child.get("status") or {}).get("phase") in fold.TERMINAL:
+                continue
+            if await self.ctx.kube.delete(rt, namespace, old_name):
+                self.ctx.events.post(
+                    run,
+                    "Normal",
+                    "SupersededDeleted",
+                    f"deleted unfinished {stage.kind} {old_name} of superseded generation {record.generation}",
+                )
+
+    async def _delete_dropped(
+        self,
+        run: Body,
+        kept: list[GenerationRecord],
+        dropped: list[GenerationRecord],
+        promoted: int | None,
+    ) -> None:
+        """Children of generations beyond the history limit go, unless still in use."""
+        in_use = {getattr(r, f) for r in kept for f in RECORD_FIELD.values()}
+        in_use |= {
+            getattr(r, f)
+            for r in dropped
+            if r.generation == promoted
+            for f in RECORD_FIELD.values()
+        }
+        namespace = run["metadata"]["namespace"]
+        for record in dropped:
+            for stage in STAGES:
+                name = getattr(record, RECORD_FIELD[stage])
+                if name and name not in in_use:
+                    kind = {"curation": "CurationJob", "sft": "SFTJob", "eval": "EvalJob"}[stage]
+                    child = await self.ctx.kube.get(BY_KIND[kind], namespace, name)
+                    owners = (child or {}).get("metadata", {}).get("ownerReferences") or []
+                    if child is not None and any(
+                        o.get("uid") == run["metadata"]["uid"] for o in owners
+                    ):
+                        await self.ctx.kube.delete(BY_KIND[kind], namespace, name)
+
+
+def _hash_of(child: Body) -> str | None:
+    return (child["metadata"].get("annotations") or {}).get(names.STAGE_HASH_FULL)
+
+
+def _generation_of(child: Body) -> int:
+    value = (child["metadata"].get("labels") or {}).get(names.GENERATION, "0")
+    return int(value) if value.isdigit() else 0

@@ -1,0 +1,373 @@
+"""Reconcilers of the stage kinds: CurationJob, SFTJob and EvalJob.
+
+Each reconcile looks at the world (inputs, children, storage), creates what is missing
+under deterministic names and returns the status that describes what it saw. Nothing is
+remembered between calls, so an operator killed at any point picks up where it was.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from medsft_operator import fold, layout, names
+from medsft_operator.api.hashing import spec_hash
+from medsft_operator.api.k8s import StatusBase
+from medsft_operator.api.kinds import CurationJob, EvalJob, SFTJob, SFTJobSpec
+from medsft_operator.api.status import CurationJobStatus, EvalJobStatus, SFTJobStatus
+from medsft_operator.artifacts import InputsError
+from medsft_operator.builders.stage_children import (
+    StageInputs,
+    curation_children,
+    eval_children,
+    sft_children,
+    stage_inputs,
+)
+from medsft_operator.kube import (
+    CONFIGMAPS,
+    CURATIONJOBS,
+    EVALJOBS,
+    JOBS,
+    PYTORCHJOBS,
+    SFTJOBS,
+    Body,
+)
+from medsft_operator.plan import PlanError, project, storage_key
+from medsft_operator.reconcilers.base import Reconciler
+from medsft_pipelines.specs.common import StorageSpec
+from medsft_pipelines.specs.curation import CurationSpec
+from medsft_pipelines.specs.eval import EvalSpec
+from medsft_pipelines.specs.sft import SFTSpec
+from medsft_pipelines.storage.progress import METRICS_PREFIX
+
+
+class StageReconciler(Reconciler):
+    def inputs(
+        self,
+        body: Body,
+        stage: layout.StageName,
+        storage: StorageSpec,
+        spec: Any,
+        own_hash: str,
+        output_uri: str | None = None,
+    ) -> StageInputs:
+        config = self.ctx.config
+        return stage_inputs(
+            body,
+            stage,
+            storage=storage,
+            image=spec.image or config.default_image,
+            spec_hash=own_hash,
+            output_uri=output_uri,
+            pull_policy=config.image_pull_policy,
+            service_account=config.job_service_account,
+        )
+
+
+class CurationReconciler(StageReconciler):
+    rt = CURATIONJOBS
+    model = CurationJob
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        spec = CurationJob.from_manifest(body).spec
+        status = cast(CurationJobStatus, self.status_of(body))
+        meta = body["metadata"]
+        namespace, gen = meta["namespace"], meta.get("generation")
+        if status.phase in fold.TERMINAL:
+            return status.model_copy(update={"observed_generation": gen})
+        try:
+            storage = await self.resolve_storage(namespace, spec.storage)
+            teachers = spec.teachers
+            for teacher in (teachers.text, teachers.image) if teachers else ():
+                if teacher is not None and teacher.api_key_secret is not None:
+                    ref = teacher.api_key_secret
+                    await self.ctx.storage.secret_key(namespace, ref.name, ref.key)
+        except (InputsError, PlanError) as error:
+            return self.pending(status, error, gen)
+        status = self.inputs_ready(status, gen)
+
+        own_hash = spec_hash(project(spec, CurationSpec), storage_key(storage))
+        inputs = self.inputs(body, "curation", storage, spec, own_hash, spec.output.uri)
+        built = curation_children(body, spec, inputs)
+        needs = ((CONFIGMAPS, built.config_map),)
+        work = await self.ensure_child(JOBS, built.work_job, body, needs=needs)
+        counts = work.get("status") or {}
+        status = status.model_copy(
+            update={
+                "job_name": work["metadata"]["name"],
+                "workers_succeeded": counts.get("succeeded") or 0,
+                "workers_failed": counts.get("failed") or 0,
+                "spec_hash": inputs.run.spec_hash,
+            }
+        )
+        state, step = fold.job_state(work), "workers"
+        if state.phase == "Succeeded":
+            merge = await self.ensure_child(JOBS, built.merge_job, body, needs=needs)
+            status = status.model_copy(update={"job_name": merge["metadata"]["name"]})
+            state, step = fold.job_state(merge), "merge"
+        if state.phase == "Failed":
+            message = f"curation {step} failed ({state.reason}): {state.message}".rstrip(": ")
+            return fold.apply_phase(status, "Failed", state.reason, message, gen)
+        if state.phase == "Succeeded":  # the merge is done: the dataset must be there
+            return await self._dataset_ready(status, namespace, storage, inputs.output_uri, gen)
+        if poll:
+            progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
+            if progress:
+                status = fold.fold_curation_counts(status, progress.get("counts") or {})
+                status = status.model_copy(update={"progress": fold.progress_text(progress)})
+        message = state.message or f"curation {step} running"
+        return fold.apply_phase(status, state.phase, state.reason, message, gen)
+
+    async def _dataset_ready(
+        self,
+        status: CurationJobStatus,
+        namespace: str,
+        storage: StorageSpec,
+        output: str,
+        gen: int | None,
+    ) -> CurationJobStatus:
+        manifest_uri = layout.manifest_uri(output)
+        manifest = await self.ctx.storage.manifest(namespace, storage, manifest_uri)
+        if manifest is None:
+            message = f"the merge step succeeded but wrote no manifest at {manifest_uri}"
+            return fold.apply_phase(status, "Failed", "ManifestMissing", message, gen)
+        report_uri = layout.curation_report_uri(output)
+        report = await self.ctx.storage.get_json(namespace, storage, report_uri)
+        status = fold.fold_manifest(status, manifest, report)
+        status = status.model_copy(
+            update={
+                "manifest_uri": manifest_uri,
+                "report_uri": report_uri if report is not None else None,
+                "progress": f"{manifest.num_rows}/{manifest.num_rows}",
+            }
+        )
+        message = f"dataset of {manifest.num_rows} samples in {len(manifest.shards)} shards"
+        return fold.apply_phase(status, "Succeeded", "DatasetReady", message, gen)
+
+
+class SFTReconciler(StageReconciler):
+    rt = SFTJOBS
+    model = SFTJob
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        spec = SFTJob.from_manifest(body).spec
+        status = cast(SFTJobStatus, self.status_of(body))
+        meta = body["metadata"]
+        namespace, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        if status.phase in fold.TERMINAL:
+            return status.model_copy(update={"observed_generation": gen})
+        try:
+            storage = await self.resolve_storage(namespace, spec.storage)
+            started = status.pytorch_job_name is not None
+            manifest_uri = await self._dataset(namespace, spec, storage, checked=started)
+        except (InputsError, PlanError) as error:
+            return self.pending(status, error, gen)
+        status = self.inputs_ready(status, gen)
+
+        own_hash = spec_hash(project(spec, SFTSpec), storage_key(storage), manifest_uri)
+        inputs = self.inputs(body, "sft", storage, spec, own_hash, spec.output_uri)
+        output = inputs.output_uri
+
+        attempts = await self._attempts(namespace, name)
+        if not attempts:
+            config_map, first = sft_children(body, spec, inputs, dataset_manifest_uri=manifest_uri)
+            job = await self.ensure_child(
+                PYTORCHJOBS, first, body, needs=((CONFIGMAPS, config_map),)
+            )
+            attempts = {0: job}
+        attempt = max(attempts)
+        job = attempts[attempt]
+        state = fold.pytorchjob_state(job)
+        status = status.model_copy(
+            update={
+                "pytorch_job_name": job["metadata"]["name"],
+                "restarts": attempt + (1 if state.restarted else 0),
+                "spec_hash": inputs.run.spec_hash,
+            }
+        )
+        if poll or state.phase in fold.TERMINAL:
+            status = await self._fold_progress(status, namespace, storage, output, spec.nodes)
+
+        if state.phase == "Failed":
+            failed = job["metadata"]["name"]
+            if attempt < spec.backoff_limit:
+                resume = status.latest_checkpoint_uri
+                config_map, retry = sft_children(
+                    body,
+                    spec,
+                    inputs,
+                    dataset_manifest_uri=manifest_uri,
+                    attempt=attempt + 1,
+                    resume_from=resume,
+                )
+                self.ctx.events.post(
+                    body,
+                    "Warning",
+                    "Retrying",
+                    f"PyTorchJob {failed} failed ({state.reason}); attempt {attempt + 2} of "
+                    f"{spec.backoff_limit + 1} resumes from {resume or 'the start'}",
+                )
+                job = await self.ensure_child(
+                    PYTORCHJOBS, retry, body, needs=((CONFIGMAPS, config_map),)
+                )
+                status = status.model_copy(
+                    update={"pytorch_job_name": job["metadata"]["name"], "restarts": attempt + 1}
+                )
+                return fold.apply_phase(
+                    status, "Running", "Retrying", f"retrying after {state.reason}", gen
+                )
+            message = f"PyTorchJob {failed} failed ({state.reason}) after {attempt + 1} attempt(s): {state.message}"
+            return fold.apply_phase(status, "Failed", state.reason, message, gen)
+        if state.phase == "Succeeded":
+            model = layout.model_uri(output)
+            marker = layout.join_uri(output, layout.SFT_EXPORT_MARKER)
+            if not await self.ctx.storage.exists(namespace, storage, marker):
+                message = f"training succeeded but the model export {model} is not complete"
+                return fold.apply_phase(status, "Failed", "ModelMissing", message, gen)
+            status = status.model_copy(update={"model_uri": model})
+            return fold.apply_phase(
+                status, "Succeeded", "ModelReady", f"model exported to {model}", gen
+            )
+        return fold.apply_phase(status, state.phase, state.reason, state.message or "training", gen)
+
+    async def _dataset(
+        self, namespace: str, spec: SFTJobSpec, storage: StorageSpec, *, checked: bool
+    ) -> str:
+        """The manifest URI to train on; InputsError while it is missing or not ready."""
+        dataset = spec.dataset
+        assert dataset is not None
+        if dataset.curation_job_ref is not None:
+            ref = dataset.curation_job_ref.name
+            upstream = await self.ctx.kube.get(CURATIONJOBS, namespace, ref)
+            if upstream is None:
+                raise InputsError("ReferenceNotFound", f"CurationJob {ref!r} does not exist")
+            up = upstream.get("status") or {}
+            if up.get("phase") == "Failed":
+                raise InputsError(
+                    "DatasetFailed", f"CurationJob {ref!r} failed: {up.get('message', '')}"
+                )
+            if up.get("phase") != "Succeeded" or not up.get("manifestUri"):
+                raise InputsError("DatasetNotReady", f"waiting for CurationJob {ref!r} to succeed")
+            return str(up["manifestUri"])
+        uri = str(dataset.manifest_uri)
+        if (
+            not checked
+            and uri.startswith("s3://")
+            and await self.ctx.storage.manifest(namespace, storage, uri) is None
+        ):
+            raise InputsError("DatasetNotFound", f"dataset manifest {uri} does not exist")
+        return uri
+
+    async def _attempts(self, namespace: str, name: str) -> dict[int, Body]:
+        """This SFTJob's PyTorchJobs by attempt number."""
+        jobs = await self.ctx.kube.list(
+            PYTORCHJOBS, namespace, {names.OWNER_KIND: "SFTJob", names.OWNER_NAME: name}
+        )
+        found: dict[int, Body] = {}
+        for job in jobs:
+            label = (job["metadata"].get("labels") or {}).get(names.ATTEMPT, "")
+            if label.isdigit():
+                found[int(label)] = job
+        return found
+
+    async def _fold_progress(
+        self, status: SFTJobStatus, namespace: str, storage: StorageSpec, output: str, nodes: int
+    ) -> SFTJobStatus:
+        """Progress, the newest metrics record and the newest complete checkpoint."""
+        progress = await self.ctx.storage.progress(namespace, storage, output)
+        store = await self.ctx.storage.store(namespace, storage, output)
+
+        def last_metrics() -> dict[str, Any] | None:
+            # Only the newest segment: a long run's metrics are never read whole.
+            segments = store.list(f"{METRICS_PREFIX}main-")
+            if not segments:
+                return None
+            lines = store.get_bytes(segments[-1]).decode().strip().splitlines()
+            return dict(json.loads(lines[-1])) if lines else None
+
+        record = await self.ctx.storage.call(last_metrics)
+        status = fold.fold_sft_progress(status, progress, record)
+        checkpoint = await self.ctx.storage.latest_checkpoint(namespace, storage, output, nodes)
+        if checkpoint:
+            status = status.model_copy(update={"latest_checkpoint_uri": checkpoint})
+        return status
+
+
+class EvalReconciler(StageReconciler):
+    rt = EVALJOBS
+    model = EvalJob
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        spec = EvalJob.from_manifest(body).spec
+        status = cast(EvalJobStatus, self.status_of(body))
+        meta = body["metadata"]
+        namespace, gen = meta["namespace"], meta.get("generation")
+        if status.phase in fold.TERMINAL:
+            return status.model_copy(update={"observed_generation": gen})
+        try:
+            storage = await self.resolve_storage(namespace, spec.storage)
+            assert spec.model is not None
+            model_uri = await self._model(namespace, spec.model.sft_job_ref, spec.model.uri)
+            baseline_uri = None
+            if spec.baseline is not None:
+                baseline_uri = await self._model(
+                    namespace, spec.baseline.sft_job_ref, spec.baseline.uri
+                )
+        except (InputsError, PlanError) as error:
+            return self.pending(status, error, gen)
+        status = self.inputs_ready(status, gen)
+
+        own_hash = spec_hash(project(spec, EvalSpec), storage_key(storage), model_uri)
+        inputs = self.inputs(body, "eval", storage, spec, own_hash)
+        config_map, workload = eval_children(
+            body, spec, inputs, model_uri=model_uri, baseline_uri=baseline_uri
+        )
+        job = await self.ensure_child(JOBS, workload, body, needs=((CONFIGMAPS, config_map),))
+        status = status.model_copy(
+            update={"job_name": job["metadata"]["name"], "spec_hash": inputs.run.spec_hash}
+        )
+        state = fold.job_state(job)
+        if state.phase == "Failed":
+            message = f"evaluation failed ({state.reason}): {state.message}".rstrip(": ")
+            return fold.apply_phase(status, "Failed", state.reason, message, gen)
+        if state.phase == "Succeeded":
+            summary_uri = layout.eval_summary_uri(inputs.output_uri)
+            summary = await self.ctx.storage.get_json(namespace, storage, summary_uri)
+            if summary is None:
+                message = f"the evaluation succeeded but wrote no summary at {summary_uri}"
+                return fold.apply_phase(status, "Failed", "SummaryMissing", message, gen)
+            status = fold.fold_eval_summary(status, summary)
+            if status.report_uri is None:
+                status = status.model_copy(
+                    update={"report_uri": layout.eval_report_uri(inputs.output_uri)}
+                )
+            mean = status.mean_accuracy
+            count = len(status.results)
+            message = (
+                f"mean accuracy {mean:.4f} over {count} benchmarks"
+                if mean is not None
+                else "evaluated"
+            )
+            return fold.apply_phase(status, "Succeeded", "Evaluated", message, gen)
+        if poll:
+            progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
+            if progress:
+                status = status.model_copy(update={"progress": fold.progress_text(progress)})
+        return fold.apply_phase(
+            status, state.phase, state.reason, state.message or "evaluating", gen
+        )
+
+    async def _model(self, namespace: str, ref: Any, uri: str | None) -> str:
+        """A model location: the URI itself, or a succeeded SFTJob's exported model."""
+        if ref is None:
+            assert uri is not None
+            return uri
+        upstream = await self.ctx.kube.get(SFTJOBS, namespace, ref.name)
+        if upstream is None:
+            raise InputsError("ReferenceNotFound", f"SFTJob {ref.name!r} does not exist")
+        up = upstream.get("status") or {}
+        if up.get("phase") == "Failed":
+            raise InputsError("ModelFailed", f"SFTJob {ref.name!r} failed: {up.get('message', '')}")
+        if up.get("phase") != "Succeeded" or not up.get("modelUri"):
+            raise InputsError("ModelNotReady", f"waiting for SFTJob {ref.name!r} to succeed")
+        return str(up["modelUri"])
