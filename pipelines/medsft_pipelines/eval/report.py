@@ -50,7 +50,7 @@ def build_results(
     family_of = {b.name: b.family.value for b in benchmarks}
     distribution_of = {b.name: b.distribution for b in benchmarks}
     accuracy = {label: {name: s.accuracy for name, s in scores[label].items()} for label in labels}
-    groups = {
+    groups: dict[str, dict[str, Any]] = {
         label: {
             "overall": sum(accuracy[label].values()) / len(accuracy[label]),
             "families": group_means(accuracy[label], family_of),

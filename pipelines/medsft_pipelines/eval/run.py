@@ -295,10 +295,10 @@ def run_model(
                 tracker.advance(len(stored), model=model.label, benchmark=benchmark.name, seed=seed)
                 records.extend(stored)
                 continue
-            where = {"model": model.label, "benchmark": benchmark.name, "seed": seed}
-            passed = run_pass(
-                engine(), benchmark, template, gen, seed, lambda n, w=where: tracker.advance(n, **w)
+            advance = functools.partial(
+                tracker.advance, model=model.label, benchmark=benchmark.name, seed=seed
             )
+            passed = run_pass(engine(), benchmark, template, gen, seed, advance)
             out.put_bytes(key, "".join(json.dumps(r.to_json()) + "\n" for r in passed).encode())
             unparsed = [r.id for r in passed if r.prediction is None]
             tracker.counts["unparsed"] += len(unparsed)

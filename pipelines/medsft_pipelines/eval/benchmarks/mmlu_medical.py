@@ -35,12 +35,13 @@ def load(files: BenchmarkFiles, split: str) -> Iterator[BenchItem]:
         )
         if key.endswith(".csv"):
             text = files.read_bytes(key).decode("utf-8")
-            for index, row in enumerate(csv.reader(io.StringIO(text))):
+            # No header: question, A, B, C, D, answer letter.
+            for index, cells in enumerate(csv.reader(io.StringIO(text))):
                 yield choice_item(
                     f"{subject}-{index}",
-                    row[0],
-                    lettered(row[1:5]),
-                    row[5],
+                    cells[0],
+                    lettered(cells[1:5]),
+                    cells[5],
                     meta={"subject": subject},
                 )
         else:
