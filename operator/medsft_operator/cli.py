@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
-from medsft_pipelines.specs.common import IDENT_PATTERN, K8S_NAME_PATTERN, URI_PATTERN
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
@@ -28,9 +27,11 @@ from rich.table import Table
 
 from medsft_operator.api.k8s import API_VERSION, GROUP, QUANTITY_PATTERN, VERSION, Resource
 from medsft_operator.api.kinds import KINDS
+from medsft_pipelines.specs.common import IDENT_PATTERN, K8S_NAME_PATTERN, URI_PATTERN
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
+
     from medsft_pipelines.storage import ObjectStore, StorageSettings
 
 app = typer.Typer(
@@ -871,7 +872,11 @@ def rbac(
     """Print the exact Kubernetes permissions the operator needs (what the Helm chart grants)."""
     import medsft_operator.rbac as rules
 
-    text = rbac_document(rules.cluster_rules(), rules.namespaced_rules())
+    text = rbac_document(
+        rules.cluster_rules(),
+        rules.namespaced_rules(),
+        rules.leader_election_rules(LEASE_NAME_PLACEHOLDER),
+    )
     if write:
         write.parent.mkdir(parents=True, exist_ok=True)
         write.write_text(text, encoding="utf-8")
@@ -880,16 +885,28 @@ def rbac(
         sys.stdout.write(text)
 
 
+#: Stands for the Lease's name in the chart's files/rbac.yaml; the chart puts its own there.
+LEASE_NAME_PLACEHOLDER = "LEASE-NAME"
+
+
 def rbac_document(
-    cluster_rules: list[dict[str, Any]], namespaced_rules: list[dict[str, Any]]
+    cluster_rules: list[dict[str, Any]],
+    namespaced_rules: list[dict[str, Any]],
+    leader_election_rules: list[dict[str, Any]],
 ) -> str:
-    """The YAML the Helm chart reads its RBAC rules from."""
+    """The YAML the Helm chart reads the operator's RBAC rules from."""
     header = (
         "# Generated from medsft_operator/rbac.py by `medsft rbac --write`; do not edit.\n"
-        "# clusterRules: granted cluster-wide; namespacedRules: cluster-wide when the operator\n"
+        "# clusterRules: always cluster-wide. namespacedRules: cluster-wide when the operator\n"
         "# watches every namespace, else in a Role per watched namespace.\n"
+        "# leaderElectionRules: a Role in the operator's own namespace; the chart replaces\n"
+        f"# {LEASE_NAME_PLACEHOLDER} with the name of its Lease.\n"
     )
-    body = {"clusterRules": cluster_rules, "namespacedRules": namespaced_rules}
+    body = {
+        "clusterRules": cluster_rules,
+        "namespacedRules": namespaced_rules,
+        "leaderElectionRules": leader_election_rules,
+    }
     return header + yaml.safe_dump(body, sort_keys=False, width=100)
 
 
@@ -897,34 +914,47 @@ def rbac_document(
 def operator(
     namespace: Annotated[
         list[str] | None,
-        typer.Option("--namespace", "-n", help="Watch this namespace (repeatable)."),
+        typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable)."),
     ] = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")
     ] = False,
-    liveness_port: Annotated[int, typer.Option(help="Port of /healthz.")] = 8081,
-    metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus /metrics.")] = 8080,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    log_format: Annotated[str, typer.Option(help="json or text.")] = "text",
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of /healthz and /metrics.", show_default="8080")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="A separate port for /metrics.", show_default=False)
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error.", show_default="info")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="json or plain.", show_default="json")
+    ] = None,
     standalone: Annotated[
-        bool, typer.Option(help="No peering with other replicas (one replica only).")
+        bool, typer.Option("--standalone", help="No leader election (run one replica only).")
     ] = False,
 ) -> None:
-    """Run the operator (what the Helm chart's Deployment runs)."""
+    """Run the operator (what the Helm chart's Deployment runs).
+
+    Settings come from MEDSFT_* environment variables (see the chart); flags override them.
+    """
     import medsft_operator.main as entry
 
-    if bool(namespace) == all_namespaces:
-        raise typer.BadParameter("give --namespace (one or more) or --all-namespaces")
-    if log_format not in ("json", "text"):
-        raise typer.BadParameter("use json or text", param_hint="--log-format")
+    if namespace and all_namespaces:
+        raise typer.BadParameter("give --namespace or --all-namespaces, not both")
+    if log_format is not None and log_format not in ("json", "plain", "text"):
+        raise typer.BadParameter("use json or plain", param_hint="--log-format")
+    if log_level is not None and log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     raise typer.Exit(
         entry.run_operator(
-            namespaces=namespace or [],
-            liveness_port=liveness_port,
+            namespaces=[] if all_namespaces else namespace or None,
+            liveness_port=http_port,
             metrics_port=metrics_port,
             log_level=log_level,
             log_format=log_format,
-            standalone=standalone,
+            standalone=True if standalone else None,
         )
     )
 

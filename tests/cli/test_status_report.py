@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+
 from medsft_operator.cli import age, app, report_location, status_row
 
 REPO = Path(__file__).resolve().parents[2]

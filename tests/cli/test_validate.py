@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medsft_operator.cli import app, field_path, validate_documents
 
 REPO = Path(__file__).resolve().parents[2]

@@ -39,6 +39,11 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* The Lease replicas elect their leader with (MEDSFT_LEASE_NAME; the RBAC names it). */}}
+{{- define "medsft.leaseName" -}}
+{{- include "medsft.fullname" . -}}
+{{- end -}}
+
 {{- define "medsft.jobServiceAccountName" -}}
 {{- default (printf "%s-job" (include "medsft.fullname" .)) .Values.trainer.serviceAccount.name -}}
 {{- end -}}
