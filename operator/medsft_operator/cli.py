@@ -643,7 +643,8 @@ def validate(
 def render(
     file: Annotated[Path, typer.Argument(help="Manifest file (- for stdin).")],
     namespace: Annotated[
-        str, typer.Option("--namespace", "-n", help="Namespace the resources would live in.")
+        str,
+        typer.Option("--namespace", "-n", help="Namespace of resources whose manifest names none."),
     ] = "default",
     generation: Annotated[
         int, typer.Option(help="Generation number of a MedSFTRun's children.")
@@ -668,6 +669,10 @@ def render(
             },
         }
         children += rendering.children_of(doc, generation=generation)
+    for child in children:
+        # The apiserver assigns uids; a placeholder one would make `kubectl apply` refuse
+        # the output. (Owner references keep it: they only show the structure.)
+        child["metadata"].pop("uid", None)
     sys.stdout.write(yaml.safe_dump_all(children, sort_keys=False, width=100))
 
 
