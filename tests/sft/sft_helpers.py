@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from PIL import Image
+
 from medsft_pipelines.specs.jobconfig import SFTJobConfig, dump_job_config
 from medsft_pipelines.storage import ObjectStore
 from medsft_pipelines.storage.shards import ShardWriter
-from PIL import Image
 
 SYSTEM = (
     "You are a helpful medical assistant. Think step by step inside <think> </think> tags, "

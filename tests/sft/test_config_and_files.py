@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
 from medsft_pipelines.sft.layout import final_model_uri
 from medsft_pipelines.sft.model_files import ModelFilesError, check_model_dir, storage_settings

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from sft.sft_helpers import curated_rows
+from transformers import AutoModelForImageTextToText
+
 from medsft_pipelines.models import load_processor
 from medsft_pipelines.sft.data import (
     IGNORE_INDEX,
@@ -21,9 +25,6 @@ from medsft_pipelines.sft.data import (
     group_micro_batches,
     shifted_targets,
 )
-from PIL import Image
-from sft.sft_helpers import curated_rows
-from transformers import AutoModelForImageTextToText
 
 
 def _png(size: int, color: tuple[int, int, int]) -> bytes:
@@ -181,6 +182,18 @@ def test_packing_gives_the_same_loss_with_less_padding(
         leaky_loss = F.cross_entropy(
             model(**leaky, logits_to_keep=keep, use_cache=False).logits, targets, reduction="sum"
         )
+        # A micro-batch without images carries the loss-free vision filler (see collate).
+        texts = [ex for ex in examples if ex.pixel_values is None]
+        filled = collate([texts], pad, rope, packed=True, vision_filler=encoder.vision_filler())
+        filled_padded = collate([[ex] for ex in texts], pad, None, False, encoder.vision_filler())
+        texts_one_by_one = sum(
+            _loss_sum(model, collate([[ex]], pad, None, packed=False)) for ex in texts
+        )
+        filled_loss, filled_padded_loss = _loss_sum(model, filled), _loss_sum(model, filled_padded)
+    assert "pixel_values" in filled.inputs and "pixel_values" in filled_padded.inputs
+    assert filled.sample_ids == [ex.sample_id for ex in texts]
+    torch.testing.assert_close(filled_loss, texts_one_by_one, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(filled_padded_loss, texts_one_by_one, rtol=1e-5, atol=1e-4)
     assert packed.target_tokens == padded.target_tokens == sum(ex.num_targets for ex in examples)
     torch.testing.assert_close(packed_loss, one_by_one, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(padded_loss, one_by_one, rtol=1e-5, atol=1e-4)

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import torch
-from medsft_pipelines.models import build_tiny_model, load_processor
 from PIL import Image
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+
+from medsft_pipelines.models import build_tiny_model, load_processor
 
 MESSAGES = [
     {

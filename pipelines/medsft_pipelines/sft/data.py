@@ -31,7 +31,9 @@ Pipeline
    ``position_ids`` of shape ``[4, B, L]``: row 0 restarts at 0 for every sample (transformers
    derives the block-diagonal mask — or flash-attention varlen boundaries — from it), rows
    1-3 are Qwen-VL's 3-D rope positions, computed per sample. Unpacked rows use the plain
-   padded path (attention mask, positions computed by the model).
+   padded path (attention mask, positions computed by the model). A micro-batch without
+   images gets a tiny loss-free image segment, so all ranks run the same modules in the same
+   order (a DeepSpeed requirement, see :func:`collate`).
 """
 
 from __future__ import annotations
@@ -196,6 +198,25 @@ class ExampleEncoder:
             return None
         self.stats.samples_used += 1
         return example
+
+    def vision_filler(self) -> Example:
+        """The smallest image the processor makes, as a segment with no loss (see :func:`collate`)."""
+        tok = self.processor.tokenizer
+        image_processor = self.processor.image_processor
+        side = image_processor.patch_size * image_processor.merge_size
+        pixels = image_processor(images=[Image.new("RGB", (side, side))], return_tensors="pt")
+        grid = pixels["image_grid_thw"]
+        n_tokens = int(grid.prod()) // image_processor.merge_size**2
+        start, end = (tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+        ids = torch.tensor([start] + [self.image_token_id] * n_tokens + [end], dtype=torch.long)
+        return Example(
+            sample_id="",
+            input_ids=ids,
+            labels=torch.full_like(ids, IGNORE_INDEX),
+            mm_token_type_ids=(ids == self.image_token_id).long(),
+            pixel_values=pixels["pixel_values"],
+            image_grid_thw=grid,
+        )
 
     def _truncate(self, example: Example) -> bool:
         """Cut the tail to ``max_seq_length``; False if that would cut into an image."""
@@ -378,27 +399,43 @@ def collate(
     pad_token_id: int,
     rope_index: RopeIndexFn | None,
     packed: bool,
+    vision_filler: Example | None = None,
 ) -> Collated:
-    """Pad rows to the longest one and build the model inputs (see the module docstring)."""
+    """Pad rows to the longest one and build the model inputs (see the module docstring).
+
+    ``vision_filler`` (see :meth:`ExampleEncoder.vision_filler`) is appended to the first row
+    of a micro-batch without images, so every micro-batch runs the vision tower at the same
+    point of the forward pass. DeepSpeed ZeRO reduces (stage 2) or gathers (stage 3) per
+    parameter in the order backward/forward reaches them, and that order must be the same on
+    every rank: a rank skipping the vision tower desynchronises the collectives (gloo reports
+    "Received data size doesn't match expected size"; NCCL hangs). The filler sits at the end
+    of the row, after every real token, so causal attention keeps it invisible to them, and
+    it has no labels: the loss does not change.
+    """
+    rows = [list(row) for row in rows]
+    has_images = any(ex.pixel_values is not None for row in rows for ex in row)
+    if vision_filler is not None and not has_images:
+        rows[0].append(vision_filler)
     width = max(sum(ex.length for ex in row) for row in rows)
     batch = len(rows)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
     mm_types = torch.zeros((batch, width), dtype=torch.long)
-    examples = [ex for row in rows for ex in row]
-    inputs: dict[str, Any] = _cat_images(examples)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    positions = torch.zeros((4, batch, width), dtype=torch.long)
+    if packed and rope_index is None:
+        raise ValueError("packed batches need the model's rope index function")
 
-    if packed:
-        if rope_index is None:
-            raise ValueError("packed batches need the model's rope index function")
-        positions = torch.zeros((4, batch, width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            offset = 0
-            for ex in row:
-                span = slice(offset, offset + ex.length)
-                input_ids[b, span] = ex.input_ids
-                labels[b, span] = ex.labels
-                mm_types[b, span] = ex.mm_token_type_ids
+    for b, row in enumerate(rows):
+        offset = 0
+        for ex in row:
+            span = slice(offset, offset + ex.length)
+            input_ids[b, span] = ex.input_ids
+            labels[b, span] = ex.labels
+            mm_types[b, span] = ex.mm_token_type_ids
+            attention_mask[b, span] = 1
+            if packed:
+                assert rope_index is not None
                 positions[0, b, span] = torch.arange(ex.length)
                 rope, _ = rope_index(
                     input_ids=ex.input_ids[None],
@@ -406,28 +443,24 @@ def collate(
                     image_grid_thw=ex.image_grid_thw,
                 )
                 positions[1:, b, span] = rope[:, 0]
-                offset += ex.length
-            # Padding is one more "sequence" (positions restart), so it attends only to itself.
-            pad = torch.arange(width - offset)
-            positions[:, b, offset:] = pad
+            offset += ex.length
+        # Padding is one more "sequence" (positions restart), so it attends only to itself.
+        positions[:, b, offset:] = torch.arange(width - offset)
+
+    examples = [ex for row in rows for ex in row]
+    inputs: dict[str, Any] = _cat_images(examples)
+    inputs.update(input_ids=input_ids, mm_token_type_ids=mm_types)
+    if packed:
         inputs.update(position_ids=positions, attention_mask=None)
     else:
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            (ex,) = row
-            input_ids[b, : ex.length] = ex.input_ids
-            labels[b, : ex.length] = ex.labels
-            mm_types[b, : ex.length] = ex.mm_token_type_ids
-            attention_mask[b, : ex.length] = 1
+        # The plain padded path: a padding mask, positions computed by the model.
         inputs.update(attention_mask=attention_mask)
-
-    inputs.update(input_ids=input_ids, mm_token_type_ids=mm_types)
-    real = sum(ex.length for ex in examples)
+    real = [ex for ex in examples if ex is not vision_filler]
     return Collated(
         inputs=inputs,
         labels=labels,
-        sample_ids=[ex.sample_id for ex in examples],
-        real_tokens=real,
+        sample_ids=[ex.sample_id for ex in real],
+        real_tokens=sum(ex.length for ex in real),
         padded_tokens=batch * width,
         target_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()),
     )

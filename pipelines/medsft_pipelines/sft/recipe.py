@@ -268,29 +268,6 @@ def build_engine(
     return engine
 
 
-def vision_keepalive(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """Zero times the vision tower's output on one blank minimal image.
-
-    ZeRO reduces gradients in buckets filled by backward hooks. A rank whose micro-batch has
-    no image produces no vision-tower gradients, its buckets stop matching the other ranks'
-    (gloo: "Received data size doesn't match expected size"; NCCL: a hang). Adding this
-    zero-valued term to a text-only micro-batch's loss gives every rank the same backward.
-    """
-    vision = model.config.vision_config
-    merge = vision.spatial_merge_size
-    grid = torch.tensor([[1, merge, merge]], device=device)
-    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    pixels = torch.zeros((merge * merge, width), device=device)
-    out = model.model.get_image_features(pixels, grid, return_dict=True)
-    tensors = [
-        t for value in out.values() for t in (value if isinstance(value, list | tuple) else [value])
-    ]
-    return sum(
-        (0.0 * t.float().sum() for t in tensors if torch.is_tensor(t)),
-        torch.zeros((), device=device),
-    )
-
-
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -302,7 +279,6 @@ def train_step(
     batches: list[Collated],
     world_size: int,
     device: torch.device,
-    train_vision: bool = True,
 ) -> dict[str, float]:
     """One optimiser step over this rank's micro-batches; returns the global step metrics.
 
@@ -323,10 +299,7 @@ def train_step(
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
         out = engine(**inputs, logits_to_keep=keep.to(device), use_cache=False)
         ce = F.cross_entropy(out.logits.float(), labels.to(device), reduction="sum")
-        loss = ce * (world_size / targets)
-        if train_vision and "pixel_values" not in batch.inputs:
-            loss = loss + vision_keepalive(engine.module, device)
-        engine.backward(loss, scale_wrt_gas=False)
+        engine.backward(ce * (world_size / targets), scale_wrt_gas=False)
         engine.step()
         loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
@@ -432,9 +405,10 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
 
 def make_collator(job: Job) -> Any:
     pad_id = job.processor.tokenizer.pad_token_id
+    filler = job.encoder.vision_filler()
 
     def make(batch: MicroBatch) -> Collated:
-        return collate(batch.rows, pad_id, job.rope_index, job.plan.packing)
+        return collate(batch.rows, pad_id, job.rope_index, job.plan.packing, filler)
 
     return make
 
@@ -492,13 +466,7 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         batches = [collated for _, collated in items]
         lr = job.engine.get_lr()[0]
         started = time.perf_counter()
-        metrics = train_step(
-            job.engine,
-            batches,
-            topo.world_size,
-            job.device,
-            not config.spec.model.freeze_vision_tower,
-        )
+        metrics = train_step(job.engine, batches, topo.world_size, job.device)
         elapsed = time.perf_counter() - started
         state.step += 1
         steps_this_epoch += 1
