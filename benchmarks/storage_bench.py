@@ -10,7 +10,8 @@ the same run:
 * checkpoint upload and download — plain SDK (``fput_object``/``fget_object``, one stream,
   file after file) vs ``CheckpointStore.upload``/``download`` on s3:// vs file://.
 
-Each number is the median of ``--repeats`` runs, in MB/s (10^6 bytes per second).
+Each number is the median of ``--repeats`` runs, in MB/s (10^6 bytes per second); within a
+repeat the three variants run in turn, so a shared machine's changing load hits them alike.
 
     .venv/bin/python benchmarks/storage_bench.py [--dataset-mb 192] [--checkpoint-mb 256]
 """
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -45,18 +47,23 @@ MiB = 1024 * 1024
 SCHEMA = pa.schema([("id", pa.int64()), ("question", pa.string()), ("image", pa.binary())])
 
 
-def median_mbps(nbytes: int, run: Callable[[], object], repeats: int) -> float:
-    times = []
+def interleaved_mbps(
+    nbytes: int, variants: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, float]:
+    """Median MB/s of each variant; the variants take turns within every repeat, so that the
+    load of a shared machine changes them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return nbytes / statistics.median(times) / MB
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: nbytes / statistics.median(t) / MB for name, t in times.items()}
 
 
 def write_dataset(store: ObjectStore, total_bytes: int, shard_bytes: int) -> int:
     """Rows of a ~48 KiB incompressible "image" and some text; returns the shards' bytes."""
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     writer = ShardWriter(store, SCHEMA, target_shard_bytes=shard_bytes)
     written, i = 0, 0
     while written < total_bytes:
@@ -86,7 +93,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-files", type=int, default=4)
     parser.add_argument("--parallelism", type=int, default=4)
     parser.add_argument("--part-mb", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -126,23 +133,6 @@ def run_all(args, work: Path, client, s3: ObjectStore, local: ObjectStore) -> di
     s3_reader, local_reader = DatasetReader(s3.child("ds")), DatasetReader(local.child("ds"))
     keys = [s.key for s in s3_reader.manifest.shards]
 
-    def sdk_fetch() -> list[bytes]:
-        out = []
-        for key in keys:
-            response = client.get_object("bench", f"run/ds/{key}")
-            try:
-                out.append(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-        return out
-
-    def sdk_samples() -> int:
-        count = 0
-        for data in (sdk_fetch_one(key) for key in keys):
-            count += len(pq.read_table(pa.BufferReader(data)).to_pylist())
-        return count
-
     def sdk_fetch_one(key: str) -> bytes:
         response = client.get_object("bench", f"run/ds/{key}")
         try:
@@ -151,21 +141,27 @@ def run_all(args, work: Path, client, s3: ObjectStore, local: ObjectStore) -> di
             response.close()
             response.release_conn()
 
+    def sdk_samples() -> int:
+        tables = (pq.read_table(pa.BufferReader(sdk_fetch_one(key))) for key in keys)
+        return sum(len(table.to_pylist()) for table in tables)
+
     def samples(reader: DatasetReader) -> Callable[[], int]:
         return lambda: sum(1 for _ in reader.iter_samples(seed=0, epoch=0))
 
-    read = {
-        "sdk_fetch": median_mbps(dataset_bytes, sdk_fetch, repeats),
-        "s3_fetch": median_mbps(
-            dataset_bytes, lambda: [s3.child("ds").get_bytes(k) for k in keys], repeats
-        ),
-        "file_fetch": median_mbps(
-            dataset_bytes, lambda: [local.child("ds").get_bytes(k) for k in keys], repeats
-        ),
-        "sdk_samples": median_mbps(dataset_bytes, sdk_samples, repeats),
-        "s3_samples": median_mbps(dataset_bytes, samples(s3_reader), repeats),
-        "file_samples": median_mbps(dataset_bytes, samples(local_reader), repeats),
-    }
+    fetch = interleaved_mbps(
+        dataset_bytes,
+        {
+            "sdk": lambda: [sdk_fetch_one(k) for k in keys],
+            "s3": lambda: [s3.child("ds").get_bytes(k) for k in keys],
+            "file": lambda: [local.child("ds").get_bytes(k) for k in keys],
+        },
+        repeats,
+    )
+    stream = interleaved_mbps(
+        dataset_bytes,
+        {"sdk": sdk_samples, "s3": samples(s3_reader), "file": samples(local_reader)},
+        repeats,
+    )
 
     ckpt = work / "ckpt"
     make_checkpoint(ckpt, args.checkpoint_mb * MB, args.checkpoint_files)
@@ -189,14 +185,24 @@ def run_all(args, work: Path, client, s3: ObjectStore, local: ObjectStore) -> di
     def restore(checkpoints: CheckpointStore, name: str) -> Callable[[], object]:
         return lambda: checkpoints.download(1, work / name)
 
-    checkpoint = {
-        "sdk_upload": median_mbps(ckpt_bytes, sdk_upload, repeats),
-        "s3_upload": median_mbps(ckpt_bytes, lambda: s3_ckpt.upload(ckpt, 1), repeats),
-        "file_upload": median_mbps(ckpt_bytes, lambda: local_ckpt.upload(ckpt, 1), repeats),
-        "sdk_download": median_mbps(ckpt_bytes, sdk_download, repeats),
-        "s3_download": median_mbps(ckpt_bytes, restore(s3_ckpt, "s3-restore"), repeats),
-        "file_download": median_mbps(ckpt_bytes, restore(local_ckpt, "file-restore"), repeats),
-    }
+    upload = interleaved_mbps(
+        ckpt_bytes,
+        {
+            "sdk": sdk_upload,
+            "s3": lambda: s3_ckpt.upload(ckpt, 1),
+            "file": lambda: local_ckpt.upload(ckpt, 1),
+        },
+        repeats,
+    )
+    download = interleaved_mbps(
+        ckpt_bytes,
+        {
+            "sdk": sdk_download,
+            "s3": restore(s3_ckpt, "s3-restore"),
+            "file": restore(local_ckpt, "file-restore"),
+        },
+        repeats,
+    )
     return {
         "dataset_bytes": dataset_bytes,
         "shards": len(keys),
@@ -205,36 +211,30 @@ def run_all(args, work: Path, client, s3: ObjectStore, local: ObjectStore) -> di
         "parallelism": args.parallelism,
         "part_mb": args.part_mb,
         "repeats": repeats,
-        "read": read,
-        "checkpoint": checkpoint,
+        "results": {
+            "shard fetch (raw bytes)": fetch,
+            "shard read (samples, sha256-verified)": stream,
+            "checkpoint upload": upload,
+            "checkpoint download": download,
+        },
     }
 
 
 def print_table(r: dict) -> None:
-    read, ckpt = r["read"], r["checkpoint"]
     print(
         f"dataset {r['dataset_bytes'] / MB:.0f} MB in {r['shards']} shards; checkpoint "
         f"{r['checkpoint_bytes'] / MB:.0f} MB in {r['checkpoint_files']} files; parallelism "
         f"{r['parallelism']}, part {r['part_mb']} MiB; median of {r['repeats']}; {r['machine']}"
     )
-    rows = [
-        ("shard fetch (raw bytes)", read["sdk_fetch"], read["s3_fetch"], read["file_fetch"]),
-        (
-            "shard read (samples, sha256-verified)",
-            read["sdk_samples"],
-            read["s3_samples"],
-            read["file_samples"],
-        ),
-        ("checkpoint upload", ckpt["sdk_upload"], ckpt["s3_upload"], ckpt["file_upload"]),
-        ("checkpoint download", ckpt["sdk_download"], ckpt["s3_download"], ckpt["file_download"]),
-    ]
     print(
-        "| operation | plain SDK MB/s | medsft s3:// MB/s | s3:// / SDK | medsft file:// MB/s | file:// / s3:// |"
+        "| operation | plain SDK MB/s | medsft s3:// MB/s | s3:// / SDK "
+        "| medsft file:// MB/s | file:// / s3:// |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, sdk, ours, local in rows:
+    for name, v in r["results"].items():
         print(
-            f"| {name} | {sdk:.0f} | {ours:.0f} | {ours / sdk:.2f}x | {local:.0f} | {local / ours:.2f}x |"
+            f"| {name} | {v['sdk']:.0f} | {v['s3']:.0f} | {v['s3'] / v['sdk']:.2f}x "
+            f"| {v['file']:.0f} | {v['file'] / v['s3']:.2f}x |"
         )
 
 

@@ -26,7 +26,7 @@ def s3_settings(minio, **overrides) -> StorageSettings:
         "access_key": minio.access_key,
         "secret_key": minio.secret_key,
         "part_size": 5 * MiB,
-        "parallelism": 2,  # reads: first 10 MiB in one request, the rest as parallel ranges
+        "parallelism": 2,  # reads: up to 10 MiB in one request, larger ones as 2 ranges
         "retry_timeout_s": 60.0,
         **overrides,
     }

@@ -3,9 +3,9 @@
 * Uploads: ``put_object`` with ``part_size``/``num_parallel_uploads`` (parallel multipart parts);
   S3 makes an object visible only when its upload completes, so a failed upload leaves nothing
   (its parts are aborted, or expire on the server).
-* Downloads: the first range tells the size and ETag; the remaining ranges are fetched in
-  parallel with ``If-Match`` so that a concurrently replaced object restarts the read instead of
-  mixing two versions.
+* Downloads: a HEAD tells the size and ETag; objects up to ``parallelism x part_size`` come in
+  one GET, larger ones as ``parallelism`` ranges at once, all with ``If-Match`` so that a
+  concurrently replaced object restarts the read instead of mixing two versions.
 * Every operation retries connection errors and 5xx answers with exponential backoff until
   ``settings.retry_timeout_s``, then raises :class:`StorageError`. Error texts are rebuilt from
   the backend error with the credentials redacted, and chaining is cut so that no traceback
@@ -204,48 +204,49 @@ class S3Backend:
         self._retrying("download", key, attempt)
 
     def _read(self, key: str, open_sink: Callable[[int], Sink], *, chunked: bool = False) -> None:
-        """Fetch ``key`` range by range into the sink ``open_sink(size)`` returns: one call per
-        range, or per chunk of at most STREAM_CHUNK bytes with ``chunked`` (bounded memory).
+        """Fetch ``key`` into the sink ``open_sink(size)`` returns: one call per range, or per
+        chunk of at most STREAM_CHUNK bytes with ``chunked`` (bounded memory).
 
-        The first range answers most objects in one request; its headers tell the size and
-        ETag, and the rest of a larger object is requested as up to ``parallelism`` ranges at
-        once (``If-Match``: same object version) while the first body is read.
+        A HEAD tells the size and ETag. Objects up to ``parallelism x part_size`` come in one
+        request (on a fast link one stream is as quick as several, and every extra request
+        costs); larger ones as ``parallelism`` equal ranges at once. Every GET carries
+        ``If-Match``, so an object replaced meanwhile fails the read (and it is retried)
+        instead of mixing two versions.
         """
-        part = self.settings.part_size
-        # Objects up to parallelism x part_size come in one request: on a fast link one stream
-        # is as quick as several, and a single buffer needs no joining copy.
-        first_request = part * self.settings.parallelism
-        try:
-            first = self._client.get_object(self.bucket, key, offset=0, length=first_request)
-        except S3Error as exc:
-            if exc.code != "InvalidRange":
-                raise
-            open_sink(0)  # an empty object has no byte range to ask for
-            return
-        total = _total_size(first.headers)
-        etag = first.headers.get("ETag")
+        info = self._client.stat_object(self.bucket, key)
+        total = int(info.size or 0)
         write = open_sink(total)
-        whole = first.status == 200  # a server that ignores Range sends everything at once
-        first_length = total if whole else min(first_request, total)
-        ranges = [] if whole else _split(first_length, total, self.settings.parallelism, part)
+        if total == 0:
+            return
+        headers: dict[str, str | list[str] | tuple[str]] = (
+            {"If-Match": f'"{info.etag}"'} if info.etag else {}
+        )
+        parallelism, part = self.settings.parallelism, self.settings.part_size
+        ranges = [(0, total)]
+        if total > parallelism * part:
+            ranges = _split(0, total, parallelism, part)
 
         def fetch(offset: int, length: int) -> None:
-            headers: dict[str, str | list[str] | tuple[str]] | None = (
-                {"If-Match": etag} if etag else None
-            )
             response = self._client.get_object(
-                self.bucket, key, offset=offset, length=length, request_headers=headers
+                self.bucket,
+                key,
+                offset=offset,
+                length=length if len(ranges) > 1 else 0,
+                request_headers=headers,
             )
             _read_body(response, offset, length, write, chunked)
 
-        pool = ThreadPoolExecutor(max(1, min(self.settings.parallelism, len(ranges))))
-        try:
+        if len(ranges) == 1:
+            fetch(0, total)
+            return
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="s3-range") as pool:
             futures = [pool.submit(fetch, offset, length) for offset, length in ranges]
-            _read_body(first, 0, first_length, write, chunked)
-            for future in futures:
-                future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def size(self, key: str) -> int:
         return int(
@@ -284,13 +285,6 @@ class S3Backend:
 
         if batch:
             self._retrying("DELETE", batch[0], attempt)
-
-
-def _total_size(headers: urllib3.HTTPHeaderDict) -> int:
-    content_range = headers.get("Content-Range")  # "bytes 0-1023/4096"
-    if content_range and "/" in content_range:
-        return int(content_range.rsplit("/", 1)[1])
-    return int(headers.get("Content-Length", 0))
 
 
 def _split(start: int, end: int, streams: int, min_size: int) -> list[tuple[int, int]]:
