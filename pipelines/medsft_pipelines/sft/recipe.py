@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import sys
 import tempfile
 import threading
@@ -74,13 +75,19 @@ CACHE_ENV = "MEDSFT_CACHE"
 # == setup ======================================================================================
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_distributed() -> tuple[Topology, torch.device]:
     """Join the process group torchrun describes (or a group of one when run directly)."""
-    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, default)
+    if "WORLD_SIZE" not in os.environ:  # run directly, not by torchrun: a group of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
     topo = Topology(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
