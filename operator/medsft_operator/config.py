@@ -7,9 +7,10 @@ import socket
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import StorageCredentialsRef, StorageSpec
-from pydantic import Field
 
 DEFAULT_IMAGE = "ghcr.io/medsft/trainer:0.1.0"
 
@@ -29,6 +30,9 @@ class OperatorConfig(Spec):
     """Storage of runs that name none (endpoint, bucket, credentials Secret in the run's namespace)."""
     job_service_account: str | None = None
     """ServiceAccount of the stage pods (their token is never mounted); unset: ``default``."""
+    propagate_annotation_prefixes: list[str] = []
+    """Annotation key prefixes copied from a run to its stage resources and from those to
+    their Jobs and PyTorchJobs (e.g. ``kueue.x-k8s.io/``)."""
     poll_interval_s: Annotated[float, Field(gt=0)] = 15.0
     """How often active stages fold progress from storage and waiting stages re-check inputs."""
     retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0
@@ -71,9 +75,8 @@ class OperatorConfig(Spec):
             raw = env.get(f"MEDSFT_{field_name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[field_name] = (
-                [n for n in raw.split(",") if n] if field_name == "namespaces" else raw
-            )
+            is_list = field_name in ("namespaces", "propagate_annotation_prefixes")
+            values[field_name] = [n for n in raw.split(",") if n] if is_list else raw
         if not values.get("kubeconfig") and env.get("KUBECONFIG"):
             values["kubeconfig"] = env["KUBECONFIG"]
         if not values.get("lease_namespace") and env.get("POD_NAMESPACE"):

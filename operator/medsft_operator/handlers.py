@@ -52,6 +52,9 @@ def register(
     kopf.on.login(registry=registry)(login)
     backoff = controller.ctx.config.retry_backoff_s
 
+    def deleted(type: str, **_: Any) -> bool:
+        return type == "DELETED"
+
     for plural in KINDS:
 
         async def reconcile(body: kopf.Body, retry: int, _plural: str = plural, **_: Any) -> None:
@@ -62,10 +65,9 @@ def register(
             with contextlib.suppress(kopf.TemporaryError):
                 await controller.reconcile(_plural, dict(body), poll=True)
 
-        async def gone(body: kopf.Body, type: str, _plural: str = plural, **_: Any) -> None:
-            if type == "DELETED":
-                meta = body["metadata"]
-                controller.forget(_plural, meta["namespace"], meta["name"])
+        async def gone(body: kopf.Body, _plural: str = plural, **_: Any) -> None:
+            meta = body["metadata"]
+            controller.forget(_plural, meta["namespace"], meta["name"])
 
         def active(body: kopf.Body, **_: Any) -> bool:
             return controller.is_active(dict(body))
@@ -87,7 +89,7 @@ def register(
             when=active,
             registry=registry,
         )(poll)
-        kopf.on.event(GROUP, VERSION, plural, id="forget", registry=registry)(gone)
+        kopf.on.event(GROUP, VERSION, plural, id="forget", when=deleted, registry=registry)(gone)
 
     async def child_changed(body: kopf.Body, type: str, **_: Any) -> None:
         if type in ("ADDED", "MODIFIED", "DELETED", None):

@@ -55,7 +55,10 @@ def setup_logging(config: OperatorConfig, redact: Any) -> None:
     root.setLevel(config.log_level)
     for handler in root.handlers:
         handler.addFilter(Redactor(redact))
-    for noisy in ("urllib3", "kubernetes", "aiohttp.access"):
+    quiet = ["urllib3", "kubernetes", "aiohttp.access"]
+    if config.log_level != "DEBUG":
+        quiet.append("kopf.objects")  # "Handler ... succeeded" for every event and timer tick
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

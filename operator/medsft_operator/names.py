@@ -125,6 +125,14 @@ def run_and_generation(manifest: dict) -> tuple[str, int]:
     return run, max(1, int(value)) if value.isdigit() else 1
 
 
+def propagated_annotations(manifest: dict, prefixes: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The owner's annotations whose keys start with one of ``prefixes`` (configured on the
+    operator), copied onto what it creates: a run's onto its stage resources, a stage
+    resource's onto its Jobs and PyTorchJobs (e.g. for schedulers or cost attribution)."""
+    annotations = manifest["metadata"].get("annotations") or {}
+    return {k: v for k, v in annotations.items() if prefixes and k.startswith(tuple(prefixes))}
+
+
 def owner_reference(owner: dict, *, controller: bool = True) -> dict:
     """An ownerReference to ``owner`` (a manifest with kind, metadata.name and uid):
     children go with their owner by garbage collection."""

@@ -77,7 +77,15 @@ class _Renderer:
                 continue
             name = names.run_stage_name(doc["metadata"]["name"], stage.stage, generation)
             child = stage_resource(
-                doc, plan, stage, name=name, generation=generation, upstream=upstream
+                doc,
+                plan,
+                stage,
+                name=name,
+                generation=generation,
+                upstream=upstream,
+                annotations=names.propagated_annotations(
+                    doc, self.config.propagate_annotation_prefixes
+                ),
             )
             child["metadata"]["uid"] = PLACEHOLDER_UID
             upstream[stage.stage] = name
@@ -95,6 +103,7 @@ class _Renderer:
             output_uri=output,
             pull_policy=self.config.image_pull_policy,
             service_account=self.config.job_service_account,
+            propagate=tuple(self.config.propagate_annotation_prefixes),
         )
         self.outputs[doc["metadata"]["name"]] = inputs.output_uri
         return inputs

@@ -12,14 +12,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from medsft_pipelines.specs.jobconfig import (
-    CurationJobConfig,
-    EvalJobConfig,
-    SFTJobConfig,
-    dump_job_config,
-)
-from medsft_pipelines.specs.sft import check_batch_divisible
-
 from medsft_operator import names
 from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTStageSpec
 from medsft_operator.builders.pods import (
@@ -31,6 +23,13 @@ from medsft_operator.builders.pods import (
     pod_template,
     storage_env,
 )
+from medsft_pipelines.specs.jobconfig import (
+    CurationJobConfig,
+    EvalJobConfig,
+    SFTJobConfig,
+    dump_job_config,
+)
+from medsft_pipelines.specs.sft import check_batch_divisible
 
 CURATE_COMMAND = ["medsft-curate", "--config"]
 TRAIN_COMMAND = ["torchrun", "--no-python", "medsft-train", "--config"]
@@ -70,13 +69,18 @@ class Owner:
             generation=int(generation) if generation else None,
         )
 
-    def metadata(self, name: str, **extra_labels: str) -> Manifest:
-        return {
+    def metadata(
+        self, name: str, *, annotations: dict[str, str] | None = None, **extra_labels: str
+    ) -> Manifest:
+        meta: Manifest = {
             "name": name,
             "namespace": self.namespace,
             "labels": {**self.labels(), **extra_labels},
             "ownerReferences": [names.owner_reference(self.manifest)],
         }
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        return meta
 
 
 def content_hash(data: dict[str, str]) -> str:
@@ -104,6 +108,7 @@ def _queue(owner_spec: CurationStageSpec | SFTStageSpec | EvalStageSpec) -> dict
 def _batch_job(
     owner: Owner,
     name: str,
+    settings: PodSettings,
     pod: Manifest,
     spec: CurationStageSpec | EvalStageSpec,
     *,
@@ -113,7 +118,7 @@ def _batch_job(
     body: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": owner.metadata(name, **queued),
+        "metadata": owner.metadata(name, annotations=settings.annotations, **queued),
         "spec": {**job_spec, "template": pod},
     }
     if queued:
@@ -164,6 +169,7 @@ def curation_work_job(owner: Owner, spec: CurationStageSpec, settings: PodSettin
     return _batch_job(
         owner,
         names.curation_work_job_name(owner.name),
+        settings,
         _curation_pod(owner, spec, settings, "work.yaml"),
         spec,
         job_spec={
@@ -180,6 +186,7 @@ def curation_merge_job(owner: Owner, spec: CurationStageSpec, settings: PodSetti
     return _batch_job(
         owner,
         names.curation_merge_job_name(owner.name),
+        settings,
         _curation_pod(owner, spec, settings, "merge.yaml"),
         spec,
         job_spec={"completions": 1, "parallelism": 1, "backoffLimit": spec.backoff_limit},
@@ -232,6 +239,7 @@ def pytorch_job(
         labels={**settings.labels, names.ATTEMPT: str(attempt)},
         pull_policy=settings.pull_policy,
         service_account=settings.service_account,
+        annotations=settings.annotations,
     )
     trainer = container(
         "pytorch",  # the training operator finds the trainer container by this name
@@ -266,7 +274,10 @@ def pytorch_job(
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
         "metadata": owner.metadata(
-            names.pytorch_job_name(owner.name, attempt), **queued, **{names.ATTEMPT: str(attempt)}
+            names.pytorch_job_name(owner.name, attempt),
+            annotations=settings.annotations,
+            **queued,
+            **{names.ATTEMPT: str(attempt)},
         ),
         "spec": {
             "nprocPerNode": str(spec.gpus_per_node),
@@ -300,6 +311,7 @@ def eval_job(owner: Owner, spec: EvalStageSpec, settings: PodSettings) -> Manife
     return _batch_job(
         owner,
         names.eval_job_name(owner.name),
+        settings,
         pod,
         spec,
         job_spec={"completions": 1, "parallelism": 1, "backoffLimit": spec.backoff_limit},

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from medsft_operator import layout
+from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, MedSFTRun, SFTStageSpec
+from medsft_operator.plan import plan_run, project
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec, ModelSource
@@ -19,10 +22,6 @@ from medsft_pipelines.specs.jobconfig import (
     SFTJobConfig,
 )
 from medsft_pipelines.specs.sft import DatasetSource, SFTSpec
-
-from medsft_operator import layout
-from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, MedSFTRun, SFTStageSpec
-from medsft_operator.plan import plan_run, project
 
 JobConfig = CurationJobConfig | SFTJobConfig | EvalJobConfig
 

@@ -7,12 +7,11 @@ under the ``restricted`` Pod Security profile, and never mount a Kubernetes API 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
-
 from medsft_operator.api.k8s import StageRuntime
+from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
 
 CONFIG_DIR = "/etc/medsft"
 CA_DIR = "/etc/medsft/ca"
@@ -35,6 +34,8 @@ class PodSettings:
     labels: dict[str, str]
     pull_policy: str | None = None
     service_account: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    """Annotations of the workload object (Job / PyTorchJob) itself."""
 
 
 def storage_env(storage: StorageSpec) -> list[Manifest]:

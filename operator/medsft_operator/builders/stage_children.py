@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medsft_pipelines.specs.common import StorageSpec
-from medsft_pipelines.specs.jobconfig import RunInfo
-
 from medsft_operator import layout, names
 from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTStageSpec
 from medsft_operator.builders import children
@@ -21,6 +18,8 @@ from medsft_operator.builders.jobconfig import (
     build_sft_config,
 )
 from medsft_operator.builders.pods import Manifest, PodSettings
+from medsft_pipelines.specs.common import StorageSpec
+from medsft_pipelines.specs.jobconfig import RunInfo
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,8 @@ class StageInputs:
     output_uri: str
     pull_policy: str | None = None
     service_account: str | None = None
+    propagate: tuple[str, ...] = ()
+    """Annotation prefixes copied from the stage resource onto its workloads."""
 
 
 def stage_inputs(
@@ -45,6 +46,7 @@ def stage_inputs(
     output_uri: str | None = None,
     pull_policy: str | None = None,
     service_account: str | None = None,
+    propagate: tuple[str, ...] = (),
 ) -> StageInputs:
     """Inputs of a stage resource: its run and generation (from a run's labels, else
     itself and 1), its output (the spec's, else the run layout's), the run's hash of
@@ -64,6 +66,7 @@ def stage_inputs(
         output_uri=output_uri or layout.stage_output(storage, namespace, run, generation, stage),
         pull_policy=pull_policy,
         service_account=service_account,
+        propagate=propagate,
     )
 
 
@@ -75,6 +78,7 @@ def _settings(owner: children.Owner, inputs: StageInputs) -> PodSettings:
         labels=owner.labels(),
         pull_policy=inputs.pull_policy,
         service_account=inputs.service_account,
+        annotations=names.propagated_annotations(owner.manifest, inputs.propagate),
     )
 
 

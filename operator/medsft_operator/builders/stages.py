@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsft_pipelines.specs.common import ObjectRef
-from medsft_pipelines.specs.eval import ModelSource
-from medsft_pipelines.specs.sft import DatasetSource
 from pydantic import ValidationError
 
 from medsft_operator import layout, names
@@ -20,6 +17,9 @@ from medsft_operator.api.kinds import (
     SFTStageSpec,
 )
 from medsft_operator.plan import PlanError, RunPlan, StagePlan, resolve_storage
+from medsft_pipelines.specs.common import ObjectRef
+from medsft_pipelines.specs.eval import ModelSource
+from medsft_pipelines.specs.sft import DatasetSource
 
 Manifest = dict[str, Any]
 
@@ -32,9 +32,11 @@ def stage_resource(
     name: str,
     generation: int,
     upstream: dict[layout.StageName, str],
+    annotations: dict[str, str] | None = None,
 ) -> Manifest:
     """The manifest of ``stage`` for ``generation`` of ``run``, named ``name``, reading from
-    the upstream stage resources named in ``upstream`` (``{"curation": ..., "sft": ...}``)."""
+    the upstream stage resources named in ``upstream`` (``{"curation": ..., "sft": ...}``),
+    carrying ``annotations`` (those the operator propagates from the run)."""
     if stage.spec is None:
         raise ValueError(
             f"stage {stage.stage} refers to an existing {stage.kind}: nothing to build"
@@ -83,7 +85,7 @@ def stage_resource(
                 ),
                 names.STAGE_HASH: names.hash_label(stage.hash),
             },
-            "annotations": {names.STAGE_HASH_FULL: stage.hash},
+            "annotations": {**(annotations or {}), names.STAGE_HASH_FULL: stage.hash},
             "ownerReferences": [names.owner_reference(run)],
         },
         "spec": spec.to_wire(),

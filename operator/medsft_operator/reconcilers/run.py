@@ -296,7 +296,16 @@ class RunReconciler(Reconciler):
             origin = _generation_of(child)
             return child, origin if origin != number else None
         name = names.run_stage_name(run_name, stage.stage, number)
-        manifest = stage_resource(run, plan, stage, name=name, generation=number, upstream=upstream)
+        prefixes = self.ctx.config.propagate_annotation_prefixes
+        manifest = stage_resource(
+            run,
+            plan,
+            stage,
+            name=name,
+            generation=number,
+            upstream=upstream,
+            annotations=names.propagated_annotations(run, prefixes),
+        )
         child = await self.ensure_child(rt, manifest, run)
         if _hash_of(child) != stage.hash:
             # Left by an attempt that never got recorded (the spec moved on meanwhile).

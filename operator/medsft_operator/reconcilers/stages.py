@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from medsft_operator import fold, layout, names
 from medsft_operator.api.hashing import spec_hash
-from medsft_operator.api.k8s import StatusBase
+from medsft_operator.api.k8s import Phase, StatusBase
 from medsft_operator.api.kinds import CurationJob, EvalJob, SFTJob, SFTJobSpec
 from medsft_operator.api.status import CurationJobStatus, EvalJobStatus, SFTJobStatus
 from medsft_operator.artifacts import InputsError
@@ -61,7 +61,16 @@ class StageReconciler(Reconciler):
             output_uri=output_uri,
             pull_policy=config.image_pull_policy,
             service_account=config.job_service_account,
+            propagate=tuple(config.propagate_annotation_prefixes),
         )
+
+
+def active_phase(status: StatusBase, state: fold.ChildState) -> Phase:
+    """The child's phase, except that a stage that has started stays Running while a
+    retry or the next step is still starting."""
+    if state.phase == "Pending" and status.start_time is not None:
+        return "Running"
+    return state.phase
 
 
 class CurationReconciler(StageReconciler):
@@ -116,7 +125,7 @@ class CurationReconciler(StageReconciler):
                 status = fold.fold_curation_counts(status, progress.get("counts") or {})
                 status = status.model_copy(update={"progress": fold.progress_text(progress)})
         message = state.message or f"curation {step} running"
-        return fold.apply_phase(status, state.phase, state.reason, message, gen)
+        return fold.apply_phase(status, active_phase(status, state), state.reason, message, gen)
 
     async def _dataset_ready(
         self,
@@ -228,7 +237,8 @@ class SFTReconciler(StageReconciler):
             return fold.apply_phase(
                 status, "Succeeded", "ModelReady", f"model exported to {model}", gen
             )
-        return fold.apply_phase(status, state.phase, state.reason, state.message or "training", gen)
+        message = state.message or "training"
+        return fold.apply_phase(status, active_phase(status, state), state.reason, message, gen)
 
     async def _dataset(
         self, namespace: str, spec: SFTJobSpec, storage: StorageSpec, *, checked: bool
