@@ -701,6 +701,14 @@ def run(
     from medsft_operator.local import run_local
 
     try:
+        problems = [p for p in validate_documents(load_documents(file)) if p.severity == "error"]
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise _fail(f"{file}: {exc}") from None
+    if problems:
+        for problem in problems:
+            err_console.print(str(problem), style="red", markup=False, highlight=False)
+        raise _fail(f"{file} does not validate; nothing was run")
+    try:
         result = run_local(file, workdir=workdir, nproc=nproc, console=err_console)
     except (RuntimeError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None

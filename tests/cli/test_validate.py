@@ -224,3 +224,37 @@ def test_server_dry_run_accepts_examples_and_rejects_what_the_apiserver_rejects(
     rejected = cli.invoke(app, ["validate", *base, str(missing_ns)])
     assert rejected.exit_code == 1
     assert "not found" in rejected.stderr
+
+
+# --------------------------------------------------------------------- run and operator flags
+
+
+def test_run_without_local_points_to_kubectl(cli):
+    result = cli.invoke(app, ["run", str(EXAMPLES_DIR / "quickstart.yaml")])
+    assert result.exit_code == 2
+    assert "kubectl apply -f" in result.stderr and "--local" in result.stderr
+
+
+def test_run_local_refuses_an_invalid_manifest_before_running_anything(cli, tmp_path):
+    run = _edit(RUN, "spec.sft", {})
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump(run))
+    result = cli.invoke(app, ["run", "--local", "--workdir", str(tmp_path / "work"), str(file)])
+    assert result.exit_code == 1
+    assert "spec.sft: exactly one of ref or spec" in result.stderr
+    assert "nothing was run" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--namespace", "a", "--all-namespaces"], "not both"),
+        (["--log-format", "xml"], "json or plain"),
+        (["--log-level", "loud"], "debug, info"),
+    ],
+)
+def test_operator_flags_are_checked_before_starting(cli, args, words):
+    result = cli.invoke(app, ["operator", *args])
+    assert result.exit_code == 2
+    assert words in result.output
