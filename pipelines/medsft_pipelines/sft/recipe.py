@@ -131,8 +131,19 @@ def fetch_model(uri: str, topo: Topology, settings: StorageSettings) -> Path:
     return path[0]
 
 
-def load_model(model_dir: Path, spec: SFTSpec, device: torch.device) -> torch.nn.Module:
-    """The model in training dtype, with gradient checkpointing and frozen parts applied."""
+def load_model(
+    model_dir: Path, spec: SFTSpec, device: torch.device, ds_config: dict[str, Any]
+) -> torch.nn.Module:
+    """The model in training dtype, with gradient checkpointing and frozen parts applied.
+
+    Under ZeRO-3 the weights are loaded straight into their shards (``deepspeed.zero.Init``
+    through transformers' ``HfDeepSpeedConfig``), so no rank ever holds the full model.
+    """
+    zero3 = None
+    if ds_config["zero_optimization"]["stage"] == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        zero3 = HfDeepSpeedConfig(ds_config)  # must stay alive during from_pretrained
     on_gpu = device.type == "cuda"
     dtype = torch.float32
     if on_gpu:
@@ -148,6 +159,7 @@ def load_model(model_dir: Path, spec: SFTSpec, device: torch.device) -> torch.nn
     model = AutoModelForImageTextToText.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=attn
     )
+    del zero3
     model.config.use_cache = False
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -379,10 +391,10 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
         probe = ExampleEncoder(processor, t.max_seq_length, t.overlong)
         total_steps = t.epochs * estimate_steps_per_epoch(reader, probe, plan, t.seed, global_rows)
 
-    model = load_model(model_dir, spec, device)
     ds_config = deepspeed_config(
         spec, world_size=topo.world_size, grad_accum_steps=grad_accum, on_gpu=device.type == "cuda"
     )
+    model = load_model(model_dir, spec, device, ds_config)
     engine = build_engine(model, spec, ds_config, total_steps)
     text = model.config.get_text_config()
     flops = {
