@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 
 MiB = 1024 * 1024

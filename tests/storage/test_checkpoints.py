@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from medsft_pipelines.storage import CheckpointNotComplete, ObjectStore
 from medsft_pipelines.storage.checkpoints import COMPLETE_MARKER, CheckpointStore, step_prefix
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from medsft_pipelines.storage import DatasetNotReady, ObjectStore, StorageError, open_store
 from medsft_pipelines.storage.checkpoints import CheckpointStore
 from medsft_pipelines.storage.shards import DatasetReader, ShardWriter
@@ -68,7 +69,7 @@ def test_shard_writer_survives_an_outage_mid_dataset(minio, minio_bucket, retry_
     store = s3_store(minio, minio_bucket)
     writer = ShardWriter(store, SCHEMA, target_shard_bytes=16 * 1024)
     writer.write([make_row(i) for i in range(300)])
-    writer._wait_for_upload()
+    writer.wait_for_uploads()
     uploaded = len(store.list("shards/"))
     assert uploaded >= 2  # shards already uploaded before the outage
 
@@ -118,7 +119,7 @@ def test_an_upload_that_gives_up_leaves_nothing_trusted(
     checkpoints.upload(tmp_path / "c100", 100)
     writer = ShardWriter(store.child("dataset"), SCHEMA, target_shard_bytes=16 * 1024)
     writer.write([make_row(i) for i in range(300)])
-    writer._wait_for_upload()
+    writer.wait_for_uploads()
 
     minio.stop()
     make_checkpoint(tmp_path / "c200", 200, big=6 * MiB)

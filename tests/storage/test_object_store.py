@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from medsft_pipelines.storage import ObjectNotFound, ObjectStore, open_store
 
 MiB = 1024 * 1024

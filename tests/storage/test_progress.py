@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medsft_pipelines.storage import ObjectStore
 from medsft_pipelines.storage.progress import ProgressReporter, read_metrics, read_progress
 

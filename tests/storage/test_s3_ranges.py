@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medsft_pipelines.storage.s3 import _split
 
 MiB = 1024 * 1024

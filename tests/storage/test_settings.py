@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from medsft_pipelines.storage import StorageError, StorageSettings, open_store
 from pydantic import ValidationError
+
+from medsft_pipelines.storage import StorageError, StorageSettings, open_store
 
 ACCESS = "AKIA-test-access-7f3e"
 SECRET = "s3cr3t-value-9c1d2b"

@@ -8,6 +8,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from medsft_pipelines.storage import (
     DatasetExistsError,
     DatasetNotReady,
@@ -99,7 +100,7 @@ def test_rows_roundtrip_with_binary_images(store: ObjectStore) -> None:
 def test_manifest_is_written_last(store: ObjectStore) -> None:
     writer = ShardWriter(store, SCHEMA, target_shard_bytes=8 * 1024)
     writer.write([make_row(i) for i in range(400)])
-    writer._wait_for_upload()  # shards are in the store ...
+    writer.wait_for_uploads()  # shards are in the store ...
     assert store.list("shards/")
     with pytest.raises(DatasetNotReady, match=r"manifest\.json"):  # ... yet the dataset is not
         DatasetReader(store)

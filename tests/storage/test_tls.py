@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import urllib3
+from minio import Minio
+
 from harness import processes
 from harness.pki import PKI
 from harness.testbin import binary
 from medsft_pipelines.storage import StorageError, StorageSettings, open_store
-from minio import Minio
 
 ACCESS, SECRET = "medsft-tls", "tls-secret-4d1c9a7e"
 

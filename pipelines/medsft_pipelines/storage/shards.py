@@ -284,7 +284,7 @@ class ShardWriter:
         )
         self._shards.append(info)
         self._parquet, self._sink, self._shard_rows = None, None, 0
-        self._wait_for_upload()  # at most one shard in flight: bounded memory
+        self.wait_for_uploads()  # at most one shard in flight: bounded memory
         self._upload = self._uploader.submit(self._put_shard, info, data)
 
     def _put_shard(self, info: ShardInfo, data: bytes) -> ShardInfo:
@@ -307,7 +307,7 @@ class ShardWriter:
         try:
             self._write_row_group()
             self._finish_shard()
-            self._wait_for_upload()
+            self.wait_for_uploads()
         finally:
             self._closed = True
             self._uploader.shutdown(wait=True)
