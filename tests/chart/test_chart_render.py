@@ -8,6 +8,7 @@ import pytest
 import yaml
 from chart.charting import (
     CHART,
+    KUBE_VERSION,
     REPO,
     SERVICE_MONITOR_API,
     VALUE_SETS,
@@ -334,3 +335,40 @@ def test_service_monitor_scrapes_the_operator_service(helm_bin, helm_home):
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert not of_kind(render(helm_bin, helm_home, MINIO), "ServiceMonitor")
+
+
+# ----------------------------------------------------------------------------- packaging
+
+
+def test_packaged_chart_renders_like_the_source(helm_bin, helm_home, tmp_path):
+    """`helm package` keeps everything the templates read (files/rbac.yaml, crds/)."""
+    helm(helm_bin, "package", str(CHART), "--destination", str(tmp_path), home=helm_home)
+    [archive] = tmp_path.glob("medsft-*.tgz")
+    values = values_file(MINIO, tmp_path)
+    packaged = helm(
+        helm_bin, "template", "medsft", str(archive), "--include-crds",
+        "--kube-version", KUBE_VERSION, "-f", str(values), home=helm_home,
+    ).stdout  # fmt: skip
+    source = helm(
+        helm_bin, "template", "medsft", str(CHART), "--include-crds",
+        "--kube-version", KUBE_VERSION, "-f", str(values), home=helm_home,
+    ).stdout  # fmt: skip
+    assert _without_random(packaged) == _without_random(source)
+    assert "kind: CustomResourceDefinition" in packaged and "kind: ClusterRole" in packaged
+
+
+def _without_random(text: str) -> list[dict]:
+    """Rendered documents minus the generated MinIO credentials (random per render)."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            doc["data"] = sorted(doc["data"])
+    return docs
+
+
+def test_chart_app_version_is_the_package_version():
+    import tomllib
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
