@@ -478,13 +478,20 @@ def kube_client(kubeconfig: Path | None, context: str | None) -> ApiClient:
         return config.new_client_from_config(
             config_file=str(kubeconfig) if kubeconfig else None, context=context
         )
-    except config.ConfigException:
+    except (config.ConfigException, OSError) as exc:
         if kubeconfig or context:
-            raise
+            raise _fail(
+                f"cannot use kubeconfig {kubeconfig or ''} {context or ''}: {exc}"
+            ) from None
+    try:
         config.load_incluster_config()
-        from kubernetes.client import ApiClient
+    except config.ConfigException:
+        raise _fail(
+            "no cluster configured: pass --kubeconfig, set KUBECONFIG or create ~/.kube/config"
+        ) from None
+    from kubernetes.client import ApiClient
 
-        return ApiClient()
+    return ApiClient()
 
 
 def default_namespace(kubeconfig: Path | None, context: str | None) -> str:

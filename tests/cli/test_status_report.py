@@ -318,3 +318,17 @@ def test_report_of_a_missing_object_fails_cleanly(cli, tmp_path):
     result = cli.invoke(app, ["report", "--uri", f"file://{tmp_path}/results.json"])
     assert result.exit_code == 1
     assert "results.json" in result.stderr and "Traceback" not in result.output
+
+
+def test_status_without_any_cluster_configured_says_how_to_configure_one(
+    cli, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none")
+    )
+    result = cli.invoke(app, ["status"])
+    assert result.exit_code == 1
+    assert "no cluster configured" in result.stderr and "Traceback" not in result.output
