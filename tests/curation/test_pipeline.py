@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from curation.curation_helpers import TeacherServer, gold_responder
+from PIL import Image
+
 from medsft_pipelines.answers import grade_response
 from medsft_pipelines.curation.cli import main
 from medsft_pipelines.curation.lengths import TokenCounter
@@ -25,7 +27,6 @@ from medsft_pipelines.curation.worker import run_worker
 from medsft_pipelines.specs.jobconfig import CurationJobConfig, dump_job_config
 from medsft_pipelines.storage import StorageSettings, open_store
 from medsft_pipelines.storage.shards import DatasetReader, dataset_ready
-from PIL import Image
 
 VQA_ROWS = 40
 

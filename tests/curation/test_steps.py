@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
+
 from medsft_pipelines.curation.balance import (
     capped,
     class_balanced,
@@ -41,7 +43,6 @@ from medsft_pipelines.curation.sources import (
 from medsft_pipelines.curation.text import ngram_hashes, question_hash, shingles, word_ids, words
 from medsft_pipelines.curation.verify import verify
 from medsft_pipelines.specs.curation import CurationSource, FormatSpec, VerificationSpec
-from PIL import Image
 
 
 def _source(**kw) -> CurationSource:

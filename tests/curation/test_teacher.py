@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from curation.curation_helpers import TeacherServer, gold_responder
+from PIL import Image
+
 from medsft_pipelines.curation.errors import BadInput, CurationError
 from medsft_pipelines.curation.images import process_image
 from medsft_pipelines.curation.sample import Sample
@@ -24,7 +26,6 @@ from medsft_pipelines.curation.teacher import (
 )
 from medsft_pipelines.specs.curation import TeacherSpec
 from medsft_pipelines.storage import open_store
-from PIL import Image
 
 QUESTIONS = {f"Which catalogue entry number {i} is listed first?": "B" for i in range(12)}
 WRONG = dict.fromkeys(QUESTIONS, "C")

@@ -5,9 +5,9 @@ template, special tokens, and every image expanded to its vision tokens); ``trac
 the length of the assistant turn (reasoning + final answer): the response length the recipe
 wants spread out, and what length buckets are defined on.
 
-The chat template is rendered once per question: the prompt part (system + user turn) is the
-same for all its traces, and the part after the assistant content is found by rendering one
-full conversation, so each trace costs one tokenizer call, not a template render.
+The chat template is rendered once per question, with a sentinel as the assistant content:
+the text before it (system + user turn) is the same for all the question's traces and the text
+after it closes the turn, so each trace costs one tokenizer call, not a template render.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from medsft_pipelines.specs.curation import LengthBucket
+
+_SENTINEL = "\ue000medsft-assistant-content\ue000"  # private-use characters: never in data
 
 
 def template_messages(messages: Sequence[dict[str, str]], n_images: int) -> list[dict[str, Any]]:
@@ -51,13 +53,17 @@ class TokenCounter:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self._template_owner = processor if hasattr(processor, "apply_chat_template") else None
+        self._image_tokens: dict[tuple[int, int], int] = {}
+        self.additive: bool | None = None
+        """Whether the prompt and the response can be tokenised apart (decided on first use)."""
 
     def image_tokens(self, sizes: Sequence[tuple[int, int]]) -> list[int]:
         """Vision tokens of each image of size (width, height) after the processor's resize."""
-        if not sizes:
-            return []
-        mm = self.processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in sizes])
-        return list(mm.num_image_tokens)
+        missing = [s for s in dict.fromkeys(sizes) if s not in self._image_tokens]
+        if missing:
+            mm = self.processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in missing])
+            self._image_tokens.update(zip(missing, mm.num_image_tokens, strict=True))
+        return [self._image_tokens[s] for s in sizes]
 
     def _render(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         owner = self._template_owner or self.tokenizer
@@ -68,23 +74,62 @@ class TokenCounter:
     ) -> QuestionTokens:
         """Render the prompt of a question (``messages`` ends with an assistant turn)."""
         conv = template_messages(messages, len(image_sizes))
-        prompt = self._render(conv[:-1], add_generation_prompt=True)
+        # One render with a sentinel as the assistant content: what precedes it is the prompt,
+        # what follows it closes the turn.
+        conv[-1] = {"role": "assistant", "content": _SENTINEL}
         full = self._render(conv)
-        content = conv[-1]["content"]
-        at = full.find(content, len(prompt))
-        if not full.startswith(prompt) or at != len(prompt):
-            raise ValueError("the chat template does not render the assistant turn as a suffix")
+        if full.count(_SENTINEL) != 1:
+            raise ValueError("the chat template does not render the assistant content verbatim")
+        prefix, suffix = full.split(_SENTINEL)
         extra = sum(n - 1 for n in self.image_tokens(image_sizes))
-        return QuestionTokens(prompt, full[at + len(content) :], extra)
+        return QuestionTokens(prefix, suffix, extra)
 
     def count(
         self, questions: Sequence[QuestionTokens], responses: Sequence[str]
     ) -> list[tuple[int, int]]:
         """(n_tokens, trace_tokens) of each (question, assistant content) pair."""
-        texts = [q.prefix + r + q.suffix for q, r in zip(questions, responses, strict=True)]
-        full = self._lengths(texts)
         traces = self._lengths(list(responses))
+        if self.additive is None and questions:
+            self.additive = self._splits_cleanly(questions, responses, traces)
+        if self.additive:
+            # prompt + response + end-of-turn tokenise independently (the boundaries are a
+            # newline and special tokens): one tokenizer pass per response, not two.
+            unique = {id(q): q for q in questions}
+            prefixes = dict(
+                zip(unique, self._lengths([q.prefix for q in unique.values()]), strict=True)
+            )
+            suffixes = dict(
+                zip(unique, self._lengths([q.suffix for q in unique.values()]), strict=True)
+            )
+            full = [
+                prefixes[id(q)] + t + suffixes[id(q)]
+                for q, t in zip(questions, traces, strict=True)
+            ]
+        else:
+            full = self._lengths(
+                [q.prefix + r + q.suffix for q, r in zip(questions, responses, strict=True)]
+            )
         return [(n + q.image_extra, t) for q, n, t in zip(questions, full, traces, strict=True)]
+
+    def _splits_cleanly(
+        self, questions: Sequence[QuestionTokens], responses: Sequence[str], traces: list[int]
+    ) -> bool:
+        """Whether tokenising prompt, response and end of turn apart gives the same count as
+        the whole text, checked on the first batch (every row has the same boundaries: the
+        end of the generation prompt, the think tag, the end-of-turn token)."""
+        full = self._lengths(
+            [q.prefix + r + q.suffix for q, r in zip(questions, responses, strict=True)]
+        )
+        parts = [
+            a + t + b
+            for a, t, b in zip(
+                self._lengths([q.prefix for q in questions]),
+                traces,
+                self._lengths([q.suffix for q in questions]),
+                strict=True,
+            )
+        ]
+        return full == parts
 
     def _lengths(self, texts: list[str]) -> list[int]:
         if not texts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,14 @@ def run_merge(
     progress = ProgressReporter(open_store(config.effective_progress_uri(), settings), STAGE)
     progress.update(step=0, total=None, phase="merge", force=True)
 
+    clock = time.process_time()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.process_time()
+        counts[key("cpu_ms", f"merge_{step}")] += round((now - clock) * 1000)
+        clock = now
+
     manifests = worker_manifests(out, config.workers, expected)
     counts = sum_counts(m.extra.get("counts", {}) for m in manifests)
     rows_read = sum(v for k, v in counts.items() if k.startswith("read/"))
@@ -268,6 +277,7 @@ def run_merge(
     )
 
     questions = read_questions(out, config.workers)
+    lap("read")
     questions = dedup_questions(
         questions,
         exact=spec.dedup.exact,
@@ -278,7 +288,9 @@ def run_merge(
         counts=counts,
         backend=backend,
     )
+    lap("dedup")
     selection = select_rows(config, questions, counts)
+    lap("select")
     final_rows = sum(len(v) for v in selection.values())
 
     # Rows for the report (no text): every kept copy with its lengths.
@@ -343,6 +355,7 @@ def run_merge(
                 f"merge wrote {written} rows, expected {final_rows}: partial output changed"
             )
         counts.update(Counter(key("final", "rows", r["source"]) for r in kept_rows))
+        lap("write")
         report = build_report(config, counts, kept_rows, spec_hash=expected)
         report_keys = write_report(out.child(REPORT_PREFIX), report)
         manifest = writer.close(

@@ -148,6 +148,7 @@ def build_report(
         ),
         "trace_tokens": {g: _stats(v) for g, v in sorted(by_group.items())},
         "token_stats": stats,
+        "cpu_seconds": {k: v / 1000 for k, v in _group(counts, "cpu_ms").items()},
         "histograms": {g: _histogram(v) for g, v in sorted(by_group.items())},
     }
 

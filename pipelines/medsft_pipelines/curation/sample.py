@@ -72,6 +72,9 @@ class Sample:
 # One output row per kept trace: the contract with the SFT trainer (sft/data.py reads ``id``,
 # ``images`` and ``messages``; the rest is for people, reports and filtering).
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# Images are dictionary-encoded: the K rows of one question share one copy of its image bytes
+# in memory and in the Parquet files; readers see plain ``bytes`` (``to_pylist``).
+IMAGES_TYPE = pa.list_(pa.dictionary(pa.int32(), pa.binary()))
 ROW_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -79,7 +82,7 @@ ROW_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("task_type", pa.string()),
         ("modality", pa.string()),
-        ("images", pa.list_(pa.binary())),
+        ("images", IMAGES_TYPE),
         ("image_sha256", pa.list_(pa.string())),
         ("question", pa.string()),
         ("context", pa.string()),

@@ -14,16 +14,19 @@ cache makes the rewrite free of API cost).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sys
 import tempfile
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -43,7 +46,7 @@ from medsft_pipelines.storage.shards import (
 from .decontam import BenchmarkIndex, BenchmarkText
 from .errors import BadInput, CurationError
 from .format import render_messages
-from .images import ImageProcessor
+from .images import ImageProcessor, image_hashes
 from .layout import (
     QUARANTINE_PREFIX,
     STAGE,
@@ -57,7 +60,7 @@ from .layout import (
 )
 from .lengths import QuestionTokens, TokenCounter
 from .quarantine import Quarantine, check_error_budget
-from .sample import QUESTION_SCHEMA, ROW_SCHEMA, Sample
+from .sample import QUESTION_SCHEMA, ROW_SCHEMA, ProcessedImage, Sample
 from .sources import Fetcher, RawRow, SourceContext, SourceReader, describe_raw, to_sample
 from .teacher import TeacherClient, resolve_api_key
 from .text import question_hash
@@ -88,14 +91,21 @@ def benchmark_texts(
         store: str | ObjectStore = open_store(root, settings) if root.startswith("s3://") else root
         # The whole split, not the eval's max_items subset: every item must stay unseen.
         loaded = load_benchmark(bench.name, store, bench.split, check_images=False)
+        seen: dict[str, tuple[str, ...]] = {}
         for item in loaded.items:
             hashes: list[str] = []
             for ref in item.images:
-                try:
-                    processed = images(loaded.image_bytes(ref))
-                except (BadInput, OSError, ObjectNotFound):
-                    continue  # an unreadable benchmark image cannot leak into training
-                hashes += [processed.file_sha256, processed.sha256]
+                key_ = ref if isinstance(ref, str) else hashlib.sha256(ref).hexdigest()
+                if key_ not in seen:
+                    try:
+                        seen[key_] = image_hashes(
+                            loaded.image_bytes(ref),
+                            max_pixels=images.max_pixels,
+                            min_pixels=images.min_pixels,
+                        )
+                    except (BadInput, OSError, ObjectNotFound):
+                        seen[key_] = ()  # unreadable: it cannot leak into training either
+                hashes += seen[key_]
             text = "\n".join(p for p in (item.context, item.question, *item.options.values()) if p)
             texts.append(BenchmarkText(bench.name, text, item.question, tuple(hashes)))
     return texts
@@ -134,11 +144,14 @@ class Worker:
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.counts: Counter[str] = Counter()
+        self.cpu_seconds: Counter[str] = Counter()
+        """CPU seconds per step (process time: every thread counts), for the report."""
         self.quarantine = Quarantine()
         self.seen: set[str] = set()
         self.bench: BenchmarkIndex | None = None
         self.teachers: dict[str, TeacherClient] = {}
         self.imported: dict[str, list[str]] | None = None
+        self._by_uri: OrderedDict[str, ProcessedImage | BadInput] = OrderedDict()
         self._row_writers: dict[int, ShardWriter] = {}
         self._questions: ShardWriter | None = None
 
@@ -163,10 +176,12 @@ class Worker:
         # Unpublish and clear an earlier attempt: nothing of it may be mistaken for output.
         self.store.delete(MANIFEST_KEY)
         self.store.delete_prefix("rows/")
+        t = time.process_time()
         if self.token_counter is None:
             self.token_counter = load_token_counter(self.config, self.settings, self.scratch)
         self._setup_decontamination()
         self._setup_traces()
+        self._lap("setup", t)
         self._questions = ShardWriter(
             self.store.child("questions"),
             QUESTION_SCHEMA,
@@ -204,6 +219,7 @@ class Worker:
                     if done >= EARLY_BUDGET_CHECK_ROWS:
                         self._check_budget()
             self._check_budget()
+            self.cpu_seconds["finish"] -= time.process_time()  # _finish reports it
             manifest = self._finish()
             progress.update(
                 step=done, total=total, counts=self._progress_counts(), force=True, phase="done"
@@ -281,18 +297,30 @@ class Worker:
     async def _process_batch(self, ctx: SourceContext, batch: list[tuple[int, RawRow]]) -> None:
         src = ctx.source.name
         self.counts[key("read", src)] += len(batch)
+        t = time.process_time()
         samples = [s for row_index, raw in batch if (s := self._load(ctx, row_index, raw))]
+        t = self._lap("sources_images", t)
         samples = self._decontaminate(samples)
+        t = self._lap("decontamination", t)
         samples = self._dedup_exact(samples)
+        t = self._lap("dedup", t)
         responses = await self._responses(samples)
+        t = self._lap("traces", t)
         rows_by_sample = self._verify_and_format(samples, responses)
+        t = self._lap("verify_format_lengths", t)
         self._write(ctx.index, samples, rows_by_sample)
+        self._lap("write", t)
+
+    def _lap(self, step: str, start: float) -> float:
+        now = time.process_time()
+        self.cpu_seconds[step] += now - start
+        return now
 
     def _load(self, ctx: SourceContext, row_index: int, raw: RawRow) -> Sample | None:
         src = ctx.source
         try:
             sample = to_sample(raw, ctx, row_index)
-            sample.images = [self.images(self._image_bytes(ref, src)) for ref in sample.image_refs]
+            sample.images = [self._image(ref, src) for ref in sample.image_refs]
         except BadInput as bad:
             self.counts[key("quarantined", src.name, bad.reason)] += 1
             self.quarantine.add(
@@ -308,18 +336,25 @@ class Worker:
             return None
         return sample
 
-    def _image_bytes(self, ref: bytes | str, src: CurationSource) -> bytes:
+    def _image(self, ref: bytes | str, src: CurationSource) -> ProcessedImage:
+        """One processed image; a referenced file is read and processed once per worker."""
         if isinstance(ref, bytes):
-            return ref
-        if "://" in ref:
-            uri = ref
-        else:
-            base = src.image_root or src.uri.rstrip("/").rpartition("/")[0]
-            uri = join_uri(base, ref)
-        try:
-            return self.fetcher.read_bytes(uri)
-        except (FileNotFoundError, IsADirectoryError, ObjectNotFound):
-            raise BadInput("missing_image", f"image {ref!r} not found") from None
+            return self.images(ref)
+        uri = ref if "://" in ref else join_uri(src.image_root or src.uri.rpartition("/")[0], ref)
+        hit = self._by_uri.get(uri)
+        if hit is None:
+            try:
+                hit = self.images(self.fetcher.read_bytes(uri))
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ObjectNotFound):
+                hit = BadInput("missing_image", f"image {ref!r} not found")
+            except BadInput as bad:
+                hit = bad
+            self._by_uri[uri] = hit
+            if len(self._by_uri) > self.images.cache_size:
+                self._by_uri.popitem(last=False)
+        if isinstance(hit, BadInput):
+            raise BadInput(hit.reason, hit.detail)
+        return hit
 
     def _image_ids(self, sample: Sample) -> list[str]:
         """Image identity in the exact-duplicate key: decoded pixels, or file bytes."""
@@ -514,10 +549,11 @@ class Worker:
             )
             flat.extend(sample_rows)
             self.counts[key("rows", sample.source)] += len(sample_rows)
+        # Columnar conversion: several times cheaper than a list of row dicts.
         if records:
-            self._questions.write(records)
+            self._questions.write(_table(records, QUESTION_SCHEMA))
         if flat:
-            self._row_writer(source_index).write(flat)
+            self._row_writer(source_index).write(_table(flat, ROW_SCHEMA))
 
     def _row_writer(self, source_index: int) -> ShardWriter:
         if source_index not in self._row_writers:
@@ -585,6 +621,8 @@ class Worker:
         }
         self.counts.update(teacher_stats)
         self.counts["images/decoded"] += self.images.decoded
+        self.cpu_seconds["finish"] += time.process_time()
+        self.counts.update({key("cpu_ms", k): round(v * 1000) for k, v in self.cpu_seconds.items()})
         self.counts.update(
             {key("quarantine_trace", r): n for r, n in self.quarantine.traces.items()}
         )
@@ -607,6 +645,12 @@ class Worker:
             self.quarantine.bad_rows,
         )
         return manifest
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pydict(
+        {name: [r[name] for r in rows] for name in schema.names}, schema=schema
+    )
 
 
 def run_worker(
