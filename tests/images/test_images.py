@@ -5,6 +5,7 @@ without extras) installs into a clean venv and works without torch."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -148,3 +149,32 @@ def test_operator_dependency_set_installs_into_a_clean_venv_without_torch(tmp_pa
             [str(medsft), *args], cwd=tmp_path, capture_output=True, text=True, env=environ
         )
         assert result.returncode == 0, f"medsft {' '.join(args)}: {result.stderr}"
+
+
+@pytest.mark.slow
+def test_trainer_dependency_set_resolves_with_its_pins(tmp_path):
+    """The trainer image's `pip install` (pins + `.[train]` + constraints.txt) resolves: pip
+    reads every package's metadata without installing (the .venv is that set, installed)."""
+    args = _build_args(TRAINER)
+    pins = {
+        "torch": args["TORCH_VERSION"],
+        "transformers": args["TRANSFORMERS_VERSION"],
+        "deepspeed": args["DEEPSPEED_VERSION"],
+    }
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), "-c", "constraints.txt",
+         *(f"{name}=={version}" for name, version in pins.items()), ".[train]"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    for name, version in pins.items():
+        assert resolved[name].split("+")[0] == version
+    train_extra = ("accelerate", "datasketch", "openai", "matplotlib", "safetensors")
+    assert all(name in resolved for name in train_extra), sorted(resolved)
+    assert "medsft" in resolved
