@@ -291,7 +291,8 @@ class ShardWriter:
         self.store.put_bytes(info.key, data)
         return info
 
-    def _wait_for_upload(self) -> None:
+    def wait_for_uploads(self) -> None:
+        """Block until every finished shard is stored (raises what a failed upload raised)."""
         if self._upload is not None:
             upload, self._upload = self._upload, None
             upload.result()
