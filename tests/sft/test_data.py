@@ -87,6 +87,8 @@ def test_images_are_placed_in_the_user_turn_and_counted(processor) -> None:
     assert int((example.input_ids == image_id).sum()) == 4 + 9
     assert int(example.mm_token_type_ids.sum()) == 13
     assert example.image_grid_thw.tolist() == [[1, 4, 4], [1, 6, 6]]
+    # Pixels are loaded at collation: 16 + 36 patches of 3x2x14x14 values.
+    assert ExampleEncoder(processor, 4096).pixels(example).shape == (16 + 36, 1176)
     assert not (example.labels[example.mm_token_type_ids == 1] != IGNORE_INDEX).any()
 
     explicit = dict(row, images=[_png(56, (1, 2, 3))], messages=[
@@ -168,11 +170,14 @@ def test_packing_gives_the_same_loss_with_less_padding(
     pad = processor.tokenizer.pad_token_id
     rope = model.model.get_rope_index
     bins = first_fit_decreasing([ex.length for ex in examples], 512)
-    packed = collate([[examples[i] for i in b] for b in bins], pad, rope, packed=True)
-    padded = collate([[ex] for ex in examples], pad, None, packed=False)
+    packed = collate(
+        [[examples[i] for i in b] for b in bins], pad, rope, True, pixels=encoder.pixels
+    )
+    padded = collate([[ex] for ex in examples], pad, None, False, pixels=encoder.pixels)
     with torch.no_grad():
         one_by_one = sum(
-            _loss_sum(model, collate([[ex]], pad, None, packed=False)) for ex in examples
+            _loss_sum(model, collate([[ex]], pad, None, False, pixels=encoder.pixels))
+            for ex in examples
         )
         packed_loss = _loss_sum(model, packed)
         padded_loss = _loss_sum(model, padded)
@@ -183,7 +188,7 @@ def test_packing_gives_the_same_loss_with_less_padding(
             model(**leaky, logits_to_keep=keep, use_cache=False).logits, targets, reduction="sum"
         )
         # A micro-batch without images carries the loss-free vision filler (see collate).
-        texts = [ex for ex in examples if ex.pixel_values is None]
+        texts = [ex for ex in examples if ex.image_grid_thw is None]
         filled = collate([texts], pad, rope, packed=True, vision_filler=encoder.vision_filler())
         filled_padded = collate([[ex] for ex in texts], pad, None, False, encoder.vision_filler())
         texts_one_by_one = sum(

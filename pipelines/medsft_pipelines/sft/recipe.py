@@ -131,6 +131,15 @@ def fetch_model(uri: str, topo: Topology, settings: StorageSettings) -> Path:
     return path[0]
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant: works with ZeRO-3 and frozen parts)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer transformers name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def load_model(
     model_dir: Path, spec: SFTSpec, device: torch.device, ds_config: dict[str, Any]
 ) -> torch.nn.Module:
@@ -162,7 +171,7 @@ def load_model(
     del zero3
     model.config.use_cache = False
     if spec.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if spec.model.freeze_vision_tower:
         for param in model.model.visual.parameters():
             param.requires_grad_(False)
@@ -427,7 +436,9 @@ def make_collator(job: Job) -> Any:
     filler = job.encoder.vision_filler()
 
     def make(batch: MicroBatch) -> Collated:
-        return collate(batch.rows, pad_id, job.rope_index, job.plan.packing, filler)
+        return collate(
+            batch.rows, pad_id, job.rope_index, job.plan.packing, filler, job.encoder.pixels
+        )
 
     return make
 
