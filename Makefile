@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo ">> creating $(VENV) (first time: downloads torch and friends, a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off -q --upgrade pip
-	$(BIN)/pip install --progress-bar off -c constraints.txt -e '.[train,dev]'
+	$(BIN)/pip install --progress-bar off -c constraints.txt -e '.[train,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -44,7 +44,8 @@ demo: $(STAMP)
 	$(BIN)/medsft run --local examples/quickstart.yaml
 
 crds: $(STAMP)
-	$(BIN)/python -m medsft_operator.api.crdgen --write crds/
+	$(BIN)/medsft crds --write crds/ --write charts/medsft/crds/
+	$(BIN)/medsft rbac --write charts/medsft/files/rbac.yaml
 	$(BIN)/python -m medsft_operator.api.docs > docs/api.md
 
 lock: $(STAMP)
