@@ -22,7 +22,9 @@ from medsft_operator.kube import JOBS, PYTORCHJOBS
 
 KINDS = ("curationjobs", "sftjobs", "evaljobs", "medsftruns")
 STAGE_KINDS = ("curationjobs", "sftjobs", "evaljobs")
-FINALIZER = f"{GROUP}/artifacts"
+# kopf's one finalizer: on a MedSFTRun with ``artifactPolicy: Delete`` (the deletion handler),
+# and on every unfinished object while its timer runs (kopf stops timers before deletion).
+FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP  # kopf's bookkeeping annotations: medsft.io/last-handled-configuration
 
 

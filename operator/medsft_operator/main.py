@@ -86,13 +86,18 @@ def login_handler(configuration: client.Configuration) -> Any:
     return login
 
 
+def handle_signals(stop: asyncio.Event) -> None:
+    """SIGTERM / SIGINT set ``stop`` (outside the main thread, signals are not ours)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
 async def run(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> int:
     """Run until ``stop`` is set or a signal arrives (0), or the Lease is lost (1)."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop.set)
+    handle_signals(stop)
 
     api_client = load_api_client(config.kubeconfig, pool_size=config.api_threads)
     executor = ThreadPoolExecutor(config.api_threads, thread_name_prefix="medsft-io")
@@ -158,6 +163,7 @@ async def _operate(
         login=login_handler(api_client.configuration),
     )
     stop_flag: asyncio.Event = asyncio.Event()
+    ready_flag: asyncio.Event = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
             registry=registry,
@@ -166,19 +172,31 @@ async def _operate(
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
             stop_flag=stop_flag,
+            ready_flag=ready_flag,
         )
     )
+    # kopf installs its own signal handlers at start; take them back once it is up, so that
+    # a signal stops kopf through its stop flag (its exit then waits for nothing of ours).
+    ready = asyncio.create_task(ready_flag.wait())
+    await asyncio.wait({operator, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if operator.done():  # kopf could not start
+        ready.cancel()
+        operator.result()
+        return 1
+    handle_signals(stop)
     watchers = {operator, asyncio.create_task(stop.wait())}
     keeping = asyncio.create_task(elector.keep()) if elector else None
     if keeping is not None:
         watchers.add(keeping)
     await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     lost = keeping is not None and keeping.done()
+    # Our own tasks go first: kopf waits a while for any task still pending at its exit.
+    for task in watchers - {operator}:
+        task.cancel()
+    await asyncio.gather(*(watchers - {operator}), return_exceptions=True)
     stop_flag.set()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(operator, timeout=30)
-    for task in watchers:
-        task.cancel()
     return 1 if lost else 0
 
 

@@ -501,14 +501,20 @@ class Storage:
         store.put_json("export.json", {"complete": True})
 
     def write_eval_summary(self, eval_output: str, scores: dict[str, float]) -> None:
+        """The eval harness's summary.json (medqa plays the out-of-distribution benchmark)."""
         self.store(eval_output).put_json(
             "summary.json",
             {
                 "results": [
-                    {"name": n, "distribution": "in", "accuracy": a, "items": 10}
+                    {
+                        "name": n,
+                        "distribution": "out" if n == "medqa" else "in",
+                        "accuracy": a,
+                        "items": 10,
+                    }
                     for n, a in scores.items()
                 ],
-                "meanAccuracy": sum(scores.values()) / len(scores),
+                "meanAccuracy": round(sum(scores.values()) / len(scores), 6),
                 "reportUri": f"{eval_output}/results.json",
             },
         )
@@ -555,3 +561,87 @@ def resource(kind: str, name: str, spec: dict[str, Any], **metadata: Any) -> dic
         "metadata": {"name": name, **metadata},
         "spec": spec,
     }
+
+
+def run_spec(
+    storage: Storage, /, *, seeds: int = 5, learning_rate: float = 5e-5, **overrides: Any
+) -> dict[str, Any]:
+    """A small MedSFTRun: curate (1 worker), fine-tune (1 node), evaluate two benchmarks."""
+    bucket = storage.bucket
+    protected = [{"name": "pubmedqa"}, {"name": "medqa"}]
+    spec = {
+        "storage": storage.spec(),
+        "curation": {
+            "spec": {
+                "workers": 1,
+                "sources": [{"name": "src", "uri": f"s3://{bucket}/raw/src.jsonl", "task": "mcq"}],
+                "tracesFrom": {"uri": f"s3://{bucket}/raw/traces.jsonl"},
+                "decontamination": {"benchmarks": protected},
+            }
+        },
+        "sft": {
+            "spec": {
+                "model": {"uri": f"s3://{bucket}/models/tiny"},
+                "nodes": 1,
+                "gpusPerNode": 1,
+                "training": {
+                    "globalBatchSize": 8,
+                    "microBatchSize": 1,
+                    "maxSteps": 5,
+                    "learningRate": learning_rate,
+                },
+            }
+        },
+        "eval": {
+            "spec": {
+                "benchmarks": [
+                    {"name": "pubmedqa", "distribution": "in"},
+                    {"name": "medqa", "distribution": "out"},
+                ],
+                "generation": {"seeds": seeds},
+            }
+        },
+        "promotion": {"thresholds": [{"metric": "mean", "min": 0.5}]},
+    }
+    return spec | overrides
+
+
+@dataclass
+class RunDriver:
+    """Plays the pods of a MedSFTRun's stages: finishes Jobs, steers PyTorchJobs and writes
+    what each stage would have written, stage by stage, as the operator creates them."""
+
+    cluster: Cluster
+    storage: Storage
+    run: str
+
+    def output(self, generation: int, stage: str) -> str:
+        return f"{self.storage.root(self.cluster.namespace, self.run, generation)}/{stage}"
+
+    def curation(self, generation: int = 1) -> None:
+        name = f"{self.run}-curation-g{generation}"
+        wait_for(lambda: self.cluster.job(f"{name}-work"), what=f"{name}-work")
+        self.cluster.finish_job(f"{name}-work")
+        wait_for(lambda: self.cluster.job(f"{name}-merge"), what=f"{name}-merge")
+        self.storage.write_dataset(self.output(generation, "curation"))
+        self.cluster.finish_job(f"{name}-merge")
+        self.cluster.wait_phase("CurationJob", name, "Succeeded")
+
+    def sft(self, generation: int = 1, *, finish: bool = True) -> None:
+        name = f"{self.run}-sft-g{generation}"
+        wait_for(lambda: self.cluster.pytorchjob(f"{name}-a0"), what=f"{name}-a0")
+        if not finish:
+            self.cluster.wait_phase("SFTJob", name, "Running")
+        else:
+            self.storage.write_model(self.output(generation, "sft"))
+            self.cluster.steer(f"{name}-a0", "Succeeded")
+            self.cluster.wait_phase("SFTJob", name, "Succeeded")
+
+    def eval(self, generation: int = 1, scores: dict[str, float] | None = None) -> None:
+        name = f"{self.run}-eval-g{generation}"
+        wait_for(lambda: self.cluster.job(f"{name}-eval"), what=f"{name}-eval")
+        self.storage.write_eval_summary(
+            self.output(generation, "eval"), scores or {"pubmedqa": 0.6, "medqa": 0.7}
+        )
+        self.cluster.finish_job(f"{name}-eval")
+        self.cluster.wait_phase("EvalJob", name, "Succeeded")
