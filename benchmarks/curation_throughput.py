@@ -39,7 +39,34 @@ from typing import Any
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PUBLISHED_SAMPLES = 8_100_000
 CORES = 64
-FILLER = ["the", "finding", "suggests", "that", "we", "should", "compare", "the", "options", "against", "the", "clinical", "picture", "and", "weigh", "each", "mechanism", "before", "deciding", "because", "the", "evidence", "points", "toward", "one", "answer"]
+FILLER = [
+    "the",
+    "finding",
+    "suggests",
+    "that",
+    "we",
+    "should",
+    "compare",
+    "the",
+    "options",
+    "against",
+    "the",
+    "clinical",
+    "picture",
+    "and",
+    "weigh",
+    "each",
+    "mechanism",
+    "before",
+    "deciding",
+    "because",
+    "the",
+    "evidence",
+    "points",
+    "toward",
+    "one",
+    "answer",
+]
 
 
 # -- input ----------------------------------------------------------------------------------------
@@ -127,6 +154,15 @@ def run_pipeline(config: Any, token_counter: Any, image_cache: bool) -> dict[str
     t1 = time.process_time()
     final = run_merge(config, show_progress=False)
     t2 = time.process_time()
+    from medsft_pipelines.storage import open_store
+    from medsft_pipelines.storage.shards import DatasetReader
+
+    reader = DatasetReader(open_store(config.output_uri), columns=["id"])
+    ids = sorted(
+        i
+        for n in range(len(reader.manifest.shards))
+        for i in reader.read_shard(n).column("id").to_pylist()
+    )
     counts = final.extra["counts"]
     steps = {k.split("/", 1)[1]: v / 1000 for k, v in counts.items() if k.startswith("cpu_ms/")}
     setup = steps.get("setup", 0.0)
@@ -139,6 +175,7 @@ def run_pipeline(config: Any, token_counter: Any, image_cache: bool) -> dict[str
         "merge_cpu_s": t2 - t1,
         "steps_cpu_s": dict(sorted(steps.items())),
         "images_decoded": counts.get("images/decoded", 0),
+        "_ids": ids,
     }
 
 
@@ -169,6 +206,7 @@ def run_naive(config: Any, model_dir: Path, out: Path) -> dict[str, Any]:
     grams: set[tuple[str, ...]] = set()
     bench_lsh = MinHashLSH(threshold=0.7, num_perm=128)
     bench_images: set[str] = set()
+    bench_sketches: dict[str, Any] = {}
     for b in spec.decontamination.benchmarks:
         bench = load_benchmark(b.name, b.uri, b.split, check_images=False)
         for n, item in enumerate(bench.items):
@@ -183,7 +221,10 @@ def run_naive(config: Any, model_dir: Path, out: Path) -> dict[str, Any]:
                     if not item.images:
                         m = MinHash(num_perm=128)
                         m.update_batch([s.encode() for s in shingles(w, 2)])
-                        bench_lsh.insert(f"{b.name}/{n}/{view == item.question}", m)
+                        key = f"{b.name}/{n}/{view == item.question}"
+                        if key not in bench_sketches:
+                            bench_lsh.insert(key, m)
+                            bench_sketches[key] = m
             for ref in item.images:
                 data = bench.image_bytes(ref)
                 bench_images.add(hashlib.sha256(data).hexdigest())
@@ -296,7 +337,7 @@ def run_naive(config: Any, model_dir: Path, out: Path) -> dict[str, Any]:
                 if len(view) >= 8:
                     m = MinHash(num_perm=128)
                     m.update_batch([s.encode() for s in shingles(view, 2)])
-                    if bench_lsh.query(m):
+                    if any(m.jaccard(bench_sketches[c]) >= 0.7 for c in bench_lsh.query(m)):
                         return False
         return True
 
@@ -380,17 +421,22 @@ def run_naive(config: Any, model_dir: Path, out: Path) -> dict[str, Any]:
     ds = ds.map(sketch, **kw)
     lsh = MinHashLSH(threshold=spec.dedup.minhash_threshold, num_perm=128)
     keep_question: dict[str, bool] = {}
+    kept_sketches: dict[str, Any] = {}
     for ex in ds.select_columns(["id", "minhash"]):
         if ex["id"] in keep_question:
             continue
         m = MinHash(num_perm=128, hashvalues=ex["minhash"], scheme="affine32")
-        keep_question[ex["id"]] = not lsh.query(m)
-        if keep_question[ex["id"]]:
+        threshold = spec.dedup.minhash_threshold
+        keep = not any(m.jaccard(kept_sketches[c]) >= threshold for c in lsh.query(m))
+        keep_question[ex["id"]] = keep
+        if keep:
             lsh.insert(ex["id"], m)
+            kept_sketches[ex["id"]] = m
     ds = ds.filter(lambda ex: keep_question[ex["id"]], **kw)
     ds.to_parquet(str(out / "naive.parquet"))
     total = time.process_time() - t0
-    return {"rows": len(ds), "cpu_s": total, "setup_cpu_s": setup}
+    ids = sorted(f"{i}#{t}" for i, t in zip(ds["id"], ds["trace_index"], strict=True))
+    return {"rows": len(ds), "cpu_s": total, "setup_cpu_s": setup, "_ids": ids}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -403,6 +449,12 @@ def main() -> None:
         "--no-image-cache", action="store_true", help="decode each question's image"
     )
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate both this many times; keep each one's fastest",
+    )
     args = parser.parse_args()
 
     from medsft_pipelines.curation.lengths import TokenCounter
@@ -414,15 +466,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medsft-curation-bench-") as tmp:
         root = Path(tmp)
         make_traces(root / "traces.jsonl", args.traces)
-        config = make_config(root / "out", root / "traces.jsonl", model_dir)
-        pipeline = run_pipeline(config, token_counter, image_cache=not args.no_image_cache)
-        naive = None if args.skip_naive else run_naive(config, model_dir, root)
+        pipeline, naive = None, None
+        for n in range(args.rounds):  # alternate, so both see the same background load
+            config = make_config(root / f"out{n}", root / "traces.jsonl", model_dir)
+            run = run_pipeline(config, token_counter, image_cache=not args.no_image_cache)
+            pipeline = run if pipeline is None or run["cpu_s"] < pipeline["cpu_s"] else pipeline
+            if not args.skip_naive:
+                run = run_naive(config, model_dir, root)
+                naive = run if naive is None or run["cpu_s"] < naive["cpu_s"] else naive
+        assert pipeline is not None
 
     def rate(result: dict[str, Any], setup: bool = True) -> float:
         cpu = result["cpu_s"] - (0 if setup else result["setup_cpu_s"])
         return result["rows"] / cpu
 
+    pipeline_ids = pipeline.pop("_ids")
+    naive_ids = naive.pop("_ids") if naive else None
     summary: dict[str, Any] = {
+        "rounds": args.rounds,
         "questions_in": 3248,
         "traces_per_question": args.traces,
         "image_cache": not args.no_image_cache,
@@ -440,23 +501,22 @@ def main() -> None:
         }
         summary["speedup"] = round(rate(pipeline) / rate(naive), 2)
         summary["speedup_steady"] = round(rate(pipeline, False) / rate(naive, False), 2)
-        summary["same_rows"] = pipeline["rows"] == naive["rows"]
+        summary["same_rows"] = pipeline_ids == naive_ids
     steady = rate(pipeline, setup=False)
     worker_rate = pipeline["rows"] / (pipeline["worker_cpu_s"] - pipeline["setup_cpu_s"])
     merge_rate = pipeline["rows"] / pipeline["merge_cpu_s"]
     per_worker = PUBLISHED_SAMPLES / CORES
+    worker_h = per_worker / worker_rate / 3600 + pipeline["setup_cpu_s"] / 3600
+    merge_h = PUBLISHED_SAMPLES / merge_rate / 3600
     summary["projection_8.1M_on_64_cores"] = {
-        "assumes": "one worker per core, the benchmark's per-sample cost (decontam and rejection "
-        "rates included), the merge on one core",
-        "worker_hours": round(per_worker / worker_rate / 3600 + pipeline["setup_cpu_s"] / 3600, 2),
-        "merge_hours": round(PUBLISHED_SAMPLES / merge_rate / 3600, 2),
-        "total_hours": round(
-            per_worker / worker_rate / 3600
-            + pipeline["setup_cpu_s"] / 3600
-            + PUBLISHED_SAMPLES / merge_rate / 3600,
-            2,
-        ),
-        "whole_corpus_cpu_hours_at_steady_rate": round(PUBLISHED_SAMPLES / steady / 3600, 1),
+        "assumes": "64 workers of one core each at this benchmark's per-sample cost (its decontam "
+        "and rejection rates included); the merge's CPU cost per row from this run, on one "
+        "thread or spread over 16 threads (one source per thread: needs >= 16 sources)",
+        "worker_hours": round(worker_h, 2),
+        "merge_hours_1_thread": round(merge_h, 2),
+        "merge_hours_16_threads": round(merge_h / 16, 2),
+        "total_hours_16_merge_threads": round(worker_h + merge_h / 16, 2),
+        "whole_corpus_cpu_hours": round(PUBLISHED_SAMPLES / steady / 3600, 1),
     }
     print(
         json.dumps(

@@ -6,9 +6,10 @@
    exact dedup, then MinHash near-dedup — keep-first, across workers;
 4. per source: class balance (stratified) and the question cap;
 5. per row: source weight (subsample or repeat), then the length-bucket mixture;
-6. rows are streamed source by source, worker by worker (canonical order, so N workers give
-   the same shards as one), filtered, and written as final shards; the report goes next to
-   them; the manifest is written last.
+6. rows are streamed source by source (sources in parallel threads, each into its own shard
+   run), worker by worker (canonical order, so N workers give the same dataset as one),
+   filtered, and written as final shards; the report goes next to them; the manifest, which
+   lists every source's shards in source order, is written last.
 
 Only question records (no images) are held in memory; rows are streamed shard by shard.
 """
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from medsft_pipelines.storage.shards import (
     Manifest,
     ShardWriter,
     read_manifest,
+    write_manifest,
 )
 
 from .balance import capped, class_balanced, length_mixture, repeats
@@ -60,6 +65,7 @@ from .text import shingles, words
 log = logging.getLogger("medsft.curation.merge")
 
 MIN_SHARD_BYTES = 1024 * 1024
+FINAL_SHARD_PREFIX = "shards/"
 
 
 @dataclass
@@ -236,6 +242,7 @@ def run_merge(
     scratch: Path | None = None,
     show_progress: bool = True,
     backend: Backend = DEFAULT_BACKEND,
+    merge_threads: int | None = None,
 ) -> Manifest:
     """Merge the workers' partial outputs into the final dataset; returns its manifest."""
     del scratch  # the merge needs no local files
@@ -316,16 +323,10 @@ def run_merge(
     total_bytes = sum(m.num_bytes for m in manifests)
     total_partial_rows = sum(m.num_rows for m in manifests)
     per_row = total_bytes / total_partial_rows if total_partial_rows else 1024
-    writer = ShardWriter(
-        out,
-        ROW_SCHEMA,
-        target_shard_bytes=max(
-            MIN_SHARD_BYTES, math.ceil(per_row * spec.sharding.samples_per_shard)
-        ),
-        spec_hash=expected,
-        compression=spec.sharding.compression,
-        overwrite=True,
-    )
+    shard_bytes = max(MIN_SHARD_BYTES, math.ceil(per_row * spec.sharding.samples_per_shard))
+    # Unpublish, and clear shards of an earlier attempt: only the new manifest will list any.
+    out.delete(MANIFEST_KEY)
+    out.delete_prefix(FINAL_SHARD_PREFIX)
     bar = tqdm(
         total=final_rows,
         desc="merge",
@@ -334,22 +335,43 @@ def run_merge(
         file=sys.stderr,
         disable=not show_progress,
     )
+    readers = [
+        DatasetReader(out.child(f"{WORK_PREFIX}/{worker_name(i, config.workers)}"))
+        for i in range(config.workers)
+    ]
+    shard_index = [{s.key: n for n, s in enumerate(r.manifest.shards)} for r in readers]
+    lock = threading.Lock()
     written = 0
-    try:
-        readers = [
-            DatasetReader(out.child(f"{WORK_PREFIX}/{worker_name(i, config.workers)}"))
-            for i in range(config.workers)
-        ]
-        shard_index = [{s.key: n for n, s in enumerate(r.manifest.shards)} for r in readers]
-        for source_index in range(len(spec.sources)):
+
+    def write_source(source_index: int) -> Manifest:
+        """One source's kept rows, worker by worker (canonical order), into its own shards."""
+        nonlocal written
+        writer = ShardWriter(
+            out,
+            ROW_SCHEMA,
+            target_shard_bytes=shard_bytes,
+            spec_hash=expected,
+            shard_prefix=f"{FINAL_SHARD_PREFIX}s{source_index:05d}/",
+            compression=spec.sharding.compression,
+        )
+        with writer:
             for reader, manifest, index in zip(readers, manifests, shard_index, strict=True):
                 for shard_key in manifest.extra.get("source_shards", {}).get(str(source_index), []):
                     table = _filter_table(reader.read_shard(index[shard_key]), selection)
                     if table.num_rows:
                         writer.write(table)
-                        written += table.num_rows
-                        bar.update(table.num_rows)
-                        progress.update(step=written, total=final_rows, phase="merge")
+                        with lock:
+                            written += table.num_rows
+                            bar.update(table.num_rows)
+                            progress.update(step=written, total=final_rows, phase="merge")
+            return writer.close(publish=False)
+
+    # Sources are written in parallel (Parquet decoding/encoding and hashing release the GIL);
+    # their shards are listed in source order, so the dataset does not depend on the threads.
+    threads = max(1, min(len(spec.sources), merge_threads or os.cpu_count() or 1))
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="merge") as pool:
+            parts = list(pool.map(write_source, range(len(spec.sources))))
         if written != final_rows:
             raise CurationError(
                 f"merge wrote {written} rows, expected {final_rows}: partial output changed"
@@ -358,17 +380,19 @@ def run_merge(
         lap("write")
         report = build_report(config, counts, kept_rows, spec_hash=expected)
         report_keys = write_report(out.child(REPORT_PREFIX), report)
-        manifest = writer.close(
+        manifest = Manifest.combine(
+            [p for p in parts if p.shards] or parts[:1],
+            spec_hash=expected,
             extra={
                 "token_stats": token_stats(kept_rows),
                 "counts": dict(sorted(counts.items())),
                 "report": [f"{REPORT_PREFIX}/{k}" for k in report_keys],
                 "workers": config.workers,
                 "run": config.run.to_wire(),
-            }
+            },
         )
+        write_manifest(out, manifest)  # last: from now on the dataset exists
     except BaseException:
-        writer.abort()
         progress.update(step=written, total=final_rows, phase="failed", force=True)
         raise
     finally:
