@@ -20,3 +20,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medsft_pipelines.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, with the Qwen3-VL architecture."""
+    from medsft_pipelines.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3", arch="qwen3_vl")
+
+
+@pytest.fixture(params=["qwen2_5_vl", "qwen3_vl"])
+def any_tiny_model(request: pytest.FixtureRequest) -> Path:
+    """Each supported architecture in turn."""
+    fixture = "tiny_model_dir" if request.param == "qwen2_5_vl" else "tiny_qwen3_dir"
+    return request.getfixturevalue(fixture)

@@ -159,11 +159,10 @@ def _loss_sum(model, collated) -> torch.Tensor:
     return F.cross_entropy(out.logits.float(), targets, reduction="sum")
 
 
-def test_packing_gives_the_same_loss_with_less_padding(
-    tiny_model_dir: Path, processor, rows
-) -> None:
+def test_packing_gives_the_same_loss_with_less_padding(any_tiny_model: Path, rows) -> None:
     """Packed rows (block-diagonal attention from position resets) == one sample at a time."""
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    model = AutoModelForImageTextToText.from_pretrained(any_tiny_model).eval()
+    processor = load_processor(any_tiny_model)
     encoder = ExampleEncoder(processor, 1024)
     # Text and image samples mixed, of different lengths.
     examples = [encoder.encode(r) for r in rows[:3] + rows[-3:]]

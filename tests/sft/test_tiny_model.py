@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText
 
 from medsft_pipelines.models import build_tiny_model, load_processor
 
@@ -25,12 +25,13 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_loads_with_stock_classes_and_runs_on_an_image(tiny_model_dir: Path) -> None:
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
-    assert isinstance(model, Qwen2_5_VLForConditionalGeneration)
+def test_loads_with_stock_classes_and_runs_on_an_image(any_tiny_model: Path) -> None:
+    model = AutoModelForImageTextToText.from_pretrained(any_tiny_model)
+    expected = json.loads((any_tiny_model / "config.json").read_text())["architectures"][0]
+    assert type(model).__name__ == expected
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
-    processor = load_processor(tiny_model_dir)
+    processor = load_processor(any_tiny_model)
     text = processor.apply_chat_template(MESSAGES, tokenize=False)
     assert text.startswith("<|im_start|>system\n")
     assert "<|vision_start|><|image_pad|><|vision_end|>" in text
@@ -38,7 +39,8 @@ def test_loads_with_stock_classes_and_runs_on_an_image(tiny_model_dir: Path) -> 
     batch = processor(
         text=[text], images=[Image.new("RGB", (56, 56), (200, 10, 10))], return_tensors="pt"
     )
-    # 56x56 pixels -> 4x4 patches of 14 -> 2x2 merged tokens.
+    # 56x56 pixels -> 4x4 patches (of 14 px; Qwen3-VL: resized to 64 px, patches of 16)
+    # -> 2x2 merged tokens.
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 4
     assert "mm_token_type_ids" in batch
     out = model(**batch, labels=batch["input_ids"])
@@ -64,6 +66,14 @@ def test_think_tokens_survive_decoding_and_special_ids_match_config(tiny_model_d
     assert json.loads((tiny_model_dir / "processor_config.json").read_text())[
         "processor_class"
     ] == ("Qwen2_5_VLProcessor")
+
+
+def test_qwen3_vl_variant(tiny_qwen3_dir: Path) -> None:
+    config = json.loads((tiny_qwen3_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl"
+    assert json.loads((tiny_qwen3_dir / "processor_config.json").read_text())[
+        "processor_class"
+    ] == ("Qwen3VLProcessor")
 
 
 def test_build_is_deterministic_and_seeded(tiny_model_dir: Path, tmp_path: Path) -> None:

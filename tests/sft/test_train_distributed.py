@@ -260,3 +260,21 @@ def test_packed_and_unpacked_training_agree_with_less_padding(setup: Setup) -> N
         assert packed[step]["loss"] == pytest.approx(unpacked[step]["loss"], abs=2e-5), step
         assert packed[step]["padded_tokens"] < unpacked[step]["padded_tokens"]
     assert packed[3]["loss"] < packed[1]["loss"]  # the steps did update the model
+
+
+def test_qwen3_vl_trains_and_exports(setup: Setup, tiny_qwen3_dir: Path) -> None:
+    """The same recipe on the Qwen3-VL architecture, base model from a local folder."""
+    config = setup.config("qwen3", training={"maxSteps": 4}, checkpointing={"everySteps": 100})
+    text = config.read_text().replace(setup.model_uri, str(tiny_qwen3_dir))
+    config.write_text(text)
+    result = run_training(config, nproc=2, env=setup.env)
+    assert result.returncode == 0, result.stderr[-6000:]
+    out = setup.store("runs/qwen3")
+    records = _by_step(out)
+    assert sorted(records) == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records.values())
+    local = _download_export(out, setup.tmp / "qwen3-export")
+    assert type(AutoModelForImageTextToText.from_pretrained(local)).__name__ == (
+        "Qwen3VLForConditionalGeneration"
+    )
+    assert type(load_processor(local)).__name__ == "ImageOnlyQwen3VLProcessor"

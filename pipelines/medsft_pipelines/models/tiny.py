@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForImageTextToText,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from medsft_pipelines.models.corpus import tokenizer_corpus
-from medsft_pipelines.models.processor import ImageOnlyQwen2_5_VLProcessor, save_processor
+from medsft_pipelines.models.processor import processor_class_for, save_processor
 
 # The Qwen2.5 special tokens, in Qwen's order, then the reasoning delimiters. The
 # reasoning delimiters are ordinary added tokens (not "special"): decoding with
@@ -129,8 +130,33 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
-    """The tiny Qwen2.5-VL config, with token ids taken from ``tokenizer``."""
+TINY_QWEN3_TEXT_CONFIG = {
+    **{k: v for k, v in TINY_TEXT_CONFIG.items() if k != "rope_parameters"},
+    "head_dim": 16,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5e6,
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+    },
+}
+TINY_QWEN3_VISION_CONFIG = {
+    "depth": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 4,
+    "out_hidden_size": 64,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 64,
+    "deepstack_visual_indexes": [0],
+}
+ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2_5_vl") -> PretrainedConfig:
+    """The tiny config of ``arch``, with token ids taken from ``tokenizer``."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     # Round the embedding up like real checkpoints do (Qwen pads to a multiple of 128).
     vocab_size = -(-len(tokenizer) // 64) * 64
@@ -141,6 +167,18 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
+    if arch == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig(
+            text_config={**text, **TINY_QWEN3_TEXT_CONFIG},
+            vision_config=dict(TINY_QWEN3_VISION_CONFIG),
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
     return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(TINY_VISION_CONFIG),
@@ -152,8 +190,9 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
     )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen2.5-VL (weights, tokenizer, processor) to ``out_dir``.
+def build_tiny_model(out_dir: str | Path, seed: int = 0, arch: str = "qwen2_5_vl") -> Path:
+    """Write a tiny random Qwen2.5-VL (or Qwen3-VL: ``arch="qwen3_vl"``) to ``out_dir``:
+    weights, tokenizer and processor.
 
     Deterministic for a given ``seed``. The directory is written to a temporary sibling
     and renamed into place, so a concurrent reader never sees a half-written model; if
@@ -163,14 +202,21 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     if (out_dir / "config.json").exists() and (out_dir / "model.safetensors").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
     tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, arch)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval()
     # Qwen2VLImageProcessorPil defaults; max_pixels well above the 262,144 the curation
     # recipe resizes to, so the processor never resizes an already-curated image again.
-    image_processor = Qwen2VLImageProcessorPil()
-    processor = ImageOnlyQwen2_5_VLProcessor(
+    if arch == "qwen3_vl":  # Qwen3-VL: 16-pixel patches, [-1, 1] normalisation
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=16, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+        )
+    else:
+        image_processor = Qwen2VLImageProcessorPil()
+    processor = processor_class_for(arch)(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
