@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -86,3 +88,13 @@ def test_build_is_deterministic_and_seeded(tiny_model_dir: Path, tmp_path: Path)
     mtime = (again / "model.safetensors").stat().st_mtime_ns
     build_tiny_model(tmp_path / "again", seed=0)
     assert (again / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_build_tiny_command(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """What ``medsft run --local`` runs when its model folder is absent."""
+    out = tmp_path / "tiny-qwen2_5_vl"
+    subprocess.run(
+        [sys.executable, "-m", "medsft_pipelines.models", "build-tiny", str(out)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert _sha(out / "model.safetensors") == _sha(tiny_model_dir / "model.safetensors")

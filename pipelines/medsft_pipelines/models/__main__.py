@@ -1,25 +1,26 @@
-"""``python -m medsft_pipelines.models build-tiny DIR``: write the tiny offline model.
-
-The control plane (``medsft run --local``) calls this in a subprocess, so that it never
-imports torch itself.
-"""
+"""``python -m medsft_pipelines.models build-tiny DIR [--seed N] [--arch qwen2_5_vl|qwen3_vl]``:
+write the tiny offline model (what ``medsft run --local`` does when its model folder is absent)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-
-from medsft_pipelines.models.tiny import build_tiny_model
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medsft_pipelines.models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("build-tiny", help="build the tiny random Qwen2.5-VL (idempotent)")
-    tiny.add_argument("out_dir")
-    tiny.add_argument("--seed", type=int, default=0)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build-tiny", help="write a tiny random Qwen-VL model folder")
+    build.add_argument("out_dir", type=Path)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--arch", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out_dir, seed=args.seed))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from medsft_pipelines.models.tiny import build_tiny_model
+
+    print(build_tiny_model(args.out_dir, seed=args.seed, arch=args.arch))
     return 0
 
 
