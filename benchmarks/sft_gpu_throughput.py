@@ -44,7 +44,7 @@ from medsft_pipelines.sft.recipe import (
     init_distributed,
     train_step,
 )
-from medsft_pipelines.sft.telemetry import peak_flops, training_flops
+from medsft_pipelines.sft.telemetry import FlopsModel, peak_flops
 from medsft_pipelines.specs.sft import SFTSpec
 
 VISION = {  # Qwen2.5-VL's vision tower (the same for 3B and 7B)
@@ -141,7 +141,7 @@ def synthetic_examples(n: int, max_len: int, seed: int, tokenizer) -> list[Examp
     return examples
 
 
-def measure(name, engine, batches, step, warmup, device, flops_args, peak) -> dict:
+def measure(name, engine, batches, step, warmup, device, flops_model, peak) -> dict:
     times, tokens, flops = [], 0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -156,8 +156,9 @@ def measure(name, engine, batches, step, warmup, device, flops_args, peak) -> di
             times.append(time.perf_counter() - started)
             lengths = batch.extra["lengths"]
             tokens += sum(lengths)
-            flops += training_flops(flops_args["params"], sum(lengths), float(sum(n * n for n in lengths)),
-                                    flops_args["layers"], flops_args["hidden"])  # fmt: skip
+            grid = batch.inputs.get("image_grid_thw")
+            patches = int(grid.prod(-1).sum()) if grid is not None else 0
+            flops += flops_model.step(sum(lengths), float(sum(n * n for n in lengths)), patches)
     elapsed = sum(times)
     return {
         "mode": name,
@@ -217,11 +218,7 @@ def main() -> int:
     )
     params = sum(p.numel() for p in model.parameters())
     engine = build_engine(model, spec, ds_config, total_steps=10**6)
-    flops_args = {
-        "params": params,
-        "layers": config.text_config.num_hidden_layers,
-        "hidden": config.text_config.hidden_size,
-    }
+    flops_model = FlopsModel.of(model)
     peak = peak_flops(device)
 
     # Enough samples for every mode's steps on this rank (different ranks: different seeds).
@@ -270,7 +267,7 @@ def main() -> int:
             padded_step,
             args.warmup,
             device,
-            flops_args,
+            flops_model,
             peak,
         ),
         measure(
@@ -280,7 +277,7 @@ def main() -> int:
             packed_step,
             args.warmup,
             device,
-            flops_args,
+            flops_model,
             peak,
         ),
     ]

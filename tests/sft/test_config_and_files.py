@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForImageTextToText
 
 from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
 from medsft_pipelines.sft.layout import final_model_uri
 from medsft_pipelines.sft.model_files import ModelFilesError, check_model_dir, storage_settings
-from medsft_pipelines.sft.telemetry import training_flops
+from medsft_pipelines.sft.telemetry import FlopsModel
 from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 
@@ -81,10 +82,15 @@ def test_storage_settings_from_job_config_and_env() -> None:
     assert "sk" not in repr(settings)
 
 
-def test_flops_estimate_and_layout() -> None:
-    # 6 N T plus causal attention over each sample separately.
-    assert (
-        training_flops(1000, 10, sum_sq_lengths=100.0, num_layers=2, hidden=8)
-        == 6 * 1000 * 10 + 6 * 2 * 8 * 100
-    )
+def test_flops_model_counts_matmul_weights(tiny_model_dir: Path) -> None:
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    flops = FlopsModel.of(model)
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    assert flops.vision_params == vision
+    assert flops.text_params == total - vision - embedding  # the lookup is not a matmul
+    # 6 N T for text tokens and image patches, plus causal attention per sample.
+    expected = 6 * (flops.text_params * 10 + vision * 4) + 6 * flops.layers * flops.hidden * 100
+    assert flops.step(tokens=10, sum_sq_lengths=100, image_patches=4) == expected
     assert final_model_uri("s3://b/runs/r1/sft/") == "s3://b/runs/r1/sft/model"

@@ -93,7 +93,8 @@ def setup(minio, shared_data: Path, tiny_model_dir: Path, tmp_path_factory) -> S
         bucket=bucket,
         settings=settings,
         # Each test run gets its own scratch and model cache: nothing carries over between runs.
-        env={**minio.env(), "MEDSFT_CACHE": str(tmp / "cache")},
+        # A nominal 10 GFLOP/s "peak" makes the CPU runs report an MFU figure too.
+        env={**minio.env(), "MEDSFT_CACHE": str(tmp / "cache"), "MEDSFT_PEAK_TFLOPS": "0.01"},
         storage={"endpoint": minio.endpoint, "secure": False},
         model_uri=f"s3://{bucket}/models/tiny",
         manifest_uri=f"s3://{bucket}/data/manifest.json",
@@ -133,6 +134,7 @@ def test_overfits_checkpoints_exports_and_reports(
     # The tiny set is seen ~10 times: the loss must fall well below its random-init value.
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
     assert all(r["tokens"] > 0 and r["padded_tokens"] >= r["tokens"] for r in reference.values())
+    assert all(0 < r["mfu"] < 10 and r["tokens_per_s"] > 0 for r in reference.values())
     assert {r["epoch"] for r in reference.values()} >= {0, 1, 2}
 
     # Retention keeps the newest two complete checkpoints.

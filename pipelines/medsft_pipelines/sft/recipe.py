@@ -58,7 +58,7 @@ from medsft_pipelines.sft.model_files import (
     storage_settings,
     upload_export,
 )
-from medsft_pipelines.sft.telemetry import peak_flops, plot_loss_curve, training_flops
+from medsft_pipelines.sft.telemetry import FlopsModel, peak_flops, plot_loss_curve
 from medsft_pipelines.specs.jobconfig import SFTJobConfig, load_job_config
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 from medsft_pipelines.storage import ObjectStore, StorageError, StorageSettings, open_store
@@ -362,7 +362,7 @@ class Job:
     telemetry: ObjectStore
     checkpoints: Checkpoints
     model_dir: Path
-    flops: dict[str, int]
+    flops: FlopsModel
     rope_index: Any
     """The model's 3-D rope position function, used to build packed position ids."""
 
@@ -405,14 +405,7 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
     )
     model = load_model(model_dir, spec, device, ds_config)
     engine = build_engine(model, spec, ds_config, total_steps)
-    text = model.config.get_text_config()
-    flops = {
-        "params": sum(
-            p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()
-        ),
-        "layers": text.num_hidden_layers,
-        "hidden": text.hidden_size,
-    }
+    flops = FlopsModel.of(model)
 
     def source(epoch: int, start: int) -> Iterator[dict[str, Any]]:
         return reader.iter_samples(t.seed, epoch, topo.rank, topo.world_size, start)
@@ -505,15 +498,21 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
 
         if state.step % t.log_every_steps == 0 or state.step == state.total_steps:
             fingerprint = batch_fingerprint([i for c in batches for i in c.sample_ids])
-            lengths = [ex.length for mb, _ in items for row in mb.rows for ex in row]
-            (sum_sq,) = all_reduce_sum([float(sum(n * n for n in lengths))], job.device)
-            flops = training_flops(
-                job.flops["params"],
-                metrics["tokens"],
-                sum_sq,
-                job.flops["layers"],
-                job.flops["hidden"],
+            examples = [ex for mb, _ in items for row in mb.rows for ex in row]
+            sum_sq, patches = all_reduce_sum(
+                [
+                    float(sum(ex.length**2 for ex in examples)),
+                    float(
+                        sum(
+                            int(c.inputs["image_grid_thw"].prod(-1).sum())
+                            for c in batches
+                            if "image_grid_thw" in c.inputs
+                        )
+                    ),
+                ],
+                job.device,
             )
+            flops = job.flops.step(metrics["tokens"], sum_sq, patches)
             record = {
                 **metrics,
                 "epoch": state.position.epoch,

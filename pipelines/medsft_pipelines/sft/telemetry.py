@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,40 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def training_flops(
-    num_params: int, tokens: float, sum_sq_lengths: float, num_layers: int, hidden: int
-) -> float:
-    """Model FLOPs of one training step (forward + backward), the usual estimate.
+@dataclass(frozen=True)
+class FlopsModel:
+    """Model FLOPs of a training step (forward + backward), the usual MFU estimate.
 
-    ``6 * params * tokens`` for the matrix multiplies plus causal attention scores,
-    ``6 * layers * hidden * sum(L_i^2)`` over samples (``12 L H`` per token pair, halved by the
-    causal mask), counted per *sample* so that packing does not inflate it. Recomputation by gradient
-    checkpointing is not counted (MFU, not hardware utilisation).
+    ``6 x params x tokens`` for the matrix multiplies, counting the language model's matmul
+    weights for text tokens (the input embedding is a lookup, not a matmul; a tied LM head
+    still counts) and the vision tower's for image patches, plus causal attention scores,
+    ``6 x layers x hidden x sum(L_i^2)`` over *samples* (``12 L H`` per token pair, halved by
+    the causal mask), so packing does not inflate it. Recomputation by activation
+    checkpointing and the vision tower's windowed attention are not counted.
     """
-    attention = 6.0 * num_layers * hidden * sum_sq_lengths
-    return 6.0 * num_params * tokens + attention
+
+    text_params: int
+    vision_params: int
+    layers: int
+    hidden: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> FlopsModel:
+        def numel(params: Iterable[torch.nn.Parameter]) -> int:
+            # ZeRO-3 replaces partitioned parameters by empty tensors; ds_numel is the real size.
+            return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+        total = numel(model.parameters())
+        vision = numel(model.model.visual.parameters())
+        embedding = model.get_input_embeddings().weight
+        tied = embedding is model.get_output_embeddings().weight
+        text = total - vision - (0 if tied else numel([embedding]))
+        config = model.config.get_text_config()
+        return cls(text, vision, config.num_hidden_layers, config.hidden_size)
+
+    def step(self, tokens: float, sum_sq_lengths: float, image_patches: float) -> float:
+        matmul = 6.0 * (self.text_params * tokens + self.vision_params * image_patches)
+        return matmul + 6.0 * self.layers * self.hidden * sum_sq_lengths
 
 
 def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: Path, title: str = "SFT") -> Path:
