@@ -376,6 +376,9 @@ def test_two_workers_and_merge_equal_one_worker(
     for index in (1, 0):  # any order
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
         assert main(["--config", str(path)]) == 0
+        if index == 1:  # an Indexed Job's pod runs its own worker only
+            assert not (out / "_work/worker-00000-of-00002/manifest.json").exists()
+            assert (out / "_work/worker-00001-of-00002/manifest.json").exists()
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
     assert main(["--config", str(path), "--merge"]) == 0
     assert _rows(f"file://{out}") == _rows(f"file://{one_worker['out']}")
@@ -496,3 +499,19 @@ def test_end_to_end_on_minio_equals_file(
     }
     assert "datasets/e2e/manifest.json" in keys and "datasets/e2e/report/report.md" in keys
     assert any(k.startswith("datasets/e2e/teacher-cache/") for k in keys)
+
+
+def test_rows_feed_the_sft_encoder(one_worker, tiny_model_dir: Path) -> None:
+    """The contract with the trainer: its encoder reads the curated rows as they are (images
+    through the shard reader, messages with string content) and counts what n_tokens says."""
+    from medsft_pipelines.models import load_processor
+    from medsft_pipelines.sft.data import ExampleEncoder
+
+    encoder = ExampleEncoder(load_processor(tiny_model_dir), max_seq_length=8192)
+    reader = DatasetReader(open_store(f"file://{one_worker['out']}"))
+    rows = list(reader.iter_samples(seed=0, epoch=0))
+    assert len(rows) == one_worker["manifest"].num_rows
+    for row in [r for r in rows if r["images"]][:3] + [r for r in rows if not r["images"]][:3]:
+        example = encoder.encode(row)
+        assert example is not None and example.length == row["n_tokens"]
+        assert example.num_targets > 0

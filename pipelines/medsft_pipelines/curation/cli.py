@@ -4,7 +4,8 @@
     medsft-curate --config job.yaml --worker-index 3  # one worker
     medsft-curate --config job.yaml --merge           # the merge
 
-In an Indexed batch Job the worker index comes from ``JOB_COMPLETION_INDEX``. A curation
+In an Indexed batch Job the worker index comes from ``JOB_COMPLETION_INDEX``, and without
+flags a pod of such a Job runs its own worker only (even if the config's step is ``all``). A curation
 error (bad input beyond the error budget, a missing worker, a bad spec) exits with status 1
 and one clear line; nothing else is printed about the data.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,9 +31,12 @@ def run(config: CurationJobConfig, *, worker_index: int | None = None, merge: bo
     from .merge import run_merge
     from .worker import run_worker
 
+    indexed_job = "JOB_COMPLETION_INDEX" in os.environ
     if merge:
         run_merge(config)
-    elif worker_index is not None or config.step == "work":
+    elif (
+        worker_index is not None or config.step == "work" or (config.step == "all" and indexed_job)
+    ):
         run_worker(config, resolve_worker_index(config, worker_index))
     elif config.step == "merge":
         run_merge(config)

@@ -62,6 +62,8 @@ class Sample:
     """(source index, row index): the canonical order used by every keep-first decision."""
     images: list[ProcessedImage] = field(default_factory=list)
     """Filled by the images step."""
+    question_hash: str = ""
+    """Exact-duplicate key (normalised text + image identity), filled by the dedup step."""
 
     def prompt_text(self) -> str:
         """Everything a reader of the question sees as text: context, question, options."""

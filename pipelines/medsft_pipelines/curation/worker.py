@@ -389,7 +389,7 @@ class Worker:
         kept = []
         for sample in samples:
             qh = question_hash(sample.prompt_text(), self._image_ids(sample))
-            sample.metadata["_question_hash"] = qh
+            sample.question_hash = qh
             if self.spec.dedup.exact and qh in self.seen:
                 self.counts[key("removed", "duplicate_exact", sample.source)] += 1
                 continue
@@ -516,10 +516,7 @@ class Worker:
                     "trace_tokens": trace_tokens,
                     "trace_index": ti,
                     "teacher": self._teacher_name(sample),
-                    "metadata": json.dumps(
-                        {k: v for k, v in sample.metadata.items() if not k.startswith("_")},
-                        sort_keys=True,
-                    ),
+                    "metadata": json.dumps(sample.metadata, sort_keys=True),
                 }
             )
         return rows
@@ -539,7 +536,7 @@ class Worker:
                     "row_index": sample.order[1],
                     "task_type": sample.task_type,
                     "answer": sample.answer,
-                    "question_hash": sample.metadata["_question_hash"],
+                    "question_hash": sample.question_hash,
                     "prompt_text": sample.prompt_text(),
                     "image_ids": self._image_ids(sample),
                     "trace_index": [r["trace_index"] for r in sample_rows],
