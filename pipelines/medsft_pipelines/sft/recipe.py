@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +258,43 @@ class Prefetcher:
         self._stop.set()
 
 
+def optimizer_steps(
+    stream: MicroBatchStream,
+    make: Callable[[MicroBatch], Collated],
+    position: DataPosition,
+    grad_accum: int,
+    epochs: int | None,
+    all_ranks: Callable[[bool], bool],
+    on_tail: Callable[[int], None],
+) -> Iterator[list[tuple[MicroBatch, Collated]]]:
+    """Each optimiser step's ``grad_accum`` micro-batches of this rank, epoch after epoch.
+
+    Ranks get different numbers of (packed) micro-batches per epoch, so an epoch ends for all
+    of them as soon as one cannot fill a step (``all_ranks`` is the agreement, an all-reduce);
+    the micro-batches left over are reported through ``on_tail``. ``epochs=None`` never stops
+    (the caller stops at ``maxSteps``).
+    """
+    fresh = position == DataPosition(epoch=position.epoch)  # False when resumed mid-epoch
+    while True:
+        prefetch = Prefetcher(stream.iter_epoch(position), make)
+        steps = 0
+        try:
+            while all_ranks(len(items := prefetch.take(grad_accum)) == grad_accum):
+                steps += 1
+                yield items
+        finally:
+            prefetch.close()
+        on_tail(len(items))
+        if fresh and steps == 0:
+            raise ValueError(
+                f"epoch {position.epoch} did not yield one optimiser step: the dataset holds fewer "
+                "than microBatchSize x gradient accumulation (packed) sequences per rank"
+            )
+        if epochs is not None and position.epoch + 1 >= epochs:
+            return
+        position, fresh = DataPosition(epoch=position.epoch + 1), True
+
+
 # == optimisation ===============================================================================
 
 
@@ -456,43 +493,33 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         total=state.total_steps, initial=state.step, desc="sft", disable=not is_main,
         dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
     )  # fmt: skip
-    prefetch = Prefetcher(job.stream.iter_epoch(state.position), make)
-    steps_this_epoch = 0
     every = config.spec.checkpointing.every_steps
     last_saved = state.resumed_from
 
     def counts() -> dict[str, int]:
         return {**job.encoder.stats.__dict__, "epoch_tail_dropped_batches": state.tail_dropped}
 
-    # == the loop ===============================================================================
-    while state.step < state.total_steps:
-        items = prefetch.take(job.grad_accum)
-        have_step = torch.tensor([1 if len(items) == job.grad_accum else 0], device=job.device)
-        dist.all_reduce(have_step, op=dist.ReduceOp.MIN)
-        if not have_step.item():
-            # This epoch's data ran out on some rank: every rank moves to the next epoch together.
-            prefetch.close()
-            state.tail_dropped += len(items)
-            if steps_this_epoch == 0:
-                raise ValueError(
-                    f"epoch {state.position.epoch} did not yield one optimiser step: the dataset is "
-                    f"smaller than globalBatchSize {t.global_batch_size} (packed) sequences"
-                )
-            epoch = state.position.epoch + 1
-            if t.max_steps is None and epoch >= t.epochs:
-                break
-            state.position = DataPosition(epoch=epoch)
-            prefetch = Prefetcher(job.stream.iter_epoch(state.position), make)
-            steps_this_epoch = 0
-            continue
+    def all_ranks(ok: bool) -> bool:
+        flag = torch.tensor([int(ok)], device=job.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
+    def on_tail(dropped: int) -> None:
+        state.tail_dropped += dropped
+
+    steps = optimizer_steps(
+        job.stream, make, state.position, job.grad_accum,
+        None if t.max_steps is not None else t.epochs, all_ranks, on_tail,
+    )  # fmt: skip
+
+    # == the loop ===============================================================================
+    for items in steps if state.step < state.total_steps else ():
         batches = [collated for _, collated in items]
         lr = job.engine.get_lr()[0]
         started = time.perf_counter()
         metrics = train_step(job.engine, batches, topo.world_size, job.device)
         elapsed = time.perf_counter() - started
         state.step += 1
-        steps_this_epoch += 1
         state.position = items[-1][0].next_position
         state.stats = items[-1][0].resume_stats
 
@@ -537,8 +564,10 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         if state.step % every == 0 and state.step < state.total_steps:
             job.checkpoints.save(job.engine, state, metadata={"epoch": state.position.epoch})
             last_saved = state.step
+        if state.step == state.total_steps:
+            break
 
-    prefetch.close()
+    steps.close()
     bar.close()
     if last_saved != state.step:
         job.checkpoints.save(
