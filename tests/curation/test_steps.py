@@ -489,3 +489,54 @@ def test_error_budget_message_names_reasons_and_file() -> None:
         ErrorBudgetExceeded, match=r"1 of 10 input rows \(10.0%\).*malformed_row=1.*file:///q"
     ):
         check_error_budget(q.rows, 10, 0.05, where="w", quarantine_uri="file:///q")
+
+
+def test_merge_selection_applies_weights_then_length_mixture() -> None:
+    from medsft_pipelines.curation.merge import Question, copy_id, select_rows
+    from medsft_pipelines.specs.jobconfig import CurationJobConfig
+
+    spec = {
+        "sources": [
+            {"name": "a", "uri": "file:///a.jsonl", "task": "open", "weight": 2.0},
+            {"name": "b", "uri": "file:///b.jsonl", "task": "open", "maxSamples": 10},
+        ],
+        "tracesFrom": {},
+        "lengths": {
+            "maxTokens": 4096,
+            "buckets": [{"maxTokens": 100, "fraction": 0.5}, {"maxTokens": 4096, "fraction": 0.5}],
+        },
+    }
+    config = CurationJobConfig.model_validate(
+        {"run": {"name": "r"}, "outputUri": "file:///o", "spec": spec}
+    )
+    rng = random.Random(1)
+    questions = [
+        Question(
+            f"{src}/{i}",
+            src,
+            si,
+            i,
+            "open",
+            "x",
+            f"h{src}{i}",
+            "text",
+            [],
+            [0, 1],
+            [500, 500],
+            [rng.choice([50, 400]), rng.choice([50, 400])],
+        )
+        for si, src in enumerate("ab")
+        for i in range(30)
+    ]
+    counts: Counter[str] = Counter()
+    selection = select_rows(config, questions, counts)
+    kept = [copy_id(r, c) for r, cs in selection.items() for c in cs]
+    assert counts["removed/source_cap/b"] == 20  # 30 questions capped to 10
+    assert counts["added/weight_repeat/a"] == 60  # weight 2: every row of a twice
+    assert any(k.endswith("#r1") for k in kept)
+    lengths = {
+        q.question_id: dict(zip(q.trace_index, q.trace_tokens, strict=True)) for q in questions
+    }
+    short = sum(1 for k in kept if lengths[k.split("#")[0]][int(k.split("#")[1])] <= 100)
+    assert short * 2 == len(kept)  # the 50/50 length mixture holds exactly
+    assert select_rows(config, list(reversed(questions)), Counter()) == selection

@@ -82,10 +82,10 @@ def build_report(
     spec = config.spec
     traces = _group(counts, "traces")
     accept: dict[str, dict[str, Any]] = {}
-    for source, tasks in traces.items():
+    for source_name, tasks in traces.items():
         for task, c in tasks.items():
             generated = c.get("generated", 0)
-            accept[f"{source}/{task}"] = {
+            accept[f"{source_name}/{task}"] = {
                 **{v: c.get(v, 0) for v in VERDICTS},
                 "generated": generated,
                 "over_max_correct": c.get("over_max_correct", 0),

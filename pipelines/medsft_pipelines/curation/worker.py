@@ -20,7 +20,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -144,7 +144,7 @@ class Worker:
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.counts: Counter[str] = Counter()
-        self.cpu_seconds: Counter[str] = Counter()
+        self.cpu_seconds: defaultdict[str, float] = defaultdict(float)
         """CPU seconds per step (process time: every thread counts), for the report."""
         self.quarantine = Quarantine()
         self.seen: set[str] = set()
