@@ -265,10 +265,12 @@ def test_packed_and_unpacked_training_agree_with_less_padding(setup: Setup) -> N
 
 
 def test_qwen3_vl_trains_and_exports(setup: Setup, tiny_qwen3_dir: Path) -> None:
-    """The same recipe on the Qwen3-VL architecture, base model from a local folder."""
+    """The same recipe on the Qwen3-VL architecture, base model from a local folder, with
+    the vision tower frozen."""
     config = setup.config("qwen3", training={"maxSteps": 4}, checkpointing={"everySteps": 100})
     text = config.read_text().replace(setup.model_uri, str(tiny_qwen3_dir))
-    config.write_text(text)
+    config.write_text(text.replace("freezeVisionTower: false", "freezeVisionTower: true"))
+    assert "freezeVisionTower: true" in config.read_text()
     result = run_training(config, nproc=2, env=setup.env)
     assert result.returncode == 0, result.stderr[-6000:]
     out = setup.store("runs/qwen3")
@@ -276,7 +278,11 @@ def test_qwen3_vl_trains_and_exports(setup: Setup, tiny_qwen3_dir: Path) -> None
     assert sorted(records) == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records.values())
     local = _download_export(out, setup.tmp / "qwen3-export")
-    assert type(AutoModelForImageTextToText.from_pretrained(local)).__name__ == (
-        "Qwen3VLForConditionalGeneration"
-    )
+    trained = AutoModelForImageTextToText.from_pretrained(local)
+    initial = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_dir)
+    assert type(trained).__name__ == "Qwen3VLForConditionalGeneration"
+    before, after = initial.state_dict(), trained.state_dict()
+    vision = [k for k in after if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # frozen
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # trained
     assert type(load_processor(local)).__name__ == "ImageOnlyQwen3VLProcessor"
