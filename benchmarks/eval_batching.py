@@ -42,11 +42,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from PIL import Image
+
     from medsft_pipelines.eval import load_benchmark
     from medsft_pipelines.eval.backends import Request, Sampling, generate, open_engine
     from medsft_pipelines.eval.prompting import TEMPLATES, build_messages, generation_prefix
     from medsft_pipelines.models import cached_tiny_model
-    from PIL import Image
 
     if args.threads:
         torch.set_num_threads(args.threads)

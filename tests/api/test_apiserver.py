@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from medsft_operator.api import KINDS
 from pydantic import ValidationError
+
+from medsft_operator.api import KINDS
 
 from .conftest import EXAMPLES_DIR
 

@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 import yaml
-from medsft_operator.api import KINDS, crdgen, docs
 from pydantic import BaseModel
+
+from medsft_operator.api import KINDS, crdgen, docs
 
 from .conftest import CRDS_DIR, REPO
 

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from medsft_operator.api import KINDS, MedSFTRun, SFTJobSpec
 from medsft_operator.api.conditions import (
     READY,
@@ -29,7 +31,6 @@ from medsft_pipelines.specs import (
     load_job_config,
 )
 from medsft_pipelines.specs.sft import check_batch_divisible
-from pydantic import ValidationError
 
 from .conftest import EXAMPLES_DIR
 

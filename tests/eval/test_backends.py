@@ -6,11 +6,12 @@ import io
 
 import pytest
 from eval.eval_fixtures import VQA_RAD
+from PIL import Image
+
 from medsft_pipelines.eval import load_benchmark
 from medsft_pipelines.eval.backends import Request, Sampling, generate
 from medsft_pipelines.eval.backends.base import find_subsequence
 from medsft_pipelines.eval.prompting import TEMPLATES, build_messages, generation_prefix
-from PIL import Image
 
 THINKING = TEMPLATES["thinking"]
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from eval.eval_fixtures import PUBMEDQA, VQA_RAD, WRITERS
+from PIL import Image
+
 from medsft_pipelines.answers import grade_response
 from medsft_pipelines.eval import BenchmarkFileMissing
 from medsft_pipelines.eval.run import evaluate
 from medsft_pipelines.specs.jobconfig import EvalJobConfig, dump_job_config, parse_job_config
-from PIL import Image
 
 SEEDS = 2
 MAX_NEW = 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
+
 from medsft_pipelines.eval.metrics import (
     Record,
     group_means,

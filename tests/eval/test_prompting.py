@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medsft_pipelines.answers import AnswerKind, split_think_answer
 from medsft_pipelines.eval.items import BenchItem
 from medsft_pipelines.eval.prompting import (

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from eval.eval_fixtures import PUBMEDQA, VQA_RAD, WRITERS
+
 from medsft_pipelines.answers import AnswerKind
 from medsft_pipelines.eval import (
     BenchmarkFileMissing,
