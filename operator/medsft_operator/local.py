@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from rich.console import Console
+
+from medsft_operator import layout
+from medsft_operator.api.kinds import MedSFTRun
+from medsft_operator.builders.jobconfig import JobConfig, local_job_configs
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.jobconfig import (
     CurationJobConfig,
@@ -25,11 +30,6 @@ from medsft_pipelines.specs.jobconfig import (
     SFTJobConfig,
     dump_job_config,
 )
-from rich.console import Console
-
-from medsft_operator import layout
-from medsft_operator.api.kinds import MedSFTRun
-from medsft_operator.builders.jobconfig import JobConfig, local_job_configs
 
 #: Models that ``run --local`` builds offline when a spec points at a missing one.
 TINY_MODEL_PREFIX = "tiny-"
@@ -69,7 +69,8 @@ class LocalRun:
             else:
                 found["eval report"] = f"{out}/report.md"
                 found["eval plots"] = f"{out}/plots/"
-        return found
+        # Local files are shown as paths a person can open; s3:// stays a URI.
+        return {what: where.removeprefix("file://") for what, where in found.items()}
 
 
 def load_run(path: Path) -> MedSFTRun:

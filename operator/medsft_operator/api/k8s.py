@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import K8sName, StorageSpec
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 GROUP = "medsft.io"
 VERSION = "v1alpha1"

@@ -11,6 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field, model_validator
+
+from medsft_operator.api.k8s import Quantity, Resource, StageRuntime
+from medsft_operator.api.status import (
+    CurationJobStatus,
+    EvalJobStatus,
+    MedSFTRunStatus,
+    SFTJobStatus,
+)
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
     ObjectRef,
@@ -23,15 +32,6 @@ from medsft_pipelines.specs.common import (
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
-from pydantic import Field, model_validator
-
-from medsft_operator.api.k8s import Quantity, Resource, StageRuntime
-from medsft_operator.api.status import (
-    CurationJobStatus,
-    EvalJobStatus,
-    MedSFTRunStatus,
-    SFTJobStatus,
-)
 
 CATEGORY = "medsft"
 

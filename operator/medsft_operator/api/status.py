@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from medsft_pipelines.contract import Spec
-from medsft_pipelines.specs.common import Distribution
 from pydantic import Field
 
 from medsft_operator.api.k8s import Phase, StatusBase
+from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import Distribution
 
 Count = Annotated[int, Field(ge=0)]
 Uri = Annotated[str, Field(max_length=2048)]
