@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from pydantic import SecretStr
+
+from medsft_operator import metrics
+from medsft_operator.kube import SECRETS, Kube
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.storage import (
     DatasetNotReady,
@@ -29,10 +33,6 @@ from medsft_pipelines.storage import (
 )
 from medsft_pipelines.storage.progress import read_progress
 from medsft_pipelines.storage.shards import Manifest, read_manifest
-from pydantic import SecretStr
-
-from medsft_operator import metrics
-from medsft_operator.kube import SECRETS, Kube
 
 T = TypeVar("T")
 
@@ -206,9 +206,8 @@ class StorageAccess:
         self, namespace: str, storage: StorageSpec, sft_output: str, nodes: int
     ) -> str | None:
         """URI of the newest step every node completed, or None."""
-        from medsft_pipelines.storage.checkpoints import CheckpointStore, step_prefix
-
         from medsft_operator import layout
+        from medsft_pipelines.storage.checkpoints import CheckpointStore, step_prefix
 
         stores = [
             CheckpointStore(

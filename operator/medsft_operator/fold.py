@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from medsft_pipelines.storage.shards import Manifest
-
 from medsft_operator.api import conditions as cond
 from medsft_operator.api.k8s import Phase, StatusBase
 from medsft_operator.api.status import (
@@ -22,6 +20,7 @@ from medsft_operator.api.status import (
     EvalJobStatus,
     SFTJobStatus,
 )
+from medsft_pipelines.storage.shards import Manifest
 
 StatusT = TypeVar("StatusT", bound=StatusBase)
 EventType = Literal["Normal", "Warning"]

@@ -23,12 +23,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from medsft_pipelines.contract import Spec
-from medsft_pipelines.specs.common import StorageSpec
-from medsft_pipelines.specs.curation import CurationSpec, ProcessorSpec
-from medsft_pipelines.specs.eval import BenchmarkSpec, EvalSpec
-from medsft_pipelines.specs.sft import SFTSpec
-
 from medsft_operator.api.hashing import canonical_json, spec_hash
 from medsft_operator.api.kinds import (
     CurationStageSpec,
@@ -37,6 +31,11 @@ from medsft_operator.api.kinds import (
     SFTStageSpec,
 )
 from medsft_operator.layout import StageName
+from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import StorageSpec
+from medsft_pipelines.specs.curation import CurationSpec, ProcessorSpec
+from medsft_pipelines.specs.eval import BenchmarkSpec, EvalSpec
+from medsft_pipelines.specs.sft import SFTSpec
 
 STAGES: tuple[StageName, ...] = ("curation", "sft", "eval")
 STAGE_KINDS: dict[StageName, str] = {"curation": "CurationJob", "sft": "SFTJob", "eval": "EvalJob"}
