@@ -19,24 +19,37 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.alias_generators import to_camel
 
 from medsft_operator import metrics
 from medsft_operator.kube import SECRETS, Kube
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.storage import (
-    DatasetNotReady,
     ObjectNotFound,
     ObjectStore,
     StorageSettings,
     open_store,
 )
 from medsft_pipelines.storage.progress import read_progress
-from medsft_pipelines.storage.shards import Manifest, read_manifest
 
 T = TypeVar("T")
 
 SECRET_TTL_S = 30.0
+
+
+MANIFEST_KEY = "manifest.json"
+
+
+class ManifestView(BaseModel):
+    """What the operator reads from a dataset ``manifest.json`` (``storage.shards.Manifest``
+    without importing it: that module loads pyarrow, ~60 MB the operator does not need)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    num_rows: int = Field(ge=0)
+    shards: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
 
 
 class InputsError(Exception):
@@ -170,14 +183,18 @@ class StorageAccess:
 
     async def manifest(
         self, namespace: str, storage: StorageSpec, manifest_uri: str
-    ) -> Manifest | None:
-        """The dataset manifest at ``manifest_uri`` (``.../manifest.json``), None if absent."""
-        root, _ = manifest_uri.rstrip("/").rsplit("/", 1)
-        store = await self.store(namespace, storage, root)
-        try:
-            return await self.call(lambda: read_manifest(store))
-        except DatasetNotReady:
+    ) -> ManifestView | None:
+        """The dataset manifest at ``manifest_uri`` (``.../manifest.json``); None while it
+        does not exist (a dataset exists once its manifest does)."""
+        data = await self.get_json(namespace, storage, manifest_uri)
+        if data is None:
             return None
+        try:
+            return ManifestView.model_validate(data)
+        except ValidationError as exc:
+            raise InputsError(
+                "InvalidManifest", f"{manifest_uri} is not a dataset manifest: {exc}"
+            ) from None
 
     async def get_json(self, namespace: str, storage: StorageSpec, uri: str) -> Any | None:
         root, key = uri.rstrip("/").rsplit("/", 1)

@@ -16,18 +16,17 @@ import time
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import StatusBase
 from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body, Conflict, NotFound
-from medsft_operator.reconcilers.base import Context, Reconciler
+from medsft_operator.reconcilers.base import Context, InvalidSpec, Reconciler
 from medsft_operator.reconcilers.run import RunReconciler
 from medsft_operator.reconcilers.stages import CurationReconciler, EvalReconciler, SFTReconciler
 
 log = logging.getLogger("medsft.operator")
 
-MAX_PASSES = 5  # status conflicts and requeues within one trigger
+MAX_PASSES = 5  # status write conflicts within one trigger
 
 
 class Controller:
@@ -43,6 +42,7 @@ class Controller:
             )
         }
         self.phases = metrics.PhaseTracker()
+        self._child_states: dict[str, tuple[Any, ...]] = {}  # child uid -> what owners look at
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     def _lock(self, plural: str, namespace: str, name: str) -> asyncio.Lock:
@@ -65,7 +65,7 @@ class Controller:
         async with self._lock(plural, namespace, name):
             try:
                 await self._reconcile(reconciler, dict(body), poll=poll)
-            except ValidationError as exc:
+            except InvalidSpec as exc:
                 # The apiserver validated the spec against the same models: only a drifted
                 # CRD gets here. Say so in the status instead of retrying forever.
                 metrics.RECONCILES.labels(kind=kind, result="invalid").inc()
@@ -99,15 +99,28 @@ class Controller:
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             await self.reconcile(plural, body, poll=poll)
 
-    async def child_changed(self, child: Body) -> None:
-        """A Job, PyTorchJob or stage resource we own changed: reconcile its owner."""
-        labels = child["metadata"].get("labels") or {}
-        namespace = child["metadata"]["namespace"]
+    async def child_changed(self, child: Body, *, deleted: bool = False) -> None:
+        """A Job, PyTorchJob or stage resource we own changed: reconcile its owner — if
+        what its owner looks at changed (most events are other fields, or the echo of our
+        own create)."""
+        meta = child["metadata"]
+        labels = meta.get("labels") or {}
         owner_kind, owner_name = labels.get(names.OWNER_KIND), labels.get(names.OWNER_NAME)
-        if owner_kind in BY_KIND and owner_name:
-            plural = BY_KIND[owner_kind].plural
-            if plural in self.reconcilers:
-                await self.reconcile_named(plural, namespace, owner_name)
+        if owner_kind not in BY_KIND or not owner_name:
+            return
+        plural = BY_KIND[owner_kind].plural
+        if plural not in self.reconcilers:
+            return
+        uid = meta.get("uid", "")
+        if deleted:
+            self._child_states.pop(uid, None)
+        else:
+            state = fold.observed_state(child)
+            previous = self._child_states.get(uid)
+            self._child_states[uid] = state
+            if state == previous or (previous is None and state == fold.UNOBSERVED):
+                return
+        await self.reconcile_named(plural, meta["namespace"], owner_name)
 
     async def _reconcile(self, reconciler: Reconciler, body: Body, *, poll: bool) -> None:
         for _ in range(MAX_PASSES):
@@ -116,7 +129,8 @@ class Controller:
             old = reconciler.status_of(body)
             new = await reconciler.reconcile(body, poll=poll)
             try:
-                written = await self._write_status(reconciler, body, old, new)
+                await self._write_status(reconciler, body, old, new)
+                return
             except Conflict:  # changed since we read it: start over from a fresh copy
                 fresh = await self.ctx.kube.get(
                     reconciler.rt, body["metadata"]["namespace"], body["metadata"]["name"]
@@ -124,10 +138,6 @@ class Controller:
                 if fresh is None:
                     return
                 body = fresh
-                continue
-            if written is None or not reconciler.requeue(old, new):
-                return
-            body = written
         log.warning(
             "reconcile of %s/%s did not settle in %d passes",
             reconciler.rt.kind,
@@ -158,9 +168,9 @@ class Controller:
             self.ctx.events.post(body, type_, reason, message)
         return written
 
-    async def _invalid(self, reconciler: Reconciler, body: Body, exc: ValidationError) -> None:
+    async def _invalid(self, reconciler: Reconciler, body: Body, exc: InvalidSpec) -> None:
         errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.error.errors()[:5]
         )
         status = reconciler.status_of(body)
         generation = body["metadata"].get("generation")
@@ -170,10 +180,19 @@ class Controller:
         with contextlib.suppress(Conflict, NotFound):
             await self._write_status(reconciler, body, status, new)
 
-    def is_active(self, body: Body) -> bool:
-        """Whether a timer should still poll this object (not finished, not being deleted)."""
-        phase = (body.get("status") or {}).get("phase")
-        return phase not in fold.TERMINAL and not body["metadata"].get("deletionTimestamp")
+    def needs_polling(self, plural: str, body: Body) -> bool:
+        """Whether the timer should reconcile this object: a stage while unfinished (its
+        progress is in storage, not in any event); a run only while waiting for inputs
+        (its stages' events drive it otherwise)."""
+        status = body.get("status") or {}
+        if body["metadata"].get("deletionTimestamp") or status.get("phase") in fold.TERMINAL:
+            return False
+        if plural != MEDSFTRUNS.plural:
+            return True
+        inputs = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "InputsReady"), None
+        )
+        return inputs is None or inputs.get("status") != "True"
 
     async def delete_artifacts(self, body: Body) -> None:
         """``artifactPolicy: Delete``: remove the run's storage prefix (the finalizer)."""

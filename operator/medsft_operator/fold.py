@@ -20,7 +20,7 @@ from medsft_operator.api.status import (
     EvalJobStatus,
     SFTJobStatus,
 )
-from medsft_pipelines.storage.shards import Manifest
+from medsft_operator.artifacts import ManifestView
 
 StatusT = TypeVar("StatusT", bound=StatusBase)
 EventType = Literal["Normal", "Warning"]
@@ -84,6 +84,24 @@ def pytorchjob_state(job: Mapping[str, Any]) -> ChildState:
                 restarted,
             )
     return ChildState("Pending", "Submitted", "waiting for the training operator", restarted)
+
+
+UNOBSERVED: tuple[Any, ...] = ("",)
+
+
+def observed_state(child: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What an owner reads from its child; an event that leaves this unchanged needs no
+    reconcile of the owner. ``UNOBSERVED`` for a child nothing has reported on yet."""
+    status = child.get("status") or {}
+    if not status:
+        return UNOBSERVED
+    if child.get("kind") == "Job":
+        state = job_state(child)
+        return ("Job", state.phase, state.reason, status.get("succeeded"), status.get("failed"))
+    if child.get("kind") == "PyTorchJob":
+        state = pytorchjob_state(child)
+        return ("PyTorchJob", state.phase, state.reason, state.restarted)
+    return (child.get("kind"), status.get("phase"), status.get("progress"), status.get("message"))
 
 
 # ---------------------------------------------------------------- phases and conditions
@@ -156,8 +174,9 @@ def apply_inputs(
 
 
 def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType, str, str]]:
-    """Events for what changed between two statuses: the phase, and any condition whose
-    status flipped (InputsReady False -> True etc.)."""
+    """Events for what changed between two statuses: the phase, and any other condition
+    that turned False (a problem) or back to True (recovered from one). A condition that
+    starts out True is no news."""
     events: list[tuple[EventType, str, str]] = []
     if new.phase != old.phase and new.phase is not None:
         kind: EventType = "Warning" if new.phase == "Failed" else "Normal"
@@ -167,6 +186,8 @@ def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType,
         if c.type in (cond.READY, cond.PROGRESSING, cond.SUCCEEDED, cond.FAILED):
             continue  # these follow the phase, already announced
         before = cond.get_condition(old.conditions, c.type)
+        if before is None and c.status == "True":
+            continue
         if before is None or before.status != c.status or before.reason != c.reason:
             kind = "Warning" if c.status == "False" else "Normal"
             events.append((kind, c.reason, c.message or f"{c.type} is {c.status}"))
@@ -226,7 +247,7 @@ def fold_curation_counts(status: CurationJobStatus, counts: Mapping[str, Any]) -
 
 
 def fold_manifest(
-    status: CurationJobStatus, manifest: Manifest, report: Mapping[str, Any] | None
+    status: CurationJobStatus, manifest: ManifestView, report: Mapping[str, Any] | None
 ) -> CurationJobStatus:
     """Final dataset facts: samples, shards, tokens, and the report's unique counts."""
     status = fold_curation_counts(status, manifest.extra.get("counts") or {})

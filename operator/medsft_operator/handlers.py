@@ -71,8 +71,8 @@ def register(
             meta = body["metadata"]
             controller.forget(_plural, meta["namespace"], meta["name"])
 
-        def active(body: kopf.Body, **_: Any) -> bool:
-            return controller.is_active(dict(body))
+        def active(body: kopf.Body, _plural: str = plural, **_: Any) -> bool:
+            return controller.needs_polling(_plural, dict(body))
 
         for decorator in (kopf.on.create, kopf.on.resume):
             decorator(GROUP, VERSION, plural, id="reconcile", backoff=backoff, registry=registry)(
@@ -94,10 +94,9 @@ def register(
         kopf.on.event(GROUP, VERSION, plural, id="forget", when=deleted, registry=registry)(gone)
 
     async def child_changed(body: kopf.Body, type: str, **_: Any) -> None:
-        if type in ("ADDED", "MODIFIED", "DELETED", None):
-            # On errors the owner's own retries and timer take over.
-            with contextlib.suppress(kopf.TemporaryError):
-                await controller.child_changed(dict(body))
+        # On errors the owner's own retries and timer take over.
+        with contextlib.suppress(kopf.TemporaryError):
+            await controller.child_changed(dict(body), deleted=type == "DELETED")
 
     managed = {names.MANAGED_BY: names.OPERATOR_NAME}
     for rt in (JOBS, PYTORCHJOBS):

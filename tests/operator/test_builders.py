@@ -377,6 +377,7 @@ def test_the_operator_never_imports_torch():
         "import sys, medsft_operator.main, medsft_operator.render\n"
         "import medsft_pipelines.sft.deepspeed_config  # what the SFT ConfigMap is built with\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'pyarrow' not in sys.modules, 'pyarrow was imported (60 MB of RSS)'\n"
         "print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
+
+from pydantic import ValidationError
 
 from medsft_operator import fold, metrics
 from medsft_operator.api.k8s import Resource, StatusBase
 from medsft_operator.artifacts import InputsError, StorageAccess
 from medsft_operator.config import OperatorConfig
-from medsft_operator.kube import Body, Kube, ResourceType
+from medsft_operator.kube import Body, Conflict, Kube, ResourceType
 from medsft_operator.plan import PlanError, resolve_storage
 from medsft_pipelines.specs.common import StorageSpec
 
@@ -48,6 +52,15 @@ class Context:
     events: EventSink = field(default_factory=EventSink)
 
 
+class InvalidSpec(Exception):
+    """The resource's own spec does not validate (only a CRD out of step with the models lets
+    one through the apiserver): a permanent failure, reported in the status."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Reconciler:
     """Base of the four reconcilers: observe, act (idempotently), return the new status."""
 
@@ -68,12 +81,15 @@ class Reconciler:
             )
             return status_type()
 
+    def parse(self, body: Body) -> Any:
+        """The resource as its model; :class:`InvalidSpec` if it does not validate."""
+        try:
+            return self.model.from_manifest(body)
+        except ValidationError as exc:
+            raise InvalidSpec(exc) from None
+
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
         raise NotImplementedError
-
-    def requeue(self, old: StatusBase, new: StatusBase) -> bool:
-        """Whether to reconcile again right after ``new`` was written."""
-        return False
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -96,24 +112,28 @@ class Reconciler:
     async def ensure_child(
         self,
         rt: ResourceType,
-        manifest: Body,
+        name: str,
         owner: Body,
+        build: Callable[[], Body],
         *,
-        needs: tuple[tuple[ResourceType, Body], ...] = (),
+        needs: Callable[[], list[tuple[ResourceType, Body]]] = list,
     ) -> Body:
-        """The child named like ``manifest``, created if absent (after the objects it
-        ``needs``, e.g. its ConfigMap); an Event and a metric when it is new."""
-        meta = manifest["metadata"]
-        existing = await self.ctx.kube.get(rt, meta["namespace"], meta["name"])
+        """The child ``name``, created from ``build()`` if absent (after the objects it
+        ``needs``, e.g. its ConfigMap); an Event and a metric when it is new.
+
+        Manifests are built only when something is created: in the steady state a
+        reconcile reads its children and renders nothing.
+        """
+        namespace = owner["metadata"]["namespace"]
+        existing = await self.ctx.kube.get(rt, namespace, name)
         if existing is not None:
             return existing
-        for need_rt, need in needs:
-            await self.ensure_child(need_rt, need, owner)
-        child, created = await self.ctx.kube.ensure(rt, manifest)
+        for need_rt, need in needs():  # new alongside the child: create, no read first
+            with contextlib.suppress(Conflict):
+                await self.ctx.kube.create(need_rt, need)
+        child, created = await self.ctx.kube.ensure(rt, build())
         if created:
             metrics.CHILDREN_CREATED.labels(kind=rt.kind).inc()
             if rt.kind != "ConfigMap":
-                self.ctx.events.post(
-                    owner, "Normal", "Created", f"Created {rt.kind} {meta['name']}"
-                )
+                self.ctx.events.post(owner, "Normal", "Created", f"Created {rt.kind} {name}")
         return child

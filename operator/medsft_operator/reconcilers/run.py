@@ -1,8 +1,8 @@
 """The MedSFTRun reconciler: generations, stage reuse, promotion, history.
 
-A generation exists once it is recorded in ``status.history`` (written before any of its
-children is created), so a restarted operator resumes the same generation with the same
-child names. Each stage is resolved to a stage resource by content hash: a child of this
+A generation's number is the last recorded one plus one, and its children are named by it,
+so an operator restarted before it recorded a generation finds the children it already
+made (a child left for a spec that has moved on since is replaced). Each stage is resolved to a stage resource by content hash: a child of this
 run with the stage's hash (from any generation, not failed) is reused; otherwise
 ``<run>-<stage>-g<N>`` is created, once the previous stage has succeeded.
 """
@@ -30,15 +30,8 @@ class RunReconciler(Reconciler):
     rt = MEDSFTRUNS
     model = MedSFTRun
 
-    def requeue(self, old: StatusBase, new: StatusBase) -> bool:
-        """A generation was just recorded: continue at once with the persisted status."""
-        return (
-            cast(MedSFTRunStatus, old).current_generation
-            != cast(MedSFTRunStatus, new).current_generation
-        )
-
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        run = MedSFTRun.from_manifest(body)
+        run: MedSFTRun = self.parse(body)
         status = cast(MedSFTRunStatus, self.status_of(body))
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
@@ -51,7 +44,8 @@ class RunReconciler(Reconciler):
 
         history = list(status.history)
         if not history or history[0].spec_hash != plan.key:
-            return await self._start_generation(body, run, status, plan, history, gen)
+            status = await self._start_generation(body, run, status, plan, history, gen)
+            history = list(status.history)
         record = history[0]
         number = record.generation
         upstream: dict[layout.StageName, str] = {}
@@ -274,9 +268,11 @@ class RunReconciler(Reconciler):
             child = await kube.get(rt, namespace, recorded)
             if child is not None and _hash_of(child) == stage.hash:
                 return child, None
-        candidates = await kube.list(
-            rt, namespace, {names.RUN: run_name, names.STAGE_HASH: names.hash_label(stage.hash)}
-        )
+        candidates: list[Body] = []
+        if number > 1:  # in generation 1 nothing can be reused; a child made before a crash
+            # is found by its name below
+            selector = {names.RUN: run_name, names.STAGE_HASH: names.hash_label(stage.hash)}
+            candidates = await kube.list(rt, namespace, selector)
         usable = [
             c
             for c in candidates
@@ -297,16 +293,20 @@ class RunReconciler(Reconciler):
             return child, origin if origin != number else None
         name = names.run_stage_name(run_name, stage.stage, number)
         prefixes = self.ctx.config.propagate_annotation_prefixes
-        manifest = stage_resource(
+        child = await self.ensure_child(
+            rt,
+            name,
             run,
-            plan,
-            stage,
-            name=name,
-            generation=number,
-            upstream=upstream,
-            annotations=names.propagated_annotations(run, prefixes),
+            lambda: stage_resource(
+                run,
+                plan,
+                stage,
+                name=name,
+                generation=number,
+                upstream=upstream,
+                annotations=names.propagated_annotations(run, prefixes),
+            ),
         )
-        child = await self.ensure_child(rt, manifest, run)
         if _hash_of(child) != stage.hash:
             # Left by an attempt that never got recorded (the spec moved on meanwhile).
             await kube.delete(rt, namespace, name)

@@ -7,6 +7,7 @@ remembered between calls, so an operator killed at any point picks up where it w
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from medsft_operator.kube import (
     PYTORCHJOBS,
     SFTJOBS,
     Body,
+    ResourceType,
 )
 from medsft_operator.plan import PlanError, project, storage_key
 from medsft_operator.reconcilers.base import Reconciler
@@ -78,7 +80,7 @@ class CurationReconciler(StageReconciler):
     model = CurationJob
 
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = CurationJob.from_manifest(body).spec
+        spec = self.parse(body).spec
         status = cast(CurationJobStatus, self.status_of(body))
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
@@ -97,9 +99,13 @@ class CurationReconciler(StageReconciler):
 
         own_hash = spec_hash(project(spec, CurationSpec), storage_key(storage))
         inputs = self.inputs(body, "curation", storage, spec, own_hash, spec.output.uri)
-        built = curation_children(body, spec, inputs)
-        needs = ((CONFIGMAPS, built.config_map),)
-        work = await self.ensure_child(JOBS, built.work_job, body, needs=needs)
+        built = functools.cache(lambda: curation_children(body, spec, inputs))
+
+        def needs() -> list[tuple[ResourceType, Body]]:
+            return [(CONFIGMAPS, built().config_map)]
+
+        work_name = names.curation_work_job_name(meta["name"])
+        work = await self.ensure_child(JOBS, work_name, body, lambda: built().work_job, needs=needs)
         counts = work.get("status") or {}
         status = status.model_copy(
             update={
@@ -111,7 +117,10 @@ class CurationReconciler(StageReconciler):
         )
         state, step = fold.job_state(work), "workers"
         if state.phase == "Succeeded":
-            merge = await self.ensure_child(JOBS, built.merge_job, body, needs=needs)
+            merge_name = names.curation_merge_job_name(meta["name"])
+            merge = await self.ensure_child(
+                JOBS, merge_name, body, lambda: built().merge_job, needs=needs
+            )
             status = status.model_copy(update={"job_name": merge["metadata"]["name"]})
             state, step = fold.job_state(merge), "merge"
         if state.phase == "Failed":
@@ -159,7 +168,7 @@ class SFTReconciler(StageReconciler):
     model = SFTJob
 
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = SFTJob.from_manifest(body).spec
+        spec = self.parse(body).spec
         status = cast(SFTJobStatus, self.status_of(body))
         meta = body["metadata"]
         namespace, name, gen = meta["namespace"], meta["name"], meta.get("generation")
@@ -181,7 +190,11 @@ class SFTReconciler(StageReconciler):
         if not attempts:
             config_map, first = sft_children(body, spec, inputs, dataset_manifest_uri=manifest_uri)
             job = await self.ensure_child(
-                PYTORCHJOBS, first, body, needs=((CONFIGMAPS, config_map),)
+                PYTORCHJOBS,
+                first["metadata"]["name"],
+                body,
+                lambda: first,
+                needs=lambda: [(CONFIGMAPS, config_map)],
             )
             attempts = {0: job}
         attempt = max(attempts)
@@ -217,7 +230,11 @@ class SFTReconciler(StageReconciler):
                     f"{spec.backoff_limit + 1} resumes from {resume or 'the start'}",
                 )
                 job = await self.ensure_child(
-                    PYTORCHJOBS, retry, body, needs=((CONFIGMAPS, config_map),)
+                    PYTORCHJOBS,
+                    retry["metadata"]["name"],
+                    body,
+                    lambda: retry,
+                    needs=lambda: [(CONFIGMAPS, config_map)],
                 )
                 status = status.model_copy(
                     update={"pytorch_job_name": job["metadata"]["name"], "restarts": attempt + 1}
@@ -308,7 +325,7 @@ class EvalReconciler(StageReconciler):
     model = EvalJob
 
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = EvalJob.from_manifest(body).spec
+        spec = self.parse(body).spec
         status = cast(EvalJobStatus, self.status_of(body))
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
@@ -329,10 +346,18 @@ class EvalReconciler(StageReconciler):
 
         own_hash = spec_hash(project(spec, EvalSpec), storage_key(storage), model_uri)
         inputs = self.inputs(body, "eval", storage, spec, own_hash)
-        config_map, workload = eval_children(
-            body, spec, inputs, model_uri=model_uri, baseline_uri=baseline_uri
+        built = functools.cache(
+            lambda: eval_children(
+                body, spec, inputs, model_uri=model_uri, baseline_uri=baseline_uri
+            )
         )
-        job = await self.ensure_child(JOBS, workload, body, needs=((CONFIGMAPS, config_map),))
+        job = await self.ensure_child(
+            JOBS,
+            names.eval_job_name(meta["name"]),
+            body,
+            lambda: built()[1],
+            needs=lambda: [(CONFIGMAPS, built()[0])],
+        )
         status = status.model_copy(
             update={"job_name": job["metadata"]["name"], "spec_hash": inputs.run.spec_hash}
         )
