@@ -192,7 +192,7 @@ class Controller:
         inputs = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "InputsReady"), None
         )
-        return inputs is None or inputs.get("status") != "True"
+        return inputs is not None and inputs.get("status") == "False"
 
     async def delete_artifacts(self, body: Body) -> None:
         """``artifactPolicy: Delete``: remove the run's storage prefix (the finalizer)."""

@@ -178,7 +178,10 @@ def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType,
     that turned False (a problem) or back to True (recovered from one). A condition that
     starts out True is no news."""
     events: list[tuple[EventType, str, str]] = []
-    if new.phase != old.phase and new.phase is not None:
+    # The first phase is where a resource starts (its children's "Created" events say more),
+    # not a transition — unless it starts out Failed.
+    first = old.phase is None and new.phase != "Failed"
+    if new.phase != old.phase and new.phase is not None and not first:
         kind: EventType = "Warning" if new.phase == "Failed" else "Normal"
         reason = new.phase if new.phase != "Failed" else _reason(new, cond.FAILED) or "Failed"
         events.append((kind, reason, new.message or new.phase))

@@ -73,7 +73,7 @@ def test_full_run_succeeds_stage_by_stage_and_promotes(cluster, storage, operato
         and "evaljob.medsft.io/run-eval-g1" in table
     )
     reasons = {r for r, _ in cluster.events("run")}
-    assert {"GenerationStarted", "Created", "Promoted", "Succeeded"} <= reasons
+    assert {"Created", "Promoted", "Succeeded"} <= reasons
 
 
 def test_a_failed_stage_fails_the_run_with_its_reason(cluster, storage, operator):
@@ -116,7 +116,8 @@ def test_spec_edits_start_generations_that_reuse_unchanged_stages(cluster, stora
     assert status["history"][0]["evalJob"] == "git-eval-g2"
     assert status["history"][1].get("phase") is None  # superseded before it finished
     assert cluster.find("EvalJob", "git-eval-g1") is None
-    assert any(r == "StageReused" for r, _ in cluster.events("git"))
+    reasons = {r for r, _ in cluster.events("git")}
+    assert {"GenerationStarted", "StageReused"} <= reasons
 
     # A new learning rate re-trains and re-evaluates, and still reuses the dataset.
     cluster.patch(

@@ -148,7 +148,10 @@ class RunReconciler(Reconciler):
             status = status.model_copy(
                 update={"conditions": cond.remove_condition(status.conditions, cond.PROMOTED)}
             )
-        self.ctx.events.post(body, "Normal", "GenerationStarted", f"generation {number} started")
+        if number > 1:  # the first generation is the run starting, not news
+            self.ctx.events.post(
+                body, "Normal", "GenerationStarted", f"generation {number} started"
+            )
         return fold.apply_phase(
             status, "Running", "GenerationStarted", f"generation {number} started", gen
         )
