@@ -57,6 +57,9 @@ class OperatorConfig(Spec):
     """How often the leader renews the Lease."""
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Holder identity in the Lease (pod name in a cluster)."""
+    max_concurrent_reconciles: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Reconciles in progress at once; more wait their turn (bounds memory under a burst
+    of hundreds of new resources; 2x ``apiThreads`` keeps every API thread busy)."""
     api_threads: Annotated[int, Field(ge=1, le=256)] = 16
     """Threads carrying blocking Kubernetes and storage requests."""
     log_format: Literal["json", "plain"] = "json"

@@ -44,6 +44,7 @@ class Controller:
         self.phases = metrics.PhaseTracker()
         self._child_states: dict[str, tuple[Any, ...]] = {}  # child uid -> what owners look at
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(ctx.config.max_concurrent_reconciles)
 
     def _lock(self, plural: str, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((plural, namespace, name), asyncio.Lock())
@@ -62,7 +63,7 @@ class Controller:
         reconciler = self.reconcilers[plural]
         kind = reconciler.rt.kind
         started = time.perf_counter()
-        async with self._lock(plural, namespace, name):
+        async with self._lock(plural, namespace, name), self._slots:
             try:
                 await self._reconcile(reconciler, dict(body), poll=poll)
             except InvalidSpec as exc:

@@ -1,8 +1,8 @@
 """kopf handlers: thin adapters from kopf's triggers to the :class:`Controller`.
 
 * spec created / changed / operator resumed -> reconcile (kopf retries TemporaryError);
-* a timer on every unfinished object -> reconcile with progress folded from storage
-  (and missing inputs re-checked);
+* any event on a medsft object -> the :class:`Poller` learns whether it needs polling
+  (unfinished: progress folded from storage; waiting: missing inputs re-checked);
 * an owned Job, PyTorchJob or stage resource changed -> reconcile its owner at once;
 * a MedSFTRun with ``artifactPolicy: Delete`` is deleted -> the finalizer empties its prefix.
 """
@@ -19,19 +19,19 @@ from medsft_operator import names
 from medsft_operator.api.k8s import GROUP, VERSION
 from medsft_operator.controller import Controller
 from medsft_operator.kube import JOBS, PYTORCHJOBS
+from medsft_operator.poller import Poller
 
 KINDS = ("curationjobs", "sftjobs", "evaljobs", "medsftruns")
 STAGE_KINDS = ("curationjobs", "sftjobs", "evaljobs")
-# kopf's one finalizer: on a MedSFTRun with ``artifactPolicy: Delete`` (the deletion handler),
-# and on every unfinished object while its timer runs (kopf stops timers before deletion).
+# kopf's finalizer: only on a MedSFTRun with ``artifactPolicy: Delete`` (its deletion handler).
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP  # kopf's bookkeeping annotations: medsft.io/last-handled-configuration
 
 
-def configure(settings: kopf.OperatorSettings, *, poll_interval: float) -> None:
+def configure(settings: kopf.OperatorSettings, *, max_workers: int) -> None:
     """kopf settings: bookkeeping in annotations (the CRD status schema has no room for
     kopf's), our own finalizer name, no dynamic CRD/namespace scanning (less RBAC), Events
-    only from explicit calls and warnings."""
+    only from explicit calls and warnings, bounded concurrency."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
@@ -45,34 +45,31 @@ def configure(settings: kopf.OperatorSettings, *, poll_interval: float) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4  # only kopf's own sync helpers: ours are async
+    # At most this many objects in processing per resource kind, each worker leaving soon
+    # after its object goes quiet: a burst of hundreds of new objects waits in the watch
+    # stream instead of holding hundreds of bodies (and their copies) in memory at once.
+    settings.queueing.worker_limit = max_workers
+    settings.queueing.idle_timeout = 0.5
 
 
 def register(
-    registry: kopf.OperatorRegistry, controller: Controller, *, poll_interval: float, login: Any
+    registry: kopf.OperatorRegistry, controller: Controller, *, poller: Poller, login: Any
 ) -> None:
     """Register every handler of the operator on ``registry``."""
     kopf.on.login(registry=registry)(login)
     backoff = controller.ctx.config.retry_backoff_s
-
-    def deleted(type: str, **_: Any) -> bool:
-        return type == "DELETED"
 
     for plural in KINDS:
 
         async def reconcile(body: kopf.Body, retry: int, _plural: str = plural, **_: Any) -> None:
             await controller.reconcile(_plural, dict(body), retry=retry)
 
-        async def poll(body: kopf.Body, _plural: str = plural, **_: Any) -> None:
-            # Errors here are logged by the controller; the next tick tries again.
-            with contextlib.suppress(kopf.TemporaryError):
-                await controller.reconcile(_plural, dict(body), poll=True)
-
-        async def gone(body: kopf.Body, _plural: str = plural, **_: Any) -> None:
-            meta = body["metadata"]
-            controller.forget(_plural, meta["namespace"], meta["name"])
-
-        def active(body: kopf.Body, _plural: str = plural, **_: Any) -> bool:
-            return controller.needs_polling(_plural, dict(body))
+        async def observed(body: kopf.Body, type: str, _plural: str = plural, **_: Any) -> None:
+            deleted = type == "DELETED"
+            poller.observe(_plural, dict(body), deleted=deleted)
+            if deleted:
+                meta = body["metadata"]
+                controller.forget(_plural, meta["namespace"], meta["name"])
 
         for decorator in (kopf.on.create, kopf.on.resume):
             decorator(GROUP, VERSION, plural, id="reconcile", backoff=backoff, registry=registry)(
@@ -81,20 +78,10 @@ def register(
         kopf.on.update(
             GROUP, VERSION, plural, id="reconcile", field="spec", backoff=backoff, registry=registry
         )(reconcile)
-        kopf.timer(
-            GROUP,
-            VERSION,
-            plural,
-            id="poll",
-            interval=poll_interval,
-            initial_delay=poll_interval,
-            when=active,
-            registry=registry,
-        )(poll)
-        kopf.on.event(GROUP, VERSION, plural, id="forget", when=deleted, registry=registry)(gone)
+        kopf.on.event(GROUP, VERSION, plural, id="observe", registry=registry)(observed)
 
     async def child_changed(body: kopf.Body, type: str, **_: Any) -> None:
-        # On errors the owner's own retries and timer take over.
+        # On errors the owner's own retries and the poller take over.
         with contextlib.suppress(kopf.TemporaryError):
             await controller.child_changed(dict(body), deleted=type == "DELETED")
 

@@ -28,6 +28,7 @@ from medsft_operator.handlers import configure, register
 from medsft_operator.health import HealthServer
 from medsft_operator.kube import Kube, load_api_client
 from medsft_operator.leader import LeaderElector
+from medsft_operator.poller import Poller
 from medsft_operator.reconcilers.base import Context, EventSink
 
 log = logging.getLogger("medsft.operator")
@@ -155,13 +156,9 @@ async def _operate(
 ) -> int:
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
-    configure(settings, poll_interval=config.poll_interval_s)
-    register(
-        registry,
-        controller,
-        poll_interval=config.poll_interval_s,
-        login=login_handler(api_client.configuration),
-    )
+    configure(settings, max_workers=config.max_concurrent_reconciles)
+    poller = Poller(controller, config.poll_interval_s)
+    register(registry, controller, poller=poller, login=login_handler(api_client.configuration))
     stop_flag: asyncio.Event = asyncio.Event()
     ready_flag: asyncio.Event = asyncio.Event()
     operator = asyncio.create_task(
@@ -184,12 +181,16 @@ async def _operate(
         operator.result()
         return 1
     handle_signals(stop)
-    watchers = {operator, asyncio.create_task(stop.wait())}
+    polling = asyncio.create_task(poller.run())
+    watchers = {operator, polling, asyncio.create_task(stop.wait())}
     keeping = asyncio.create_task(elector.keep()) if elector else None
     if keeping is not None:
         watchers.add(keeping)
     await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     lost = keeping is not None and keeping.done()
+    if polling.done() and not polling.cancelled() and polling.exception():
+        log.error("the poller stopped: %r", polling.exception())
+        lost = True
     # Our own tasks go first: kopf waits a while for any task still pending at its exit.
     for task in watchers - {operator}:
         task.cancel()
@@ -197,7 +198,7 @@ async def _operate(
     stop_flag.set()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(operator, timeout=30)
-    return 1 if lost else 0
+    return 1 if lost else 0  # lost the Lease (or the poller): exit, to be restarted
 
 
 def run_operator(

@@ -74,6 +74,8 @@ def test_full_run_succeeds_stage_by_stage_and_promotes(cluster, storage, operato
     )
     reasons = {r for r, _ in cluster.events("run")}
     assert {"Created", "Promoted", "Succeeded"} <= reasons
+    assert operator.metric("medsft_resources", kind="MedSFTRun", phase="Succeeded") == 1
+    assert operator.metric("medsft_reconcile_duration_seconds_count", kind="MedSFTRun") > 0
 
 
 def test_a_failed_stage_fails_the_run_with_its_reason(cluster, storage, operator):
@@ -88,7 +90,8 @@ def test_a_failed_stage_fails_the_run_with_its_reason(cluster, storage, operator
 
 
 def test_spec_edits_start_generations_that_reuse_unchanged_stages(cluster, storage, operator):
-    cluster.create(resource("MedSFTRun", "git", run_spec(storage), annotations=HELD))
+    spec = run_spec(storage, retraining={"historyLimit": 2})
+    cluster.create(resource("MedSFTRun", "git", spec, annotations=HELD))
     drive = RunDriver(cluster, storage, "git")
     drive.curation()
     drive.sft(finish=False)  # training is under way...
@@ -132,6 +135,22 @@ def test_spec_edits_start_generations_that_reuse_unchanged_stages(cluster, stora
         "git-sft-g3",
     )
     assert sorted(c["metadata"]["name"] for c in cluster.list("CurationJob")) == ["git-curation-g1"]
+
+    # Generation 4 pushes generation 2 out of the history (limit 2): its children that no
+    # kept generation uses go; the dataset and the newest model stay.
+    cluster.patch("MedSFTRun", "git", {"spec": {"eval": {"spec": {"generation": {"seeds": 2}}}}})
+    drive.eval(4)
+    status = cluster.wait_phase("MedSFTRun", "git", "Succeeded")
+    assert [r["generation"] for r in status["history"]] == [4, 3]
+    assert status["history"][0]["sftJob"] == "git-sft-g3"
+    wait_for(
+        lambda: cluster.find("SFTJob", "git-sft-g1") is None, what="generation 2's SFTJob deleted"
+    )
+    wait_for(
+        lambda: cluster.find("EvalJob", "git-eval-g2") is None,
+        what="generation 2's EvalJob deleted",
+    )
+    assert cluster.find("CurationJob", "git-curation-g1") and cluster.find("EvalJob", "git-eval-g3")
 
 
 def test_deletion_applies_the_artifact_policy(cluster, storage, operator):
