@@ -133,18 +133,26 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def settle(op: OperatorProcess, *, quiet_s: float = 3.0, timeout: float = 600) -> float:
-    """Wait until the operator has not reconciled anything for ``quiet_s`` (timers aside)."""
+def settle(op: OperatorProcess, *, quiet_s: float = 3.0, timeout: float = 600) -> None:
+    """Wait until the operator made no event-driven reconcile for ``quiet_s`` (polls go on)."""
     deadline = time.monotonic() + timeout
     last, since = -1.0, time.monotonic()
     while time.monotonic() < deadline:
-        count = op.metric("medsft_reconciles_total")
+        count = op.metric("medsft_reconciles_total", trigger="event")
         if count != last:
             last, since = count, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
-            return count
+            return
         time.sleep(0.25)
-    return last
+
+
+def counters(op: OperatorProcess) -> dict[str, float]:
+    """The operator's own counters, split by what triggered the work."""
+    return {
+        f"{name}.{trigger}": op.metric(f"medsft_{name}_total", trigger=trigger)
+        for name in ("reconciles", "api_requests")
+        for trigger in ("event", "poll")
+    }
 
 
 def say(message: str) -> None:
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, default=8, help="client threads creating resources"
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=15.0, help="operator timer interval (s)"
+        "--poll-interval", type=float, default=30.0, help="operator poll interval (s)"
     )
     parser.add_argument(
         "--rate", type=float, default=0, help="MedSFTRuns created per second (0: one burst)"
@@ -260,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # ---------------------------------------------------------------- phase 1
             before = apiserver_requests(api)
-            reconciles_before = op.metric("medsft_reconciles_total")
-            mine_before = op.metric("medsft_api_requests_total")
+            counted_before = counters(op)
             sent: dict[str, float] = {}
             spec = run_spec(storage)
 
@@ -291,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             last_child = max(seen.times[("Job", f"{n}-curation-g1-work")] for n in names)
             say("every child seen; waiting for the operator to settle")
-            reconciles = settle(op) - reconciles_before
+            settle(op)
             after = apiserver_requests(api)
-            mine = op.metric("medsft_api_requests_total") - mine_before
+            counted = {k: v - counted_before[k] for k, v in counters(op).items()}
+            reconciles = counted["reconciles.event"] + counted["reconciles.poll"]
             current, peak = rss_mb(op.proc.pid)
 
             run_to_curation = [
@@ -322,10 +330,17 @@ def main(argv: list[str] | None = None) -> int:
                     k: round(v, 4) for k, v in percentiles(curation_to_job).items()
                 },
                 "run_to_job_s": {k: round(v, 4) for k, v in percentiles(run_to_job).items()},
-                "reconciles": reconciles,
+                "reconciles_event": counted["reconciles.event"],
+                "reconciles_poll": counted["reconciles.poll"],
                 "apiserver_requests_by_operator": operator_requests,
+                "apiserver_requests_per_run": round(operator_requests / args.runs, 1),
                 "apiserver_requests_per_reconcile": round(operator_requests / reconciles, 2),
-                "reconciler_requests_per_reconcile": round(mine / reconciles, 2),
+                "reconciler_requests_per_event_reconcile": round(
+                    counted["api_requests.event"] / max(1, counted["reconciles.event"]), 2
+                ),
+                "reconciler_requests_per_poll": round(
+                    counted["api_requests.poll"] / max(1, counted["reconciles.poll"]), 2
+                ),
                 "requests_by_verb_resource": {
                     f"{v} {r}": int(n) for (v, r), n in sorted(ours.items()) if n > 0
                 },

@@ -33,7 +33,7 @@ class OperatorConfig(Spec):
     propagate_annotation_prefixes: list[str] = []
     """Annotation key prefixes copied from a run to its stage resources and from those to
     their Jobs and PyTorchJobs (e.g. ``kueue.x-k8s.io/``)."""
-    poll_interval_s: Annotated[float, Field(gt=0)] = 15.0
+    poll_interval_s: Annotated[float, Field(gt=0)] = 30.0
     """How often active stages fold progress from storage and waiting stages re-check inputs."""
     retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0
     """First delay before an unexpected error is retried (doubles up to ``retryBackoffMaxS``)."""

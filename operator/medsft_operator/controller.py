@@ -62,6 +62,8 @@ class Controller:
         namespace, name = meta["namespace"], meta["name"]
         reconciler = self.reconcilers[plural]
         kind = reconciler.rt.kind
+        trigger = "poll" if poll else "event"
+        metrics.TRIGGER.set(trigger)  # this task's API requests are counted under it
         started = time.perf_counter()
         async with self._lock(plural, namespace, name), self._slots:
             try:
@@ -69,11 +71,11 @@ class Controller:
             except InvalidSpec as exc:
                 # The apiserver validated the spec against the same models: only a drifted
                 # CRD gets here. Say so in the status instead of retrying forever.
-                metrics.RECONCILES.labels(kind=kind, result="invalid").inc()
+                metrics.RECONCILES.labels(kind=kind, result="invalid", trigger=trigger).inc()
                 await self._invalid(reconciler, body, exc)
                 return
             except Exception as exc:
-                metrics.RECONCILES.labels(kind=kind, result="error").inc()
+                metrics.RECONCILES.labels(kind=kind, result="error", trigger=trigger).inc()
                 metrics.RECONCILE_ERRORS.labels(kind=kind, error=type(exc).__name__).inc()
                 delay = min(
                     self.ctx.config.retry_backoff_s * 2**retry, self.ctx.config.retry_backoff_max_s
@@ -90,12 +92,13 @@ class Controller:
                 raise kopf.TemporaryError(text, delay=delay) from None
             finally:
                 metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
-        metrics.RECONCILES.labels(kind=kind, result="ok").inc()
+        metrics.RECONCILES.labels(kind=kind, result="ok", trigger=trigger).inc()
 
     async def reconcile_named(
         self, plural: str, namespace: str, name: str, *, poll: bool = False
     ) -> None:
-        """Reconcile an object known by name (a child changed): read it fresh first."""
+        """Reconcile an object known by name (a child changed, or a poll): read it fresh."""
+        metrics.TRIGGER.set("poll" if poll else "event")
         body = await self.ctx.kube.get(self.reconcilers[plural].rt, namespace, name)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             await self.reconcile(plural, body, poll=poll)

@@ -126,7 +126,9 @@ class Kube:
         content_type: str = "application/json",
     ) -> Body:
         url = path + (f"?{urlencode(query)}" if query else "")
-        metrics.API_REQUESTS.labels(verb=verb, resource=rt.plural).inc()
+        metrics.API_REQUESTS.labels(
+            verb=verb, resource=rt.plural, trigger=metrics.TRIGGER.get()
+        ).inc()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.executor, self._call, method, url, body, content_type

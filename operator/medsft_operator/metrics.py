@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from prometheus_client import Counter, Gauge, Histogram
 
+#: What started the work in progress: "event" (a watch event or kopf handler) or "poll".
+TRIGGER: ContextVar[str] = ContextVar("medsft_trigger", default="other")
+
 RECONCILES = Counter(
-    "medsft_reconciles_total", "Reconciliations, by kind and result", ["kind", "result"]
+    "medsft_reconciles_total",
+    "Reconciliations, by kind, result and trigger (event or poll)",
+    ["kind", "result", "trigger"],
 )
 RECONCILE_ERRORS = Counter(
     "medsft_reconcile_errors_total",
@@ -28,8 +35,8 @@ CHILDREN_CREATED = Counter(
 )
 API_REQUESTS = Counter(
     "medsft_api_requests_total",
-    "Kubernetes API requests made by the reconcilers",
-    ["verb", "resource"],
+    "Kubernetes API requests made by the reconcilers, by verb, resource and trigger",
+    ["verb", "resource", "trigger"],
 )
 STORAGE_READS = Counter(
     "medsft_storage_reads_total",
