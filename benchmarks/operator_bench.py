@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import signal
 import statistics
 import sys
@@ -107,6 +108,12 @@ def apiserver_requests(api: client.ApiClient) -> dict[tuple[str, str], float]:
                 key = (sample.labels.get("verb", ""), sample.labels.get("resource", ""))
                 totals[key] = totals.get(key, 0.0) + sample.value
     return totals
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -269,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             # ---------------------------------------------------------------- phase 1
             before = apiserver_requests(api)
             counted_before = counters(op)
+            pids = {"operator": op.proc.pid} | {n: p.pid for n, p in kube.procs.items()}
+            cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
             sent: dict[str, float] = {}
             spec = run_spec(storage)
 
@@ -303,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             counted = {k: v - counted_before[k] for k, v in counters(op).items()}
             reconciles = counted["reconciles.event"] + counted["reconciles.poll"]
             current, peak = rss_mb(op.proc.pid)
+            cpu = {n: round(cpu_seconds(pid) - cpu_before[n], 1) for n, pid in pids.items()}
 
             run_to_curation = [
                 seen.times[("CurationJob", f"{n}-curation-g1")] - sent[n] for n in names
@@ -346,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "rss_mb": round(current, 1),
                 "rss_peak_mb": round(peak, 1),
+                "cpu_seconds": cpu,
             }
 
             # ---------------------------------------------------------------- phase 2

@@ -20,7 +20,7 @@ import kopf
 from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import StatusBase
 from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body, Conflict, NotFound
-from medsft_operator.reconcilers.base import Context, InvalidSpec, Reconciler
+from medsft_operator.reconcilers.base import KNOWN, Context, InvalidSpec, Reconciler
 from medsft_operator.reconcilers.run import RunReconciler
 from medsft_operator.reconcilers.stages import CurationReconciler, EvalReconciler, SFTReconciler
 
@@ -124,6 +124,7 @@ class Controller:
             self._child_states[uid] = state
             if state == previous or (previous is None and state == fold.UNOBSERVED):
                 return
+        KNOWN.set({(child["kind"], meta["namespace"], meta["name"]): child})
         await self.reconcile_named(plural, meta["namespace"], owner_name)
 
     async def _reconcile(self, reconciler: Reconciler, body: Body, *, poll: bool) -> None:

@@ -165,16 +165,19 @@ class Kube:
         namespace = body["metadata"]["namespace"]
         return await self._request("create", "POST", rt, rt.path(namespace), body=body)
 
-    async def ensure(self, rt: ResourceType, body: Body) -> tuple[Body, bool]:
+    async def ensure(
+        self, rt: ResourceType, body: Body, *, create_first: bool = False
+    ) -> tuple[Body, bool]:
         """The object named like ``body``, created from it if absent: (object, created).
 
-        Reads first: in the steady state a child exists, and a read is one request where a
-        failed create would be two.
+        Reads first unless ``create_first``: in the steady state a child exists, and a read
+        is one request where a failed create would be two.
         """
         meta = body["metadata"]
-        existing = await self.get(rt, meta["namespace"], meta["name"])
-        if existing is not None:
-            return existing, False
+        if not create_first:
+            existing = await self.get(rt, meta["namespace"], meta["name"])
+            if existing is not None:
+                return existing, False
         try:
             return await self.create(rt, body), True
         except Conflict:  # created meanwhile (another reconcile, or a replica's last act)

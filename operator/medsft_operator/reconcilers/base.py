@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
 from pydantic import ValidationError
@@ -19,6 +21,12 @@ from medsft_operator.plan import PlanError, resolve_storage
 from medsft_pipelines.specs.common import StorageSpec
 
 log = logging.getLogger("medsft.operator")
+
+
+#: Children delivered by the event that triggered the current reconcile: (kind, ns, name) -> body.
+KNOWN: ContextVar[Mapping[tuple[str, str, str], Body]] = ContextVar(
+    "medsft_known_children", default=MappingProxyType({})
+)
 
 
 class EventSink:
@@ -109,6 +117,11 @@ class Reconciler:
         await self.ctx.storage.settings(namespace, storage)
         return storage
 
+    async def read_child(self, rt: ResourceType, namespace: str, name: str) -> Body | None:
+        """A child as the event that triggered this reconcile delivered it, else read."""
+        known = KNOWN.get().get((rt.kind, namespace, name))
+        return known if known is not None else await self.ctx.kube.get(rt, namespace, name)
+
     async def ensure_child(
         self,
         rt: ResourceType,
@@ -117,21 +130,24 @@ class Reconciler:
         build: Callable[[], Body],
         *,
         needs: Callable[[], list[tuple[ResourceType, Body]]] = list,
+        new: bool = False,
     ) -> Body:
         """The child ``name``, created from ``build()`` if absent (after the objects it
         ``needs``, e.g. its ConfigMap); an Event and a metric when it is new.
 
         Manifests are built only when something is created: in the steady state a
-        reconcile reads its children and renders nothing.
+        reconcile reads its children and renders nothing. ``new``: the owner's status says
+        it never created this child, so try creating before reading (one request, not two).
         """
         namespace = owner["metadata"]["namespace"]
-        existing = await self.ctx.kube.get(rt, namespace, name)
-        if existing is not None:
-            return existing
+        if not new:
+            existing = await self.read_child(rt, namespace, name)
+            if existing is not None:
+                return existing
         for need_rt, need in needs():  # new alongside the child: create, no read first
             with contextlib.suppress(Conflict):
                 await self.ctx.kube.create(need_rt, need)
-        child, created = await self.ctx.kube.ensure(rt, build())
+        child, created = await self.ctx.kube.ensure(rt, build(), create_first=new)
         if created:
             metrics.CHILDREN_CREATED.labels(kind=rt.kind).inc()
             if rt.kind != "ConfigMap":

@@ -262,13 +262,13 @@ class RunReconciler(Reconciler):
         kube, rt = self.ctx.kube, BY_KIND[stage.kind]
         namespace, run_name = run["metadata"]["namespace"], run["metadata"]["name"]
         if stage.ref is not None:
-            child = await kube.get(rt, namespace, stage.ref)
+            child = await self.read_child(rt, namespace, stage.ref)
             if child is None:
                 raise InputsError("ReferenceNotFound", f"{stage.kind} {stage.ref!r} does not exist")
             return child, None
         recorded = getattr(record, RECORD_FIELD[stage.stage])
         if recorded:
-            child = await kube.get(rt, namespace, recorded)
+            child = await self.read_child(rt, namespace, recorded)
             if child is not None and _hash_of(child) == stage.hash:
                 return child, None
         candidates: list[Body] = []
@@ -309,6 +309,7 @@ class RunReconciler(Reconciler):
                 upstream=upstream,
                 annotations=names.propagated_annotations(run, prefixes),
             ),
+            new=not recorded,  # never created for this generation (as far as the status says)
         )
         if _hash_of(child) != stage.hash:
             # Left by an attempt that never got recorded (the spec moved on meanwhile).

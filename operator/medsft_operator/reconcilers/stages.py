@@ -105,7 +105,14 @@ class CurationReconciler(StageReconciler):
             return [(CONFIGMAPS, built().config_map)]
 
         work_name = names.curation_work_job_name(meta["name"])
-        work = await self.ensure_child(JOBS, work_name, body, lambda: built().work_job, needs=needs)
+        work = await self.ensure_child(
+            JOBS,
+            work_name,
+            body,
+            lambda: built().work_job,
+            needs=needs,
+            new=status.job_name is None,
+        )
         counts = work.get("status") or {}
         status = status.model_copy(
             update={
@@ -119,7 +126,12 @@ class CurationReconciler(StageReconciler):
         if state.phase == "Succeeded":
             merge_name = names.curation_merge_job_name(meta["name"])
             merge = await self.ensure_child(
-                JOBS, merge_name, body, lambda: built().merge_job, needs=needs
+                JOBS,
+                merge_name,
+                body,
+                lambda: built().merge_job,
+                needs=needs,
+                new=body.get("status", {}).get("jobName") == work_name,
             )
             status = status.model_copy(update={"job_name": merge["metadata"]["name"]})
             state, step = fold.job_state(merge), "merge"
@@ -195,6 +207,7 @@ class SFTReconciler(StageReconciler):
                 body,
                 lambda: first,
                 needs=lambda: [(CONFIGMAPS, config_map)],
+                new=True,  # the list of attempts was empty
             )
             attempts = {0: job}
         attempt = max(attempts)
@@ -235,6 +248,7 @@ class SFTReconciler(StageReconciler):
                     body,
                     lambda: retry,
                     needs=lambda: [(CONFIGMAPS, config_map)],
+                    new=True,  # newer than every listed attempt
                 )
                 status = status.model_copy(
                     update={"pytorch_job_name": job["metadata"]["name"], "restarts": attempt + 1}
@@ -357,6 +371,7 @@ class EvalReconciler(StageReconciler):
             body,
             lambda: built()[1],
             needs=lambda: [(CONFIGMAPS, built()[0])],
+            new=status.job_name is None,
         )
         status = status.model_copy(
             update={"job_name": job["metadata"]["name"], "spec_hash": inputs.run.spec_hash}
