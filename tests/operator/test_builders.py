@@ -382,3 +382,16 @@ def test_the_operator_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_lease_expires_only_after_its_duration_without_renewal():
+    from datetime import UTC, datetime, timedelta
+
+    from medsft_operator.leader import expired
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    renewed = (now - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lease = {"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "renewTime": renewed}}
+    assert not expired(lease, now)
+    assert expired(lease, now + timedelta(seconds=6))
+    assert expired({"spec": {"holderIdentity": None, "renewTime": renewed}}, now)  # released

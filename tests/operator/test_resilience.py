@@ -163,3 +163,29 @@ def test_operator_rbac_is_enough_and_no_broader(kube, cluster, storage, operator
     assert err.value.status == 403
     secret = as_operator.read_namespaced_secret("storage-creds", ns)  # by name: allowed
     assert secret.metadata.name == "storage-creds"
+
+
+def test_cluster_wide_operator_runs_under_the_cluster_role(kube, cluster, storage, tmp_path):
+    """The chart's default: every namespace watched, the rules in a ClusterRole."""
+    from operator_harness import OperatorProcess, grant_operator, service_account_kubeconfig
+
+    grant_operator(kube, cluster.namespace, clusterwide=True)
+    kubeconfig = service_account_kubeconfig(kube, cluster.namespace, tmp_path / "sa.kubeconfig")
+    op = OperatorProcess(
+        kubeconfig, cluster.namespace, tmp_path / "clusterwide.log", namespaces=None, identity="cw"
+    ).start()
+    rbac_api = client.RbacAuthorizationV1Api(kube.api_client())
+    try:
+        op.wait_leading()
+        cluster.create(resource("CurationJob", "cw", curation_spec(storage)))
+        wait_for(lambda: cluster.job("cw-work"), what="a Job from the cluster-wide operator")
+        assert _can(
+            kube, cluster.namespace, "list", "curationjobs", "medsft.io", ns=""
+        )  # all namespaces
+        assert not _can(kube, cluster.namespace, "list", "secrets", ns="")
+    finally:
+        op.stop()
+        name = f"medsft-operator-{cluster.namespace}"
+        rbac_api.delete_cluster_role_binding(name)
+        rbac_api.delete_cluster_role(name)
+    assert "Traceback" not in op.tail(400)

@@ -93,6 +93,7 @@ def test_missing_secret_is_a_condition_rechecked_until_it_appears(cluster, stora
     # ...and secret values never reach status or events.
     assert storage.secret_key not in str(cluster.get("CurationJob", "waits"))
     assert all(storage.secret_key not in m for _, m in cluster.events("waits"))
+    assert storage.secret_key not in operator.log.read_text()
 
 
 def test_sft_job_builds_a_valid_pytorchjob_retries_a_failure_and_resumes(
