@@ -249,7 +249,7 @@ def pytorch_job(
         runtime=spec,
         gpus=spec.gpus_per_node,
         shm=True,
-        ports=[{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT}],
+        ports=[{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT, "protocol": "TCP"}],
     )
     template = pod_template(
         pod_settings, [trainer], spec, restart_policy="OnFailure", shm_size=spec.shm_size
@@ -267,9 +267,11 @@ def pytorch_job(
     if spec.scheduling.priority_class_name:
         scheduling["priorityClass"] = spec.scheduling.priority_class_name
     queued = _queue(spec)
-    run_policy: Manifest = {"backoffLimit": spec.backoff_limit, "schedulingPolicy": scheduling}
-    if queued:
-        run_policy["suspend"] = True
+    run_policy: Manifest = {
+        "backoffLimit": spec.backoff_limit,
+        "schedulingPolicy": scheduling,
+        "suspend": bool(queued),  # Kueue admits a queued job by unsuspending it
+    }
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
