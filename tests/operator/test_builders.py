@@ -395,3 +395,21 @@ def test_a_lease_expires_only_after_its_duration_without_renewal():
     assert not expired(lease, now)
     assert expired(lease, now + timedelta(seconds=6))
     assert expired({"spec": {"holderIdentity": None, "renewTime": renewed}}, now)  # released
+
+
+def test_the_operators_layout_matches_what_the_stages_write():
+    """The operator reads the data plane's files without importing its modules (they pull in
+    pyarrow and torch): the names must stay in step."""
+    from medsft_operator import layout
+    from medsft_pipelines.curation import layout as curation_layout
+    from medsft_pipelines.eval import report as eval_report
+    from medsft_pipelines.sft import layout as sft_layout
+    from medsft_pipelines.storage import shards
+
+    assert layout.MANIFEST == shards.MANIFEST_KEY
+    assert f"{curation_layout.REPORT_PREFIX}/report.json" == layout.CURATION_REPORT
+    assert layout.SFT_MODEL == sft_layout.FINAL_MODEL
+    assert f"{sft_layout.FINAL_MODEL}/{sft_layout.EXPORT_MARKER}" == layout.SFT_EXPORT_MARKER
+    assert layout.checkpoints_uri("s3://b/o", 2) == f"s3://b/o/{sft_layout.node_checkpoints(2)}"
+    assert layout.EVAL_SUMMARY == eval_report.SUMMARY_KEY
+    assert layout.EVAL_REPORT == eval_report.RESULTS_KEY

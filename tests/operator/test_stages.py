@@ -220,3 +220,25 @@ def test_eval_job_waits_for_its_model_then_reports_scores(cluster, storage, oper
     status = cluster.wait_phase("EvalJob", "ev2", "Succeeded")
     assert status["meanAccuracy"] == 0.6
     assert {r["name"]: r["accuracy"] for r in status["results"]} == {"pubmedqa": 0.5, "medqa": 0.7}
+
+
+def test_a_spec_without_storage_uses_the_operators_default(cluster, storage, start_operator):
+    op = start_operator(
+        MEDSFT_STORAGE_ENDPOINT=storage.endpoint,
+        MEDSFT_STORAGE_BUCKET=storage.bucket,
+        MEDSFT_STORAGE_SECURE="false",
+        MEDSFT_STORAGE_SECRET=STORAGE_SECRET,
+    )
+    op.wait_leading()
+    spec = curation_spec(storage)
+    del spec["storage"]
+    cluster.create(resource("CurationJob", "dflt", spec))
+    job = wait_for(lambda: cluster.job("dflt-work"), what="the worker Job")
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    assert env["MEDSFT_S3_ENDPOINT"].value == storage.endpoint
+    assert env["MEDSFT_S3_SECURE"].value == "false"
+    assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == STORAGE_SECRET
+    config = cluster.core.read_namespaced_config_map("dflt-config", cluster.namespace).data[
+        "work.yaml"
+    ]
+    assert f"s3://{storage.bucket}/{cluster.namespace}/dflt/g1/curation" in config
