@@ -65,6 +65,7 @@ BY_KIND = {
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 class KubeError(Exception):
@@ -139,7 +140,8 @@ class Kube:
         request = self.api.param_serialize(
             method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        response = self.api.call_api(*request)
+        # Never wait forever on a dead apiserver: (connect, read) seconds.
+        response = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
         response.read()
         if not 200 <= response.status <= 299:
             error = KubeError.from_api_exception(ApiException(http_resp=response))

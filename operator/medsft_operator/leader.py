@@ -139,7 +139,8 @@ class LeaderElector:
             return
         lease = dict(self._lease)
         lease["spec"] = {**lease["spec"], "holderIdentity": None, "renewTime": None}
-        with contextlib.suppress(KubeError):
-            await self.kube.update(LEASES, lease)
+        with contextlib.suppress(KubeError, OSError, TimeoutError):
+            # Best effort and brief: an unreleased Lease only delays the next leader.
+            await asyncio.wait_for(self.kube.update(LEASES, lease), timeout=5)
         metrics.LEADER.set(0)
         self.leading.clear()
