@@ -17,15 +17,6 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def medsft_crds(kube) -> list[str]:
-    """The checked-in crds/, installed as a user would, once they are served."""
-    out = kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds"), "-o", "name")
-    names = out.stdout.split()
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    return names
-
-
-@pytest.fixture(scope="session")
 def service_monitor_crd(kube) -> str:
     """A stand-in ServiceMonitor CRD (see servicemonitor-crd.yaml for what it does not check)."""
     out = kube.kubectl(

@@ -1,4 +1,4 @@
-"""Fixtures of the CLI tests: the medsft CRDs in the real apiserver, a CLI runner."""
+"""Fixtures of the CLI tests: a CLI runner (the medsft CRDs fixture is in tests/harness)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,6 @@ from typer.testing import CliRunner
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
 EXAMPLES_DIR = REPO / "examples"
-
-
-@pytest.fixture(scope="session")
-def medsft_crds(kube) -> list[str]:
-    """The checked-in crds/, installed as a user would, once they are served."""
-    out = kube.kubectl("apply", "--server-side", "-f", str(CRDS_DIR), "-o", "name")
-    names = out.stdout.split()
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    return names
 
 
 @pytest.fixture

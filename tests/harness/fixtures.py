@@ -16,7 +16,7 @@ from kubernetes import client
 from .controlplane import ControlPlane
 from .fake_training_operator import FakeTrainingOperator
 from .minio_server import MinioServer
-from .testbin import binary, shared_dir
+from .testbin import REPO_ROOT, binary, shared_dir
 
 
 def unique(prefix: str) -> str:
@@ -58,6 +58,15 @@ def kubeflow_crds(kube: ControlPlane) -> list[str]:
         # Server-side apply: these CRDs are larger than the client-side annotation limit.
         out = kube.kubectl("apply", "--server-side", "-f", str(path), "-o", "name")
         names += out.stdout.split()
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return names
+
+
+@pytest.fixture(scope="session")
+def medsft_crds(kube: ControlPlane) -> list[str]:
+    """Installs the checked-in crds/ (as a user would) and waits until they are served."""
+    out = kube.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"), "-o", "name")
+    names = out.stdout.split()
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
     return names
 

@@ -19,14 +19,8 @@ from operator_harness import (
     OperatorProcess,
     Storage,
     grant_operator,
-    install_medsft_crds,
     service_account_kubeconfig,
 )
-
-
-@pytest.fixture(scope="session")
-def medsft_crds(kube) -> None:
-    install_medsft_crds(kube)
 
 
 @pytest.fixture
