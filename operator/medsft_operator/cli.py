@@ -25,7 +25,17 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from medsft_operator.api.k8s import API_VERSION, GROUP, QUANTITY_PATTERN, VERSION, Resource
+from medsft_operator.api import kubeyaml
+from medsft_operator.api.k8s import (
+    API_VERSION,
+    GROUP,
+    LABEL_VALUE_PATTERN,
+    QUALIFIED_NAME_PATTERN,
+    QUANTITY_PATTERN,
+    QUEUE_NAME_PATTERN,
+    VERSION,
+    Resource,
+)
 from medsft_operator.api.kinds import KINDS
 from medsft_pipelines.specs.common import IDENT_PATTERN, K8S_NAME_PATTERN, URI_PATTERN
 
@@ -55,15 +65,17 @@ KIND_ALIASES: dict[str, str] = {
     for alias in (name.lower(), k.info.plural, *k.info.short_names)  # type: ignore[attr-defined]
 } | {"run": "MedSFTRun", "runs": "MedSFTRun", "curation": "CurationJob", "eval": "EvalJob"}
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # ------------------------------------------------------------------------------ manifests
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
-    """The YAML documents of a file (``-``: stdin), skipping empty ones."""
+    """The YAML documents of a file (``-``: stdin), skipping empty ones, with every scalar
+    read as kubectl reads it (see :mod:`medsft_operator.api.kubeyaml`)."""
     text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    docs = [doc for doc in kubeyaml.load_all(text) if doc is not None]
     for index, doc in enumerate(docs):
         if not isinstance(doc, dict):
             raise ValueError(f"document {index + 1} is a {type(doc).__name__}, not a mapping")
@@ -117,7 +129,10 @@ def field_path(doc: Any, loc: Sequence[int | str]) -> str:
 
 # Patterns named in words: a regex is no help to someone fixing a manifest.
 PATTERN_NAMES = {
-    QUANTITY_PATTERN: "a resource quantity such as 500m, 8 or 16Gi",
+    QUANTITY_PATTERN: "a non-negative resource quantity such as 500m, 8 or 16Gi",
+    LABEL_VALUE_PATTERN: "a label value (letters, digits, '-', '_', '.'; alphanumeric at both ends)",
+    QUALIFIED_NAME_PATTERN: "a qualified name such as nvidia.com/gpu or app.kubernetes.io/name",
+    QUEUE_NAME_PATTERN: "a LocalQueue name (lower-case letters, digits, '-' and '.')",
     K8S_NAME_PATTERN: "a Kubernetes name (lower-case letters, digits, '-' and '.')",
     IDENT_PATTERN: "an identifier (lower-case letters, digits, '-' and '_')",
     URI_PATTERN: "a storage URI (s3://bucket/key, file:///path or a local path)",
@@ -176,7 +191,9 @@ def schema_problems(doc: dict[str, Any]) -> list[Problem]:
         known = ", ".join(KIND_BY_NAME)
         return [Problem(name, "kind", f"unknown kind {doc.get('kind')!r}; expected one of {known}")]
     try:
-        kind.from_manifest(doc)
+        # Strict: the apiserver takes no "2" for an integer, no "true" for a boolean. Status
+        # is the operator's to write (the status subresource drops it on create).
+        kind.from_manifest({k: v for k, v in doc.items() if k != "status"}, strict=True)
     except ValidationError as exc:
         return _merge_union_errors(
             [
@@ -199,6 +216,18 @@ def metadata_problems(doc: dict[str, Any]) -> list[Problem]:
         return [Problem(where, "metadata.name", "is required")]
     max_length = kind.info.max_name_length  # type: ignore[attr-defined]
     problems = []
+    namespace = metadata.get("namespace")
+    if namespace is not None and not (
+        isinstance(namespace, str) and len(namespace) <= 63 and DNS_LABEL.match(namespace)
+    ):
+        problems.append(
+            Problem(
+                where,
+                "metadata.namespace",
+                "must be at most 63 lower-case letters, digits or '-', "
+                "starting and ending alphanumeric",
+            )
+        )
     if not DNS_SUBDOMAIN.match(str(name)):
         problems.append(
             Problem(

@@ -69,8 +69,9 @@ class Controller:
             try:
                 await self._reconcile(reconciler, dict(body), poll=poll)
             except InvalidSpec as exc:
-                # The apiserver validated the spec against the same models: only a drifted
-                # CRD gets here. Say so in the status instead of retrying forever.
+                # The apiserver validated the spec against the CRD: what only the models know
+                # (benchmark names of the registry) or a drifted CRD gets here. Say so in the
+                # status, without creating anything, instead of retrying forever.
                 metrics.RECONCILES.labels(kind=kind, result="invalid", trigger=trigger).inc()
                 await self._invalid(reconciler, body, exc)
                 return
@@ -175,7 +176,8 @@ class Controller:
 
     async def _invalid(self, reconciler: Reconciler, body: Body, exc: InvalidSpec) -> None:
         errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.error.errors()[:5]
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.error.errors()[:5]
         )
         status = reconciler.status_of(body)
         generation = body["metadata"].get("generation")

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from medsft_operator import layout
+from medsft_operator.api import kubeyaml
 from medsft_operator.api.kinds import MedSFTRun
 from medsft_operator.builders.jobconfig import JobConfig, local_job_configs
 from medsft_pipelines.specs.common import StorageSpec
@@ -74,7 +74,7 @@ class LocalRun:
 
 
 def load_run(path: Path) -> MedSFTRun:
-    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    docs = [d for d in kubeyaml.load_all(path.read_text(encoding="utf-8")) if d]
     runs = [d for d in docs if d.get("kind") == "MedSFTRun"]
     if len(runs) != 1:
         raise ValueError(f"{path}: expected exactly one MedSFTRun, found {len(runs)}")

@@ -121,3 +121,10 @@ def test_loads_from_object_storage(minio, minio_bucket: str, tmp_path: Path) -> 
     store.delete("images/2023-01-05.png")
     with pytest.raises(BenchmarkFileMissing, match=r"2023-01-05\.png"):
         load_benchmark("nejm", store)
+
+
+def test_specs_know_every_registered_name():
+    """The control plane checks names against a copy (it does not import the data plane)."""
+    from medsft_pipelines.specs.eval import BENCHMARK_NAMES
+
+    assert list(BENCHMARK_NAMES) == benchmark_names()

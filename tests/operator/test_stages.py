@@ -242,3 +242,31 @@ def test_a_spec_without_storage_uses_the_operators_default(cluster, storage, sta
         "work.yaml"
     ]
     assert f"s3://{storage.bucket}/{cluster.namespace}/dflt/g1/curation" in config
+
+
+def test_an_unknown_benchmark_is_a_condition_not_a_pod(cluster, storage, operator):
+    """The apiserver cannot know the registry's names (`medsft validate` does): the operator
+    says so in the status and creates nothing."""
+    bad = [{"name": "usmle-step9"}, {"name": "medqa"}]
+    model = {"uri": f"s3://{storage.bucket}/m"}
+    cluster.create(resource("EvalJob", "typo", eval_spec(storage, model=model, benchmarks=bad)))
+    status = cluster.wait_phase("EvalJob", "typo", "Failed")
+    failed = cluster.condition("EvalJob", "typo", "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "unknown benchmark 'usmle-step9'; known: " in status["message"]
+    assert "medqa" in status["message"] and "vqa-rad" in status["message"]
+    run = {
+        "storage": storage.spec(),
+        "sft": {
+            "spec": {
+                "model": model,
+                "dataset": {"manifestUri": f"s3://{storage.bucket}/d/manifest.json"},
+            }
+        },
+        "eval": {"spec": {"benchmarks": bad}},
+    }
+    cluster.create(resource("MedSFTRun", "typo-run", run))
+    status = cluster.wait_phase("MedSFTRun", "typo-run", "Failed")
+    assert "unknown benchmark 'usmle-step9'" in status["message"]
+    assert cluster.jobs() == [] and cluster.list("SFTJob") == []
+    assert [e["metadata"]["name"] for e in cluster.list("EvalJob")] == ["typo"]

@@ -30,6 +30,20 @@ Field names are camelCase on the wire. Defaults are filled in by the apiserver, 
 `x-kubernetes-validations` checked by the apiserver and mirrored by pydantic validators, so
 `medsft validate` rejects what `kubectl apply` rejects.
 
+## Types, YAML scalars and names only the registry knows
+
+`medsft validate` reads a file the way `kubectl` does (go-yaml, then JSON): an unquoted
+`2e-5` is a number, `yes`/`y`/`on` are booleans, `2024-06-01` stays a string and `3.0`
+arrives as the integer `3`. Types are strict, as in the CRD: a quoted `'0.00002'` is not a
+number and `"true"` is not a boolean. Values that become labels or names of what the
+operator creates are checked in the CRD too (`scheduling.queueName` is a LocalQueue name,
+label values, qualified toleration keys), and resource quantities cannot be negative.
+Benchmark names (`benchmarks[].name`, `decontamination.benchmarks[].name`) must be names of
+the benchmark registry, which the CRD does not list: `medsft validate` rejects an unknown one
+with the list of known names, and the operator marks such a resource `Failed` (reason
+`InvalidSpec`, same message) without creating anything. A promotion threshold's `metric`
+must be `mean`, `mean.in`, `mean.out` or a benchmark the run evaluates (checked by both).
+
 ## Unknown fields: rejected under strict field validation, never stored
 
 The CRD schemas are structural and do **not** preserve unknown fields. A misspelt field

@@ -14,23 +14,38 @@ GROUP = "medsft.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-#: Kubernetes resource quantity ("500m", "16Gi", 2), as kubebuilder renders it.
+#: A non-negative Kubernetes resource quantity ("500m", "16Gi", 2), as kubebuilder renders it
+#: without the sign: pods refuse negative requests and limits, so the CRD refuses them first.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = Annotated[
-    int | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "minimum": 0,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
+#: A label value (also what Kueue reads from ``kueue.x-k8s.io/queue-name``).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key or resource name: an optional DNS-subdomain prefix and ``/``, then a name.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"
+)
+#: A Kueue LocalQueue name: an object name (RFC 1123 subdomain) that also fits a label value.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Map keys are checked for length only: a CEL regex over a map key (whose length the
+# apiserver's cost estimate cannot bound) would make the CRD exceed its rule cost budget.
 ResourceName = Annotated[str, Field(min_length=1, max_length=253)]
-LabelValue = Annotated[str, Field(max_length=63)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=316, pattern=QUALIFIED_NAME_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=QUEUE_NAME_PATTERN)]
 
 
 class ResourceRequirements(Spec):
@@ -45,7 +60,7 @@ class ResourceRequirements(Spec):
 class Toleration(Spec):
     """A pod toleration (same fields as core/v1 Toleration)."""
 
-    key: Annotated[str, Field(max_length=316)] | None = None
+    key: LabelKey | None = None
     """Taint key the toleration applies to; empty with operator Exists matches every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """How key and value are compared."""
@@ -60,7 +75,7 @@ class Toleration(Spec):
 class Scheduling(Spec):
     """Where and in which order pods run: Kueue queue, priority, node placement."""
 
-    queue_name: LabelValue | None = None
+    queue_name: QueueName | None = None
     """Kueue LocalQueue; sets the ``kueue.x-k8s.io/queue-name`` label and creates the workload suspended."""
     priority_class_name: K8sName | None = None
     """PriorityClass of the pods."""
@@ -180,6 +195,7 @@ class Resource(Spec):
         return self
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> Any:
-        """Parse a manifest dict (as ``kubectl get -o json`` or a YAML file gives it)."""
-        return cls.model_validate(manifest)
+    def from_manifest(cls, manifest: dict[str, Any], *, strict: bool = False) -> Any:
+        """Parse a manifest dict (as ``kubectl get -o json`` or a YAML file gives it);
+        ``strict``: no coercion (``"2"`` is not an integer), as the apiserver's schema."""
+        return cls.model_validate(manifest, strict=strict)

@@ -30,7 +30,7 @@ from medsft_pipelines.specs.common import (
     rules_of,
 )
 from medsft_pipelines.specs.curation import CurationSpec
-from medsft_pipelines.specs.eval import EvalSpec
+from medsft_pipelines.specs.eval import BENCHMARK_NAMES, EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 
 CATEGORY = "medsft"
@@ -259,6 +259,10 @@ class RetrainingSpec(Spec):
     """Generations kept in ``status.history`` (children of older generations are deleted)."""
 
 
+#: Scores every evaluation reports besides one accuracy per benchmark (``fold.scores_of``).
+MEAN_METRICS = ("mean", "mean.in", "mean.out")
+
+
 class PromotionThreshold(Spec):
     """A minimum score a generation must reach to be promoted."""
 
@@ -320,6 +324,16 @@ class MedSFTRunSpec(Spec):
             "promotion needs an eval stage",
             field_path=".promotion",
         ),
+        cel(
+            "!has(self.promotion) || !has(self.eval) || !has(self.eval.spec) || "
+            "self.promotion.thresholds.all(t, t.metric in "
+            + str(list(MEAN_METRICS))
+            + " || self.eval.spec.benchmarks.exists(b, b.name == t.metric))",
+            "promotion.thresholds[].metric must be "
+            + ", ".join(MEAN_METRICS)
+            + " or the name of a benchmark of eval.spec.benchmarks",
+            field_path=".promotion.thresholds",
+        ),
         immutable("storage", optional=True),
     )
 
@@ -338,7 +352,25 @@ class MedSFTRunSpec(Spec):
             )
         if self.promotion is not None and self.eval is None:
             raise ValueError("promotion needs an eval stage")
+        if self.promotion is not None and self.eval is not None:
+            scored = self._scored_metrics()
+            for threshold in self.promotion.thresholds:
+                if threshold.metric not in scored:
+                    raise ValueError(
+                        f"promotion.thresholds[].metric {threshold.metric!r} is never scored; "
+                        f"known: {', '.join(scored)}"
+                    )
         return self
+
+    def _scored_metrics(self) -> list[str]:
+        """The scores the eval stage reports: the means and one accuracy per benchmark (an
+        existing EvalJob's benchmarks are unknown here: any registry name)."""
+        assert self.eval is not None
+        if self.eval.spec is not None:
+            names = list(dict.fromkeys(b.name for b in self.eval.spec.benchmarks))
+        else:
+            names = list(BENCHMARK_NAMES)
+        return [*MEAN_METRICS, *names]
 
 
 # ----------------------------------------------------------------------------- the kinds

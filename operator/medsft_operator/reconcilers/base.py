@@ -61,8 +61,9 @@ class Context:
 
 
 class InvalidSpec(Exception):
-    """The resource's own spec does not validate (only a CRD out of step with the models lets
-    one through the apiserver): a permanent failure, reported in the status."""
+    """The resource's own spec does not validate: a name the benchmark registry does not know
+    (the CRD cannot list them), or a CRD out of step with the models. A permanent failure,
+    reported in the status."""
 
     def __init__(self, error: ValidationError) -> None:
         super().__init__(str(error))

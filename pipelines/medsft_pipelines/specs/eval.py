@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
@@ -25,11 +25,35 @@ from medsft_pipelines.specs.common import (
 
 BenchmarkFormat = Literal["auto", "jsonl", "json", "parquet", "hf"]
 
+#: Every name of the benchmark registry (``medsft_pipelines.eval.registry``), kept here so the
+#: control plane checks names without importing the data plane; a test keeps the two equal.
+#: The CRD does not list them: a trainer image may ship a newer registry than the operator's CRD.
+BENCHMARK_NAMES: tuple[str, ...] = (
+    *("aptos", "bcss", "brain-tumor", "coronahack", "headqa", "medmcqa", "medqa"),
+    *("medxpertqa-mm", "medxpertqa-text", "messidor-2", "mmlu-medical", "mmlu-pro-health"),
+    *("mmmu-pro-health", "nejm", "pmc-vqa", "pubmedqa", "slake", "vqa-rad"),
+)
+
+
+def unknown_benchmark_message(name: str) -> str:
+    """What ``medsft validate`` and the operator say about a name the registry lacks."""
+    return f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}"
+
+
+def _registered(name: str) -> str:
+    if name not in BENCHMARK_NAMES:
+        raise ValueError(unknown_benchmark_message(name))
+    return name
+
+
+#: A benchmark of the registry (checked offline against :data:`BENCHMARK_NAMES`).
+BenchmarkName = Annotated[Ident, AfterValidator(_registered)]
+
 
 class BenchmarkSpec(Spec):
     """One benchmark to evaluate on (and, in a MedSFTRun, to decontaminate the training data against)."""
 
-    name: Ident
+    name: BenchmarkName
     """Registry name of the benchmark, e.g. ``medqa``, ``pubmedqa``, ``vqa-rad``, ``mmmu-pro-health``."""
     uri: StorageUri | None = None
     """Where the benchmark files live; unset: the registry's default location under the storage root."""
@@ -134,6 +158,7 @@ class EvalSpec(Spec):
 
 
 __all__ = [
+    "BENCHMARK_NAMES",
     "BaselineSpec",
     "BenchmarkSpec",
     "EvalSpec",
