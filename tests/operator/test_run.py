@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-from operator_harness import FAKE, RunDriver, resource, run_spec, wait_for
+from operator_harness import FAKE, REPO, RunDriver, resource, run_spec, wait_for
 
 HELD = {f"{FAKE}outcome": "Running"}  # PyTorchJobs wait for the test to finish them
 
@@ -191,3 +196,55 @@ def test_deletion_applies_the_artifact_policy(cluster, storage, operator):
         f"{cluster.namespace}/keeper-of-secrets/x.json"
     ]
     assert any(r == "ArtifactsDeleted" for r, _ in cluster.events("wipe"))
+
+
+def _next_release(tmp_path: Path) -> Path:
+    """A copy of the data-plane package as a later release would ship it: TrainingSpec gains
+    a defaulted field and GenerationSpec's temperature default changes."""
+    copy = tmp_path / "next-release"
+    shutil.copytree(REPO / "pipelines", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    sft = copy / "medsft_pipelines" / "specs" / "sft.py"
+    text = sft.read_text()
+    anchor = "    log_every_steps: Annotated[int, Field(ge=1)] = 1\n"
+    assert anchor in text
+    sft.write_text(
+        text.replace(anchor, anchor + '    label_smoothing: float = 0.0\n    """New."""\n')
+    )
+    ev = copy / "medsft_pipelines" / "specs" / "eval.py"
+    text = ev.read_text()
+    anchor = "temperature: Annotated[float, Field(ge=0, le=2)] = 0.6"
+    assert anchor in text
+    ev.write_text(text.replace(anchor, anchor.replace("0.6", "0.7")))
+    return copy
+
+
+def test_an_upgrade_with_new_defaults_does_not_start_a_generation(
+    cluster, storage, start_operator, tmp_path
+):
+    old = start_operator("operator-old")
+    cluster.create(resource("MedSFTRun", "up", run_spec(storage), annotations=HELD))
+    drive = RunDriver(cluster, storage, "up")
+    drive.curation()
+    drive.sft(finish=False)
+    old.stop()
+
+    release = _next_release(tmp_path)
+    pythonpath = os.pathsep.join([str(REPO / "operator"), str(release)])
+    probe = (
+        "from medsft_pipelines.specs.sft import TrainingSpec as T;"
+        "from medsft_pipelines.specs.eval import GenerationSpec as G;"
+        "assert 'label_smoothing' in T.model_fields and G().temperature == 0.7"
+    )
+    subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": pythonpath}, check=True
+    )
+    start_operator("operator-new", PYTHONPATH=pythonpath).wait_leading()
+
+    # The new release carries generation 1 to its end: no generation 2, nothing re-run.
+    drive.sft(1)
+    drive.eval(1)
+    status = cluster.wait_phase("MedSFTRun", "up", "Succeeded")
+    assert status["currentGeneration"] == 1 and len(status["history"]) == 1
+    assert sorted(c["metadata"]["name"] for c in cluster.list("CurationJob")) == ["up-curation-g1"]
+    assert sorted(c["metadata"]["name"] for c in cluster.list("SFTJob")) == ["up-sft-g1"]
+    assert "GenerationStarted" not in {r for r, _ in cluster.events("up")}
