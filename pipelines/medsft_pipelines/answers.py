@@ -84,13 +84,28 @@ def split_think_answer(
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _MARKUP = re.compile(r"\*\*|__|`|\$|\\text\{|\\mathrm\{|\\textbf\{")
 _BOXED = re.compile(r"\\boxed\s*\{")
-# "Answer: X", "Final answer - X", "the answer is X", "correct option is (X)". A bare "option"
-# or "choice" is not a statement: chain-of-thought text says "option A is wrong" all the time.
+# "Answer: X", "Final answer - X", "the answer is X", "correct option is (X)". The keyword must be
+# followed by a copula or a colon: "To answer this, ..." and "answer each option" are not
+# statements, and a bare "option"/"choice" is not either (chain-of-thought text says "option A
+# is wrong" all the time).
 _STATEMENT = re.compile(
-    r"(?:^|[^a-z])(?:(?:final|correct|best|right|most\s+likely)\s+(?:answer|option|choice)|answer)\b"
-    r"\s*(?:is|would\s+be|should\s+be|will\s+be)?\s*[:\-\u2013]?\s*(?P<value>[^\n]+)",
+    r"(?:^|[^a-z])(?:(?:final|correct|best|right|true|most\s+(?:likely|appropriate))\s+"
+    r"(?:answer|option|choice|response)|answer)(?:\s+(?:choice|option))?"
+    r"(?:\s*(?:[:=]|[\-\u2013](?=\s)|\bis\b|\bwould\s+be\b|\bshould\s+be\b|\bwill\s+be\b"
+    r"|\bmust\s+be\b)(?:\s+(?:therefore|thus|hence|clearly|likely|most\s+likely|probably"
+    r"|definitely))?(?:\s+to\s+be\b)?)+\s*",
     re.IGNORECASE,
 )
+# "B is the correct answer", "(B) is correct", "option B is the best choice": the same statement
+# written the other way round.
+_REVERSE_STATEMENT = re.compile(
+    r"(?:^|[.:,;!?*]\s*|\s(?=[(]|(?i:option|choice)))"
+    r"(?P<value>(?:(?i:option|choice)\s+)?(?:\([A-J]\)|[A-J]))\s+is\s+(?:the\s+)?"
+    r"(?i:(?:correct|right|best|most\s+(?:likely|appropriate))(?:\s+(?:answer|option|choice))?"
+    r"|answer)\b",
+    re.MULTILINE,
+)
+_INLINE_MARKUP = re.compile(r"\*\*|__|`|\$")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
 
 
@@ -108,31 +123,53 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def boxed_contents(text: str) -> list[str]:
-    """The contents of every ``\\boxed{…}`` in order, nested braces handled."""
-    found: list[str] = []
+def _boxed_matches(text: str) -> list[tuple[re.Match[str], str]]:
+    found: list[tuple[re.Match[str], str]] = []
     for match in _BOXED.finditer(text):
         depth, i = 1, match.end()
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            found.append(text[match.end() : i - 1].strip())
+            found.append((match, text[match.end() : i - 1].strip()))
     return found
 
 
-def answer_statements(answer_text: str) -> list[str]:
-    """Explicit final-answer statements in ``answer_text``: boxed contents then stated values.
+def boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{…}`` in order, nested braces handled."""
+    return [content for _, content in _boxed_matches(text)]
 
-    The stated value is the rest of the line after "Answer:" / "the answer is"; trailing
-    sentence punctuation is dropped.
+
+def _statement_spans(answer_text: str) -> list[tuple[int, str]]:
+    """(position, stated value) of every explicit answer statement, in text order."""
+    text = _INLINE_MARKUP.sub("", answer_text)
+    spans = [(m.start(), v) for m, v in _boxed_matches(text)]
+    keywords = list(_STATEMENT.finditer(text))
+    for match, following in zip(keywords, [*keywords[1:], None], strict=False):
+        # The value runs to the end of the line or to the next statement on the same line
+        # ("the best answer is (J) and (B) but … The answer is (J).").
+        line_end = text.find("\n", match.end())
+        end = len(text) if line_end < 0 else line_end
+        if following is not None and following.start() < end:
+            end = following.start()
+        value = text[match.end() : end].strip()
+        if "\\boxed" in value:
+            continue  # "The answer is \boxed{B}": the box is already a statement
+        value = strip_markup(value).rstrip(".").strip()
+        if value:
+            spans.append((match.end(), value))
+    for match in _REVERSE_STATEMENT.finditer(text):
+        spans.append((match.start("value"), match.group("value")))
+    return sorted(spans)
+
+
+def answer_statements(answer_text: str) -> list[str]:
+    """Explicit final-answer statements in ``answer_text``, in the order they are written.
+
+    Boxed contents, the rest of the line after "Answer:" / "the answer is", and "B is the
+    correct answer"; trailing sentence punctuation is dropped.
     """
-    values = boxed_contents(answer_text)
-    for match in _STATEMENT.finditer(strip_markup(answer_text)):
-        value = match.group("value").strip().rstrip(".").strip()
-        if value and "\\boxed" not in value:
-            values.append(value)
-    return values
+    return [value for _, value in _statement_spans(answer_text)]
 
 
 def _unique(values: Iterable[str | None]) -> str | None:
@@ -159,22 +196,37 @@ def option_map(options: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
     return {OPTION_LETTERS[i]: str(text) for i, text in enumerate(options)}
 
 
-# "B", "(B)", "B.", "B) text", "option B", "B because …" — inside an explicit statement.
+# "B", "(B)", "B.", "B) text", "option B", "B because …", "b" — inside an explicit statement. A
+# lowercase letter counts only on its own ("Answer: b", "(b) text"): "the answer is a
+# combination" is prose.
 _LEADING_LETTER = re.compile(
-    r"^(?i:option|choice|letter)?\s*[\(\[]?(?P<letter>[A-J])[\)\]]?(?=$|[\s.:,;)\-\u2013])"
+    r"^(?i:option|choice|letter)?\s*(?:[\(\[](?P<paren>[A-Ja-j])[\)\]]"
+    r"|(?P<bare>[A-J])(?=$|[\s.:,;)\-\u2013])|(?P<lower>[a-j])(?=$|[.)](?:\s|$)))"
 )
+# "A"/"I" followed by a lowercase word are the article and the pronoun ("I think", "A viral
+# cause"), not options.
+_ARTICLE_OR_PRONOUN = re.compile(r"\s+[a-z]")
 # The same without a statement: the letter must be marked ("B", "B.", "(B)", "B:"), so that a
 # line opening with the article "A …" is not read as option A.
 _MARKED_LETTER = re.compile(
     r"^(?i:option|choice)?\s*(?:\((?P<paren>[A-J])\)|(?P<bare>[A-J])(?:[.:)](?=\s|$)|$))"
 )
 _SEVERAL_LETTERS = re.compile(
-    r"^(?i:options?|choices?)?\s*[\(\[]?[A-J][\)\]]?\s*(?:,|and|or|&|/|\+)\s*[\(\[]?[A-J]\b"
+    r"^(?i:either|both|all\s+of|a\s+combination\s+of|options?|choices?)?\s*"
+    r"(?:[\(\[]?[A-J][\)\]]?\s*(?:,|and|or|&|/|\+)\s*[\(\[]?[A-J](?=$|[\s,;)\]]|\.(?:\s|$))"
+    r"|\(?[A-J]{2,4}\)?(?:$|[\s.,;]))"
 )
 _MENTIONED_LETTER = re.compile(
     r"\((?P<paren>[A-J])\)|\b(?i:option|choice)\s+\(?(?P<named>[A-J])\b|^\s*(?P<lead>[A-J])[.):]\s",
     re.MULTILINE,
 )
+_LETTER_THEN_TEXT = re.compile(r"(?<![\w(])(?P<letter>[A-J])[.):]\s+")
+_BARE_LETTER = re.compile(r"^[\(\[]?([A-J])[\)\]]?$")
+# A run of lettered lines ("A. …", "B. …", "C. …"): an option list.
+_OPTION_LIST = re.compile(r"(?:^[ \t]*\(?[A-J][.)][ \t]+\S[^\n]*\n?){3,}", re.MULTILINE)
+# Where an option's label ends after its letter: "B. Ceftriaxone, because …".
+_LABEL_END = re.compile(r"[.;,:!?(]\s|\s[-\u2013]\s|\s(?:because|as|since|which)\s")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def _option_by_text(value: str, options: Mapping[str, str]) -> str | None:
@@ -218,6 +270,19 @@ def _names_option(text: str, option_text: str) -> bool:
 _AMBIGUOUS = "?"
 
 
+def _leading_letter(value: str) -> tuple[str, str] | None:
+    """The option letter a statement value opens with, and the text after it."""
+    match = _LEADING_LETTER.match(value)
+    if not match:
+        return None
+    bare = match.group("bare")
+    rest = value[match.end() :]
+    if bare in ("A", "I") and _ARTICLE_OR_PRONOUN.match(rest):
+        return None
+    letter = (bare or match.group("paren") or match.group("lower")).upper()
+    return letter, rest
+
+
 def _choice_from_statement(value: str, options: Mapping[str, str]) -> str | None:
     """Parse one explicit statement ("B", "(B) text", "option B", "Aspirin") into a letter.
 
@@ -227,16 +292,20 @@ def _choice_from_statement(value: str, options: Mapping[str, str]) -> str | None
     value = strip_markup(value)
     if _SEVERAL_LETTERS.match(value):
         return _AMBIGUOUS
+    bare = _BARE_LETTER.match(value)
+    if bare and bare.group(1) in options:
+        return bare.group(1)  # "C" is option C even when option B's text is "c"
     # The exact text of an option first: "A beta blocker" is option text, not the letter A.
     exact = _exact_option(value, options)
     if exact is not None:
         return exact
-    leading = _LEADING_LETTER.match(value)
-    if leading and leading.group("letter") in options:
-        letter = leading.group("letter")
-        rest = value[leading.end() :]
-        others = [k for k, v in options.items() if k != letter and _names_option(rest, v)]
-        if others and not _names_option(rest, options[letter]):
+    leading = _leading_letter(value)
+    if leading and leading[0] in options:
+        letter, rest = leading
+        # Only the label right after the letter can contradict it: "B. Doxycycline" names
+        # option D's text, "(C). Klinefelter syndrome is not …" starts a new sentence.
+        label = _LABEL_END.split(rest.lstrip(" .:)-\u2013"), maxsplit=1)[0]
+        if _exact_option(label, options) not in (None, letter):
             return _AMBIGUOUS
         return letter
     return _option_by_text(value, options)
@@ -256,37 +325,108 @@ def _choice_from_line(line: str, options: Mapping[str, str]) -> str | None:
 
 
 def _mentioned_letters(text: str, options: Mapping[str, str]) -> set[str]:
-    """Letters named as "(B)", "option B" or at a line start "B." in free text."""
+    """Letters named as "(B)", "option B", "B." at a line start, or "B. <B's text>" anywhere."""
     found = {
         m.group("paren") or m.group("named") or m.group("lead")
         for m in _MENTIONED_LETTER.finditer(text)
     }
+    for m in _LETTER_THEN_TEXT.finditer(text):
+        own = normalize_answer(options.get(m.group("letter"), ""))
+        if own and normalize_answer(text[m.end() : m.end() + 2 * len(own) + 8]).startswith(own):
+            found.add(m.group("letter"))
     return found & set(options)
+
+
+def _last_line(text: str) -> str:
+    lines = [strip_markup(line) for line in text.splitlines() if strip_markup(line)]
+    return lines[-1] if lines else ""
+
+
+def _last_sentence(text: str) -> str:
+    return _SENTENCE_END.split(_last_line(text))[-1].strip()
+
+
+def _choice_from_last_sentence(sentence: str, options: Mapping[str, str]) -> str | None:
+    """The option the closing sentence names, when it names exactly one.
+
+    A sentence names an option by a marked letter ("(B)", "option B", "B." / "B)" opening it,
+    "B. <B's text>", or the sentence being just the letter) or by the option's text.
+    """
+    named = _marked_in_sentence(sentence, options)
+    by_text = _option_by_text(sentence, options)
+    if by_text is not None:
+        named.add(by_text)
+    return named.pop() if len(named) == 1 else None
+
+
+def _marked_in_sentence(sentence: str, options: Mapping[str, str]) -> set[str]:
+    named = _mentioned_letters(sentence, options)
+    marked = _MARKED_LETTER.match(sentence)
+    if marked and (marked.group("paren") or marked.group("bare")) in options:
+        named.add(marked.group("paren") or marked.group("bare"))
+    return named
+
+
+def _cut_runaway(text: str, options: Mapping[str, str]) -> str:
+    """The text before a list of options that are not this item's, once it has answered.
+
+    Models that run on after answering (few-shot prompts without a stop sequence) write the
+    next, invented question with its own lettered options and answer that too; the answer to
+    this item is the one before. A list that repeats this item's options (reviewing them) is
+    kept.
+    """
+    own = {normalize_answer(v) for v in options.values()}
+    for block in _OPTION_LIST.finditer(text):
+        labels = [
+            normalize_answer(re.sub(r"^\s*\(?[A-J][.)]\s+", "", line))
+            for line in block.group(0).splitlines()
+            if line.strip()
+        ]
+        ours = sum(any(lab.startswith(o) for o in own if o) for lab in labels)
+        if ours * 2 < len(labels) and _statement_spans(text[: block.start()]):
+            return text[: block.start()].strip()
+    return text
 
 
 def extract_choice(answer_text: str, options: Mapping[str, str] | Sequence[str]) -> str | None:
     """The option letter the answer part picks, or None (no answer or several answers).
 
-    Order: explicit statements (boxed, "Answer: X"), then the whole answer part when it is
-    short, then letters mentioned as "(B)" / "option B" / a line starting "B." and finally
-    option texts mentioned in the text; each heuristic must name exactly one option.
+    Explicit statements (boxed, "Answer: X", "the answer is X", "B is correct") decide, and
+    when a response states several, the last one that names an option is its final answer
+    (models restate, correct themselves, or quote "the answer" in their reasoning); a last
+    statement naming several options ("A, B, or C") is no answer. Without statements: a
+    letter the last sentence marks ("… (B).", "B. Ceftriaxone"), a short first line ("B"
+    followed by an explanation), the one letter marked anywhere, the last sentence when it
+    names exactly one option (by letter or text), and a short text naming one option's text.
     """
     opts = option_map(options)
-    parsed = [_choice_from_statement(s, opts) for s in answer_statements(answer_text)]
-    if any(p is not None for p in parsed):
-        picked = _unique(parsed)
-        return None if picked == _AMBIGUOUS else picked
-    text = answer_text.strip()
+    text = _cut_runaway(answer_text.strip(), opts)
     if not text:
         return None
+    last = _last_sentence(text)
+    for _, value in reversed(_statement_spans(text)):
+        picked = _choice_from_statement(value, opts)
+        if picked == _AMBIGUOUS and value not in _last_line(text):
+            # "The answer is A or C. On balance, (C) fits best.": the closing sentence decides.
+            return _choice_from_last_sentence(last, opts)
+        if picked is not None:
+            return None if picked == _AMBIGUOUS else picked
+    marked_last = _marked_in_sentence(last, opts)
+    if len(marked_last) == 1:
+        return marked_last.pop()
     first = _first_line(text)
     if len(first.split()) <= 12:
         from_first = _choice_from_line(first, opts)
         if from_first is not None:
             return from_first
     mentioned = _mentioned_letters(text, opts)
+    if len(mentioned) == 1:
+        return mentioned.pop()
+    from_last = _choice_from_last_sentence(last, opts)
+    if from_last is not None:
+        return from_last
     if mentioned:
-        return mentioned.pop() if len(mentioned) == 1 else None
+        return None
     return _option_by_text(text, opts) if len(text.split()) <= 40 else None
 
 

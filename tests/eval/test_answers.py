@@ -114,8 +114,6 @@ def test_choice_extraction(answer: str, letter: str) -> None:
         "Answer: A or B",  # several answers
         "Answer: B, D",
         "Answer: A and C",
-        "\\boxed{A} ... on reflection \\boxed{C}",
-        "Answer: B\nAnswer: D",
         "Answer: B. Doxycycline",  # letter and text disagree
         "(A) is plausible but (C) fits better",  # two letters named, no statement
         "Answer: K",  # not an option
@@ -246,5 +244,124 @@ def test_chain_of_thought_without_think_tags() -> None:
         "Therefore, the answer is B."
     )
     assert extract_choice(cot, MEDQA_OPTIONS) == "B"
-    undecided = "Option A is reasonable. Option D is also reasonable."
+    undecided = "Option A is reasonable, and option D is also reasonable."
     assert extract_choice(undecided, MEDQA_OPTIONS) is None
+
+
+# --------------------------------------------------------------------- conflicts and real patterns
+
+MMLU_PRO_OPTIONS = {
+    "A": "Louis Pasteur",
+    "B": "Robert Koch",
+    "C": "Edward Jenner",
+    "D": "Joseph Lister",
+    "E": "Alexander Fleming",
+    "F": "Martinus Beijerinck",
+    "G": "Jonas Salk",
+    "H": "Paul Ehrlich",
+    "I": "Dmitri Iwanowsky",
+    "J": "Walter Reed",
+}
+
+
+def test_last_explicit_statement_wins_over_earlier_ones() -> None:
+    # A model that corrects itself: the final statement is its answer.
+    assert extract_choice("\\boxed{A} ... on reflection \\boxed{C}", MEDQA_OPTIONS) == "C"
+    assert extract_choice("Answer: B\nAnswer: D", MEDQA_OPTIONS) == "D"
+    restated = "The answer is (G).\n\nFinal Answer: The answer is (J)."
+    assert extract_choice(restated, MMLU_PRO_OPTIONS) == "J"
+    # Two statements on one line: the later one, not the rest of the line after the first.
+    same_line = "the best answer is (J) and (B) but since we must choose one. The answer is (J)."
+    assert extract_choice(same_line, MMLU_PRO_OPTIONS) == "J"
+
+
+def test_to_answer_this_and_a_letter_inside_a_name_do_not_block_the_final_answer() -> None:
+    # The failure the issue reports: earlier text names other letters, the last line one.
+    cot = (
+        "To answer this, recall who first described filterable agents. Dmitri Iwanowsky (I) "
+        "showed in 1892 that the tobacco mosaic agent passed through filters; Beijerinck (F) "
+        "later called it a contagium vivum fluidum.\nThe answer is I."
+    )
+    assert extract_choice(cot, MMLU_PRO_OPTIONS) == "I"
+    grade = grade_response(cot, "I", "choice", MMLU_PRO_OPTIONS)
+    assert grade.correct
+    # "To answer this" is not a statement: without one the last sentence decides.
+    assert (
+        extract_choice("To answer this, think of filtration. It was (I).", MMLU_PRO_OPTIONS) == "I"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ("Let's think step by step. Koch's postulates fail here. The answer is (E).", "E"),
+        ("After weighing the options:\n\n**A. Ampicillin**", "A"),
+        ("Reasoning about coverage...\nAnswer: b", "B"),
+        ("so the choice is clear: $\\boxed{C}$", "C"),
+        ("The drug of choice in pregnancy here is doxycycline? No — it is ceftriaxone.", "B"),
+        ("Ceftriaxone covers gonorrhoea; doxycycline is avoided in pregnancy.\nCeftriaxone", "B"),
+        ("Therefore, among A through D, the answer is D) Doxycycline", "D"),
+        ("Therefore, B is the correct answer.", "B"),
+        ("The answer is most likely to be D.", "D"),
+        ("older workers need no longer prove D. Doxycycline to win.", "D"),
+    ],
+)
+def test_choice_patterns_of_real_models(answer: str, letter: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) == letter
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Therefore, among A through D, the answer is A, B, or C.",  # a hedge is no answer
+        "Therefore, the correct options are (C) and (E). The answer is CE.",
+        "The answer is either A or B.",
+        "Therefore, among A through D, the answer is none of the above.",
+        "Therefore, among A through E, the answer is F.",  # not an option of this item
+    ],
+)
+def test_hedges_and_non_answers_are_none(answer: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) is None
+
+
+def test_closing_sentence_settles_a_hedge_on_an_earlier_line() -> None:
+    text = "The answer is A or B.\nOn balance, (B) fits the pregnancy best."
+    assert extract_choice(text, MEDQA_OPTIONS) == "B"
+
+
+def test_single_letter_option_texts_do_not_shadow_letters() -> None:
+    # MedMCQA combination items: options "a", "c", "bc", "ad".
+    options = ["a", "c", "bc", "ad"]
+    assert extract_choice("Therefore, among A through D, the answer is C.", options) == "C"
+
+
+def test_a_run_on_into_an_invented_question_keeps_the_first_answer() -> None:
+    text = (
+        "Vitamin E is the main lipid-soluble antioxidant. The answer is (A).\n\n"
+        "Now, let's summarize all the answers:\nA. Ventral\nB. Dorsal\nC. Buccal\n"
+        "D. Thoracic\n\nThe answer is (D)."
+    )
+    assert extract_choice(text, MEDQA_OPTIONS) == "A"
+    # Reviewing this item's own options is not a run-on.
+    review = "The answer is (A).\nA. Ampicillin - no\nB. Ceftriaxone - yes\nC. A beta blocker - no"
+    assert extract_choice(review + "\nThe answer is (B).", MEDQA_OPTIONS) == "B"
+
+
+def test_think_less_output_is_all_answer_and_verifier_agrees() -> None:
+    from medsft_pipelines.curation.sample import Sample
+    from medsft_pipelines.curation.verify import ACCEPTED, verify
+    from medsft_pipelines.specs.curation import VerificationSpec
+
+    text = "To answer this, consider Iwanowsky (I) and Beijerinck (F).\nThe answer is I."
+    assert grade_response(text, "I", "choice", MMLU_PRO_OPTIONS).correct
+    sample = Sample(
+        id="q1",
+        source="test",
+        task_type="mcq",
+        modality="text",
+        question="Who first showed a filterable infectious agent?",
+        answer="I",
+        options=list(MMLU_PRO_OPTIONS.values()),
+    )
+    spec = VerificationSpec(require_think=False)
+    assert verify(sample, text, "option", spec).reason == ACCEPTED
