@@ -162,6 +162,16 @@ def test_report_files_are_written(evaluated) -> None:
             assert image.format == "PNG" and image.width > 300
     report = (out / "report.md").read_text()
     assert "pubmedqa" in report and "vqa-rad" in report and "Response length" in report
+    # Both models were generated here on the CPU: the report says so, per model.
+    stored = json.loads((out / "results.json").read_text())
+    assert set(stored["parallel"]) == set(stored["models"])
+    for label, layout in stored["parallel"].items():
+        assert (layout["backend"], layout["gpus"], layout["device_map"]) == (
+            "transformers",
+            0,
+            "cpu",
+        )
+        assert f"GPU layout of {label}: transformers on CPU." in report
     progress = json.loads((out / "progress.json").read_text())
     total = 2 * SEEDS * sum(ITEMS.values())
     assert (progress["step"], progress["total"]) == (total, total)

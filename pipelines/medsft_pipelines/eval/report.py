@@ -31,8 +31,10 @@ def build_results(
     benchmarks: Sequence[Benchmark],
     records: Mapping[str, Sequence[Record]],
     labels: Sequence[str],
+    layouts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The results document: per-benchmark scores per model, group means, deltas, unparsed ids."""
+    """The results document: per-benchmark scores per model, group means, deltas, unparsed ids,
+    and the GPU layout each model was generated with (absent when served from the cache)."""
     gen = config.spec.generation
     model, baseline = labels[0], (labels[1] if len(labels) > 1 else None)
     scores: dict[str, dict[str, BenchmarkScore]] = {}
@@ -98,6 +100,7 @@ def build_results(
         "groups": groups,
         "deltas": deltas,
         "unparsed": unparsed,
+        "parallel": {label: dict(layout) for label, layout in (layouts or {}).items()},
     }
 
 
@@ -145,6 +148,10 @@ def markdown(results: Mapping[str, Any]) -> str:
         + (f", baseline **{baseline}** `{results['models'][baseline]}`" if baseline else "")
         + f". {gen['seeds']} seed(s), temperature {gen['temperature']}, top-p {gen['topP']}, "
         f"up to {gen['maxNewTokens']} new tokens, mode {gen['mode']}, backend {gen['backend']}.",
+        *(
+            f"GPU layout of {label}: {layout['description']}."
+            for label, layout in results.get("parallel", {}).items()
+        ),
         "",
         "## Accuracy per benchmark (%)",
         "",
@@ -312,9 +319,11 @@ def write_report(
     benchmarks: Sequence[Benchmark],
     records: Mapping[str, Sequence[Record]],
     labels: Sequence[str],
+    *,
+    layouts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write plots, report.md, results.json, then summary.json last (its presence = done)."""
-    results = build_results(config, benchmarks, records, labels)
+    results = build_results(config, benchmarks, records, labels, layouts)
     out.put_bytes(ACCURACY_PLOT_KEY, plot_accuracy(results))
     out.put_bytes(LENGTH_PLOT_KEY, plot_response_length(results))
     out.put_bytes(REPORT_KEY, markdown(results).encode())

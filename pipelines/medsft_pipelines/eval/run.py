@@ -382,12 +382,19 @@ def evaluate(
     )
     tracker = Tracker(ProgressReporter(progress_store, "eval"), total)
     records: dict[str, list[Record]] = {}
+    layouts: dict[str, dict[str, Any]] = {}
     try:
         for model in models:
             template = template_for(gen.prompt_template, _model_type(model.path), model.fine_tuned)
             engine = functools.cache(functools.partial(engine_factory, str(model.path), gen))
             records[model.label] = run_model(model, engine, benchmarks, gen, template, out, tracker)
+            if engine.cache_info().currsize:  # loaded (not every pass came from the cache)
+                layout = getattr(engine(), "layout", None)
+                if layout is not None:
+                    layouts[model.label] = layout.as_dict()
+                    log.info("%s: %s", model.label, layout.describe())
             engine.cache_clear()  # free the model before loading the next one
     finally:
         tracker.close()
-    return write_report(out, config, benchmarks, records, [m.label for m in models])
+    labels = [m.label for m in models]
+    return write_report(out, config, benchmarks, records, labels, layouts=layouts)

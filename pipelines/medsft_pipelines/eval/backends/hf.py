@@ -1,4 +1,5 @@
-"""The transformers engine: batched, left-padded generation on CPU or one GPU."""
+"""The transformers engine: batched, left-padded generation on CPU, one GPU, or layers spread
+over several GPUs (``device_map="auto"``, see :mod:`.layout`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from .base import RawOutput, Request, Sampling
+from .layout import plan_layout
 
 # Tokens a model must never generate: a vision placeholder in the response would be taken for
 # an image slot when the response is fed back for a forced exit.
@@ -31,7 +33,9 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         self.batch_size = batch_size
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.layout = plan_layout("transformers", torch.cuda.device_count())
+        # Inputs go to the first GPU: with device_map="auto" the embeddings live there.
+        self.device = torch.device("cuda" if self.layout.gpus else "cpu")
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         config = json.loads((Path(model_dir) / "config.json").read_text())
         self.multimodal = "vision_config" in config
@@ -46,7 +50,11 @@ class TransformersEngine:
             self.processor = self.tokenizer
             model_cls = AutoModelForCausalLM
         self.tokenizer.padding_side = "left"
-        self.model = model_cls.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        if self.layout.device_map == "auto":
+            self.model = model_cls.from_pretrained(model_dir, dtype=dtype, device_map="auto")
+        else:
+            self.model = model_cls.from_pretrained(model_dir, dtype=dtype).to(self.device)
+        self.model.eval()
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id

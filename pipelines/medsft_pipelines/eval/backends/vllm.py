@@ -8,11 +8,13 @@ vLLM groups requests.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import RawOutput, Request, Sampling
+from .layout import head_counts, plan_layout
 
 _VISION_TOKENS = [
     "<|vision_start|>",
@@ -35,14 +37,19 @@ class VLLMEngine:
         max_images: int = 10,
     ) -> None:
         try:
+            import torch
             from vllm import LLM
         except ImportError as exc:  # the CPU image does not carry vLLM
             raise RuntimeError(
                 "backend 'vllm' needs the vllm package (GPU image); use 'transformers'"
             ) from exc
         self.batch_size = max(batch_size, 1024)
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        # Every GPU of the pod through tensor parallelism (see .layout for why not replicas).
+        self.layout = plan_layout("vllm", torch.cuda.device_count(), head_counts(config))
         self.llm = LLM(
             model=str(model_dir),
+            tensor_parallel_size=self.layout.tensor_parallel,
             limit_mm_per_prompt={"image": max_images},
             mm_processor_kwargs={"max_pixels": max_pixels},
             seed=0,
