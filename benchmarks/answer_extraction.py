@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import html
+import importlib.util
 import io
 import json
 import random
@@ -33,6 +34,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from medsft_pipelines.answers import extract_choice, option_map, split_think_answer
@@ -195,10 +197,18 @@ def load_corpora(folder: Path = DATA) -> dict[str, list[dict]]:
     }
 
 
-def ours(record: dict) -> str | None:
-    return extract_choice(
-        split_think_answer(record["response"]).answer, option_map(record["options"])
-    )
+def ours(record: dict, extractor: Callable[..., str | None] = extract_choice) -> str | None:
+    return extractor(split_think_answer(record["response"]).answer, option_map(record["options"]))
+
+
+def load_extractor(path: str) -> Callable[..., str | None]:
+    """``extract_choice`` of another answers.py (e.g. the one before a change, from git show)."""
+    spec = importlib.util.spec_from_file_location("answers_compared", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module.extract_choice
 
 
 def source_correct(record: dict) -> bool:
@@ -244,20 +254,28 @@ def measure(args: argparse.Namespace) -> None:
             corpora[f"lievin-{dataset}"] = lievin_records(Path(args.lievin), dataset)
     else:
         corpora = load_corpora(Path(args.data))
+    other = load_extractor(args.compare) if args.compare else None
     print(
         "| corpus | n | source acc | medsft acc | Δ | agreement | None source / medsft "
         "| medsft right, source wrong | source right, medsft None | source right, medsft other option |"
+        + (" compared extractor: acc / None |" if other else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if other else ""))
     for name, records in corpora.items():
         s = score(records)
         source_none = "n/a" if s["source_none"] != s["source_none"] else f"{s['source_none']:.1%}"
-        print(
+        row = (
             f"| {name} | {s['n']} | {s['source_acc']:.1%} | {s['ours_acc']:.1%} "
             f"| {100 * (s['ours_acc'] - s['source_acc']):+.1f} pt | {s['agreement']:.1%} "
             f"| {source_none} / {s['ours_none']:.1%} | {s['wins']} | {s['losses_abstained']} "
             f"| {s['losses_other_option']} |"
         )
+        if other:
+            preds = [ours(r, other) for r in records]
+            acc = sum(p == r["gold"] for p, r in zip(preds, records, strict=True)) / len(records)
+            none = sum(p is None for p in preds) / len(records)
+            row += f" {acc:.1%} / {none:.1%} |"
+        print(row)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--mmlu-pro")
     m.add_argument("--lievin")
     m.add_argument("--models", nargs="*", help="MMLU-Pro models for --full (default: vendored)")
+    m.add_argument("--compare", help="another answers.py whose extract_choice to score too")
     args = parser.parse_args(argv)
     {"build": build, "measure": measure}[args.command](args)
 

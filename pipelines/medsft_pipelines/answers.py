@@ -90,8 +90,8 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 # is wrong" all the time).
 _STATEMENT = re.compile(
     r"(?:^|[^a-z])(?:(?:final|correct|best|right|true|most\s+(?:likely|appropriate))\s+"
-    r"(?:answer|option|choice|response)|answer)(?:\s+(?:choice|option))?"
-    r"(?:\s*(?:[:=]|[\-\u2013](?=\s)|\bis\b|\bwould\s+be\b|\bshould\s+be\b|\bwill\s+be\b"
+    r"(?:answer|option|choice|response)s?|answers?)(?:\s+(?:choice|option)s?)?"
+    r"(?:\s*(?:[:=]|[\-\u2013](?=\s)|\bis\b|\bare\b|\bwould\s+be\b|\bshould\s+be\b|\bwill\s+be\b"
     r"|\bmust\s+be\b)(?:\s+(?:therefore|thus|hence|clearly|likely|most\s+likely|probably"
     r"|definitely))?(?:\s+to\s+be\b)?)+\s*",
     re.IGNORECASE,

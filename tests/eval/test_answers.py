@@ -316,6 +316,7 @@ def test_choice_patterns_of_real_models(answer: str, letter: str) -> None:
         "Therefore, among A through D, the answer is A, B, or C.",  # a hedge is no answer
         "Therefore, the correct options are (C) and (E). The answer is CE.",
         "The answer is either A or B.",
+        "The correct answers are A and B, as both fit; spontaneous remission is rare.",
         "Therefore, among A through D, the answer is none of the above.",
         "Therefore, among A through E, the answer is F.",  # not an option of this item
     ],
