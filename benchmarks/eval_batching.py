@@ -105,6 +105,7 @@ def main() -> None:
                 if torch.cuda.is_available()
                 else f"cpu x{torch.get_num_threads()}",
                 "machine": platform.processor() or platform.machine(),
+                "layout": engine.layout.describe() if hasattr(engine, "layout") else None,
                 "benchmark": args.benchmark,
                 "items": len(requests),
                 "max_new_tokens": args.max_new_tokens,
