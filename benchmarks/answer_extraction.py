@@ -8,8 +8,8 @@ Two subcommands:
                zips, the ``health`` category, a seeded sample of responses per model;
              * Liévin et al., "Can large language models reason about medical questions?"
                (vlievin/medical-reasoning, Apache-2.0): the published chain-of-thought samples
-               of Codex on MedMCQA and USMLE (MedQA), each marked correct/incorrect by the
-               paper's own answer extraction.
+               of Codex on MedMCQA, USMLE (MedQA) and PubMedQA, each marked correct/incorrect
+               by the paper's own answer extraction.
 ``measure``  score every corpus: accuracy vs gold of the source's extractor and of
              ``medsft_pipelines.answers.extract_choice``, their agreement, None rates, and
              where they differ (see benchmarks/README.md for the numbers).
@@ -56,6 +56,7 @@ MMLU_PRO_PER_MODEL = 200
 LIEVIN_FILES = {
     "medmcqa": "docs/samples/medmcqa-wo-context.html",
     "medqa": "docs/samples/usmle-valid.html",
+    "pubmedqa": "docs/samples/pubmedqa.html",  # posed as A) yes B) no C) maybe
 }
 LIEVIN_PER_DATASET = 400
 # MMLU-Pro's harness (evaluate_from_local.py) stops generation at this string; some published

@@ -63,7 +63,7 @@ def _commits_to_one_option(record: dict) -> bool:
 
 
 def test_the_corpus_is_vendored() -> None:
-    assert len(CORPORA) >= 8, "benchmarks/data/answer_extraction is missing corpora"
+    assert len(CORPORA) >= 9, "benchmarks/data/answer_extraction is missing corpora"
     for path in CORPORA:
         records = _records(path)
         assert len(records) >= 200
