@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/curation_minhash.py [--docs 20000] [--repeat 3]
 
-Documents: the real PubMedQA questions+abstracts and VQA-RAD questions (../shared/data),
+Documents: the real PubMedQA questions+abstracts and VQA-RAD questions (complete upstream files: public_data.py),
 replicated with random word edits (a realistic near-duplicate rate) up to ``--docs``. Both
 backends run through the same code path the merge uses (``dedup.near_duplicates``: sketch
 every document, then keep-first LSH queries verified by estimated Jaccard), with the spec's
@@ -16,12 +16,13 @@ import argparse
 import json
 import random
 import time
-from pathlib import Path
+
+from public_data import public_data
 
 from medsft_pipelines.curation.dedup import MinHasher, near_duplicates
 from medsft_pipelines.curation.text import shingles, words
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = public_data()
 
 
 def documents(n: int, seed: int = 0) -> list[str]:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/curation_throughput.py [--traces 4] [--no-image-cache]
 
 Input, the same for both: the real PubMedQA (1,000 questions with abstracts) and VQA-RAD
-(2,248 image questions over 315 images) files in ../shared/data, read in place, with
+(2,248 image questions over 315 images) files (complete upstream files: public_data.py), read in place, with
 ``--traces`` generated reasoning traces per question (lengths 40-1,500 words; one in four has
 a wrong final answer) standing in for the teacher. Both sides run the same steps with the same
 spec: map fields -> decode/resize/encode images -> image hashes -> 16-gram + near-paraphrase +
@@ -36,7 +36,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from public_data import public_data
+
+DATA = public_data()
 PUBLISHED_SAMPLES = 8_100_000
 CORES = 64
 FILLER = [

@@ -17,11 +17,12 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
+
+from public_data import public_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = public_data()
 
 
 def main() -> None:

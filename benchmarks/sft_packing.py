@@ -2,10 +2,10 @@
 
 Two length distributions:
 
-* ``real``: the real public samples in ``../shared/data`` rendered as curated rows (PubMedQA:
-  question + abstract, the human rationale as the trace; VQA-RAD: the full-size image resized
-  to the recipe's 262,144-pixel budget) and tokenised by the SFT encoder with the tiny
-  model's processor (chat template and image tokens included).
+* ``real``: the complete public PubMedQA and VQA-RAD files (``public_data.py``) rendered as
+  curated rows (PubMedQA: question + abstract, the human rationale as the trace; VQA-RAD: the
+  full-size image resized to the recipe's 262,144-pixel budget) and tokenised by the SFT
+  encoder with the tiny model's processor (chat template and image tokens included).
 * ``published``: lengths drawn to match the published mix (45.5 % image samples, mean trace
   ~840 tokens: long text traces from a reasoning teacher, short image traces), 100k samples.
 
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from public_data import public_data
 
 from medsft_pipelines.models import cached_tiny_model, load_processor
 from medsft_pipelines.sft.data import ExampleEncoder, first_fit_decreasing, group_micro_batches
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = public_data()
 MAX_PIXELS = 262_144
 SYSTEM = "You are a helpful medical assistant. Think step by step inside <think> </think> tags, then give the final answer."
 

@@ -1,6 +1,6 @@
 """The embedded default end to end: ``medsft run --local examples/quickstart.yaml``.
 
-Runs the real CLI in a subprocess — curation on the real PubMedQA sample, SFT of the tiny
+Runs the real CLI in a subprocess — curation on the vendored PubMedQA sample, SFT of the tiny
 model under torchrun with DeepSpeed on CPU (2 ranks), eval on PubMedQA and VQA-RAD — once
 on ``file://`` storage (what ``make demo`` does) and once against the real MinIO server.
 Scores are near chance (the model is random); the tests check that every stage produced
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.testbin import REPO_ROOT, shared_dir
+from harness.testbin import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -27,10 +27,10 @@ RUN_ROOT = "medsft/default/quickstart/g1"  # <bucket>/<namespace>/<run>/g<genera
 
 
 def run_quickstart(tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # The example's paths are relative to a checkout with ../shared beside it.
+    # The example's paths are relative to the repository root: run in a folder that has it.
     work = tmp_path / "checkout"
     work.mkdir()
-    (tmp_path / "shared").symlink_to(shared_dir())
+    (work / "examples").symlink_to(REPO_ROOT / "examples")
     medsft = Path(sys.executable).parent / "medsft"
     return subprocess.run(
         [str(medsft), "run", "--local", str(QUICKSTART)],
