@@ -11,10 +11,11 @@ Conventions
   ``</think>`` is the answer part. A think block that never closes has no answer (the eval's
   "forced exit" appends ``</think>`` and lets the model answer, which then splits normally).
 * Options are lettered ``A`` to ``J`` in order (MMLU-Pro has ten).
-* Extraction returns ``None`` when there is no answer *or several different answers*
-  (``Answer: A or C``, two different ``\\boxed{}``); ``None`` always grades as wrong.
 * Explicit answer statements ("Answer: X", "the answer is X", ``\\boxed{X}``) win over
-  heuristics on the free text; heuristics only apply when no statement parses.
+  heuristics on the free text; when a response states several (a model restating or
+  correcting itself), the *last* one that names an answer is its final answer.
+* Extraction returns ``None`` when there is no answer or the final statement names several
+  (``Answer: A or C``); ``None`` always grades as wrong.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -170,12 +171,6 @@ def answer_statements(answer_text: str) -> list[str]:
     correct answer"; trailing sentence punctuation is dropped.
     """
     return [value for _, value in _statement_spans(answer_text)]
-
-
-def _unique(values: Iterable[str | None]) -> str | None:
-    """The single distinct non-None value, else None (no answer or several answers)."""
-    distinct = {v for v in values if v is not None}
-    return distinct.pop() if len(distinct) == 1 else None
 
 
 def _first_line(text: str) -> str:
@@ -449,20 +444,21 @@ def _label_from_value(value: str, labels: Sequence[str]) -> str | None:
     longest = max(hits, key=len)
     if all(f" {h} " in f" {longest} " for h in hits):
         return by_norm[longest]
-    return None
+    return _AMBIGUOUS  # "yes or no": several labels
 
 
 def extract_label(answer_text: str, labels: Sequence[str]) -> str | None:
     """Which of ``labels`` the answer names (returned in its given spelling), or None.
 
-    Explicit statements first; else the first line of the answer part when it names exactly
-    one label. Labels contained in a longer matched label ("tumor" in "no tumor") do not count
-    as a second answer.
+    The last explicit statement that names a label decides (as for options); one naming
+    several ("yes or no") is no answer. Without statements, the first line of the answer part
+    when it names exactly one label. Labels contained in a longer matched label ("tumor" in
+    "no tumor") do not count as a second answer.
     """
-    statements = answer_statements(answer_text)
-    parsed = [_label_from_value(s, labels) for s in statements]
-    if any(p is not None for p in parsed):
-        return _unique(parsed)
+    for statement in reversed(answer_statements(answer_text)):
+        label = _label_from_value(statement, labels)
+        if label is not None:
+            return None if label == _AMBIGUOUS else label
     first = _first_line(answer_text)
     if not first:
         return None
@@ -473,7 +469,8 @@ def extract_label(answer_text: str, labels: Sequence[str]) -> str | None:
         candidate = " ".join(lead[:size])
         if candidate in by_norm:
             return by_norm[candidate]
-    return _label_from_value(first, labels) if len(first.split()) <= 12 else None
+    label = _label_from_value(first, labels) if len(first.split()) <= 12 else None
+    return None if label == _AMBIGUOUS else label
 
 
 def extract_yes_no(answer_text: str, *, allow_maybe: bool = True) -> str | None:
@@ -500,11 +497,11 @@ def parse_number(text: str) -> float | None:
 
 
 def extract_number(answer_text: str) -> float | None:
-    """The numeric answer: from explicit statements (all must agree), else the last number."""
-    parsed = [parse_number(s) for s in answer_statements(answer_text)]
-    if any(p is not None for p in parsed):
-        distinct = {p for p in parsed if p is not None}
-        return distinct.pop() if len(distinct) == 1 else None
+    """The numeric answer: the last explicit statement with a number, else the last number."""
+    for statement in reversed(answer_statements(answer_text)):
+        number = parse_number(statement)
+        if number is not None:
+            return number
     numbers = _NUMBER.findall(strip_markup(answer_text))
     return parse_number(numbers[-1]) if numbers else None
 
@@ -524,11 +521,10 @@ def match_numeric(
 
 
 def extract_open(answer_text: str) -> str | None:
-    """The free-text answer: the explicit statement (all must agree), else the first line."""
+    """The free-text answer: the last explicit statement, else the first line."""
     statements = [s for s in answer_statements(answer_text) if normalize_answer(s)]
     if statements:
-        agreed = _unique(normalize_answer(s) for s in statements)
-        return None if agreed is None else strip_markup(statements[-1])
+        return strip_markup(statements[-1])
     first = _first_line(answer_text)
     return first or None
 

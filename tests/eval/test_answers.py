@@ -172,6 +172,12 @@ def test_yes_no_maybe(answer: str, label: str | None) -> None:
     assert extract_yes_no(answer) == label
 
 
+def test_yes_no_last_statement_wins_and_to_answer_this_is_not_one() -> None:
+    text = "To answer this, weigh the trial.\nAnswer: no\n\nOn reflection, Final answer: yes"
+    assert extract_yes_no(text) == "yes"
+    assert extract_yes_no("Answer: maybe\nFinal answer: yes or no") is None
+
+
 def test_yes_no_without_maybe() -> None:
     assert extract_yes_no("Answer: maybe", allow_maybe=False) is None
 
@@ -198,7 +204,7 @@ def test_classification_labels() -> None:
         ("Answer: 3/4", 0.75),
         ("Answer: 45%", 45.0),
         ("So the dose is 2 mg/kg, giving 140 mg total", 140.0),  # last number without statement
-        ("Answer: 12\nAnswer: 14", None),
+        ("Answer: 12\nAnswer: 14", 14.0),  # the last statement is the final answer
         ("no number here", None),
     ],
 )
@@ -228,7 +234,7 @@ def test_normalize_and_token_f1() -> None:
 def test_open_answer_extraction_and_grade() -> None:
     assert extract_open("Answer: Ring-enhancing lesion") == "Ring-enhancing lesion"
     assert extract_open("Right upper lobe\nThe opacity is in the RUL.") == "Right upper lobe"
-    assert extract_open("Answer: CT\nAnswer: MRI") is None
+    assert extract_open("Answer: CT\nAnswer: MRI") == "MRI"
     assert extract_open("") is None
     exact = grade_answer("Answer: ring enhancing lesion", "Ring-enhancing lesion", "open")
     assert exact.correct and exact.score == 1.0
