@@ -206,10 +206,14 @@ _ARTICLE_OR_PRONOUN = re.compile(r"\s+[a-z]")
 _MARKED_LETTER = re.compile(
     r"^(?i:option|choice)?\s*(?:\((?P<paren>[A-J])\)|(?P<bare>[A-J])(?:[.:)](?=\s|$)|$))"
 )
+# "A or B", "(A), (B), or (C)", "either A or B", "a combination of (C, F, I)", and a run of
+# letters as the whole value ("CE", "(CH)"): several options, no answer. "E.fecalis" and
+# "B/L otitis" after "B, " are an option's text, not a second letter; "DNA polymerase" is
+# text, not the letters D, N, A.
 _SEVERAL_LETTERS = re.compile(
     r"^(?i:either|both|all\s+of|a\s+combination\s+of|options?|choices?)?\s*"
     r"(?:[\(\[]?[A-J][\)\]]?\s*(?:,|and|or|&|/|\+)\s*[\(\[]?[A-J](?=$|[\s,;)\]]|\.(?:\s|$))"
-    r"|\(?[A-J]{2,4}\)?(?:$|[\s.,;]))"
+    r"|\(?[A-J]{2,4}\)?\.?$)"
 )
 _MENTIONED_LETTER = re.compile(
     r"\((?P<paren>[A-J])\)|\b(?i:option|choice)\s+\(?(?P<named>[A-J])\b|^\s*(?P<lead>[A-J])[.):]\s",

@@ -336,6 +336,12 @@ def test_closing_sentence_settles_a_hedge_on_an_earlier_line() -> None:
     assert extract_choice(text, MEDQA_OPTIONS) == "B"
 
 
+def test_capitalised_option_text_is_not_a_run_of_letters() -> None:
+    options = ["DNA polymerase", "RNA polymerase", "Reverse transcriptase"]
+    assert extract_choice("The answer is DNA polymerase.", options) == "A"
+    assert extract_choice("The answer is (AC).", options) is None
+
+
 def test_single_letter_option_texts_do_not_shadow_letters() -> None:
     # MedMCQA combination items: options "a", "c", "bc", "ad".
     options = ["a", "c", "bc", "ad"]
