@@ -26,6 +26,8 @@ venv: $(STAMP)
 
 testbin:
 	bash hack/build-testbin.sh
+	bash hack/install-image-deps.sh
+	bash hack/build-images.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
