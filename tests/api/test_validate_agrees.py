@@ -14,6 +14,7 @@ import textwrap
 from dataclasses import dataclass
 
 import pytest
+from typer.testing import CliRunner
 
 from medsft_operator.api import kubeyaml
 from medsft_operator.cli import app
@@ -102,13 +103,16 @@ CASES = [
     Case("queueName upper-case", sft("scheduling: {queueName: TeamA}"), False),
     Case("valid queueName", sft("scheduling: {queueName: team-a-gpu}"), True),
     Case("nodeSelector value with spaces", sft("scheduling: {nodeSelector: {pool: a b}}"), False),
-    Case("nodeSelector key with spaces", sft("scheduling: {nodeSelector: {'my pool': a}}"), False),
     Case(
         "toleration value with slash",
         sft("scheduling: {tolerations: [{key: gpu, value: a/b}]}"),
         False,
     ),
-    Case("resource name with spaces", sft("resources: {limits: {'nvidia gpu': 1}}"), False),
+    Case(
+        "toleration key with spaces",
+        sft("scheduling: {tolerations: [{key: my gpu, operator: Exists}]}"),
+        False,
+    ),
     Case("invalid namespace", sft("nodes: 1", namespace="Team_A"), False),
     # Resources pods would refuse.
     Case("negative GPU limit", sft("resources: {limits: {nvidia.com/gpu: -1}}"), False),
@@ -136,10 +140,10 @@ def server_accepts(kube, namespace: str, text: str) -> tuple[bool, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_validate_and_the_apiserver_agree(kube, medsft_crds, namespace, cli, tmp_path, case):
+def test_validate_and_the_apiserver_agree(kube, medsft_crds, namespace, tmp_path, case):
     file = tmp_path / "case.yaml"
     file.write_text(case.text)
-    offline = cli.invoke(app, ["validate", str(file)])
+    offline = CliRunner().invoke(app, ["validate", str(file)])
     server_ok, server_says = server_accepts(kube, namespace, case.text)
 
     assert server_ok == case.accepted, server_says
