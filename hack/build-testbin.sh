@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real binaries the test-suite runs (etcd, kube-apiserver,
-# kube-controller-manager, kubectl, helm, minio) from their Go modules, once,
+# kube-controller-manager, kubectl, helm, minio, kube-score) from their Go modules, once,
 # into ~/.cache/medsft/testbin/<component>-<version>/. Re-running is a no-op when
 # every binary is already there. Nothing is written into the repository.
 #
@@ -132,7 +132,7 @@ go_install() { # go_install NAME MODULE/PKG VERSION OUTDIR [EXTRA_LDFLAGS]
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-want="${*:-etcd kubernetes helm minio}"
+want="${*:-etcd kubernetes helm minio kube-score}"
 for part in $want; do
   case "$part" in
     etcd) build_etcd ;;
@@ -140,6 +140,8 @@ for part in $want; do
     helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$cache/helm-$HELM_VERSION" \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     minio) go_install minio github.com/minio/minio "$MINIO_VERSION" "$cache/minio-$MINIO_VERSION" ;;
+    kube-score) go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" \
+      "$cache/kube-score-$KUBE_SCORE_VERSION" "-X main.version=$KUBE_SCORE_VERSION" ;;
     *) log "unknown part: $part"; exit 2 ;;
   esac
 done

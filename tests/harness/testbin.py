@@ -41,6 +41,7 @@ def _cached_location(name: str) -> Path:
         "kubectl": f"k8s-{v['K8S_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
         "minio": f"minio-{v['MINIO_VERSION']}",
+        "kube-score": f"kube-score-{v['KUBE_SCORE_VERSION']}",
     }[name]
     return cache_dir() / folder / name
 
