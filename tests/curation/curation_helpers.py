@@ -52,6 +52,8 @@ class TeacherServer:
     """``time.monotonic()`` of every request's arrival."""
     requests: int = 0
     """Completion requests answered with choices."""
+    samples_served: int = 0
+    """Choices returned over all those requests."""
     failures_served: int = 0
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
@@ -119,6 +121,7 @@ class TeacherServer:
             choices.append({"index": i, "message": message, "finish_reason": "stop"})
         with self._lock:
             self.requests += 1
+            self.samples_served += len(choices)
             self.prompts.append(text)
         tokens = sum(len(json.dumps(c["message"]).split()) for c in choices)
         return web.json_response(

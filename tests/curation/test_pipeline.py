@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,8 @@ def test_rejection_sampling_keeps_at_most_k_and_counts(one_worker) -> None:
     # The generated responses per question: 2 correct, 1 wrong, 1 unparseable — except the
     # "hard" question: 4 unparseable (see gold_responder).
     asked = mcq["generated"] // 4
-    assert mcq["generated"] == 4 * asked and asked == 38  # 41 rows - 2 planted - 1 exact copy
+    # 41 valid rows - 2 planted (decontaminated) - 1 exact and 1 near copy (never asked)
+    assert mcq["generated"] == 4 * asked and asked == 37
     assert mcq["accepted"] == 2 * (asked - 1)
     assert mcq["wrong_answer"] == asked - 1
     assert mcq["unparseable"] == (asked - 1) + 4
@@ -515,3 +517,135 @@ def test_rows_feed_the_sft_encoder(one_worker, tiny_model_dir: Path) -> None:
         example = encoder.encode(row)
         assert example is not None and example.length == row["n_tokens"]
         assert example.num_targets > 0
+
+
+# -- teacher budget -------------------------------------------------------------------------------
+
+
+def _long_question(rng: random.Random, n: int = 60) -> str:
+    return " ".join(f"w{rng.randrange(100_000)}" for _ in range(n))
+
+
+def budget_inputs(root: Path, shared: Path) -> dict[str, Any]:
+    """Two sources whose surviving questions the test knows without running anything:
+
+    * ``notes``: 20 unique questions + 3 exact copies + 2 near copies (one word changed) +
+      1 verbatim PubMedQA test question (decontaminated), capped at 10 questions;
+    * ``colours``: 6 red, 4 green, 2 blue, class-balanced to 2 of each.
+
+    So 16 questions can end up in the dataset; nothing else may reach the teacher.
+    """
+    rng = random.Random(7)
+    unique = [_long_question(rng) for _ in range(20)]
+    near = []
+    for q in unique[3:5]:
+        words_ = q.split()
+        words_[30] = "changed"
+        near.append(" ".join(words_))
+    pubmed = json.loads((shared / "pubmedqa/ori_pqal.json").read_text())
+    test_ids = list(json.loads((shared / "pubmedqa/test_ground_truth.json").read_text()))
+    target = pubmed[test_ids[0]]
+    planted = "\n".join([*target["CONTEXTS"], target["QUESTION"]])
+    notes = (
+        [{"id": f"u{i:02d}", "question": q, "answer": f"finding {i}"} for i, q in enumerate(unique)]
+        + [{"id": f"copy{i}", "question": unique[i], "answer": f"finding {i}"} for i in range(3)]
+        + [
+            {"id": f"near{i}", "question": q, "answer": f"finding {i + 3}"}
+            for i, q in enumerate(near)
+        ]
+        + [{"id": "planted", "question": planted, "answer": "yes"}]
+    )
+    labels = ["red"] * 6 + ["green"] * 4 + ["blue"] * 2
+    colours = [
+        {"id": f"c{i:02d}", "question": _long_question(rng, 20) + " which colour?", "label": label}
+        for i, label in enumerate(labels)
+    ]
+    for name, rows in (("notes", notes), ("colours", colours)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = {r["question"]: r["answer"] for r in notes} | {
+        r["question"]: r["label"] for r in colours
+    }
+    wrong = {q: "something else" for q in gold}
+    return {
+        "root": root,
+        "gold": gold,
+        "wrong": wrong,
+        "unique_notes": set(unique),
+        "never": {planted, *near},
+        "colours": {r["question"]: r["label"] for r in colours},
+    }
+
+
+def budget_config(
+    data: dict[str, Any], out: Path, teacher_url: str, shared: Path, processor: Path, workers: int
+) -> CurationJobConfig:
+    root = data["root"]
+    teacher = {"endpoint": teacher_url, "model": "teacher-x", "samplesPerQuestion": 4}
+    spec = {
+        "sources": [
+            {
+                "name": "notes",
+                "uri": f"file://{root / 'notes.jsonl'}",
+                "task": "open",
+                "maxSamples": 10,
+                "fields": {"options": None, "images": None},
+            },
+            {
+                "name": "colours",
+                "uri": f"file://{root / 'colours.jsonl'}",
+                "task": "classification",
+                "options": ["red", "green", "blue"],
+                "classBalance": True,
+                "fields": {"answer": "label", "images": None, "options": None},
+            },
+        ],
+        "teachers": {"text": teacher},
+        "lengths": {"maxTokens": 4096},
+        "processor": {"model": str(processor)},
+        "decontamination": {
+            "benchmarks": [{"name": "pubmedqa", "uri": f"file://{shared / 'pubmedqa'}"}]
+        },
+    }
+    return CurationJobConfig.model_validate(
+        {"run": {"name": "budget"}, "outputUri": f"file://{out}", "workers": workers, "spec": spec}
+    )
+
+
+def test_the_teacher_sees_only_questions_that_can_be_kept(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path, token_counter: TokenCounter
+) -> None:
+    data = budget_inputs(tmp_path, shared_data)
+    samples_per_question, surviving = 4, 10 + 3 * 2
+    outputs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        with TeacherServer(gold_responder(data["gold"], data["wrong"])) as server:
+            config = budget_config(
+                data, out, server.url, shared_data, tiny_model_dir, workers=workers
+            )
+            for index in range(workers):
+                run_worker(config, index, token_counter=token_counter, show_progress=False)
+            run_merge(config, show_progress=False)
+        # Every request asks for all samples of one question (n = samplesPerQuestion).
+        assert server.requests == surviving
+        assert server.samples_served == surviving * samples_per_question
+        asked = [q for q in data["gold"] if any(q in p for p in server.prompts)]
+        assert len(asked) == surviving and not set(asked) & data["never"]
+        assert len(set(asked) & data["unique_notes"]) == 10
+        assert Counter(data["colours"][q] for q in asked if q in data["colours"]) == {
+            "red": 2,
+            "green": 2,
+            "blue": 2,
+        }
+        report = json.loads((out / "report/report.json").read_text())
+        assert report["teacher_budget"] == {
+            "requests_made": surviving,
+            "samples_requested": surviving * samples_per_question,
+            "cache_hits": 0,
+            "questions_sent": surviving,
+            "questions_saved": 3 + 2 + 10 + 6,  # exact, near, over the cap, class balance
+            "samples_saved": (3 + 2 + 10 + 6) * samples_per_question,
+        }
+        assert "## Teacher budget" in (out / "report/report.md").read_text()
+        outputs[workers] = _rows(f"file://{out}")
+    assert outputs[1] == outputs[3] and outputs[1]  # N workers select what one does

@@ -498,7 +498,7 @@ def test_merge_selection_applies_weights_then_length_mixture() -> None:
     spec = {
         "sources": [
             {"name": "a", "uri": "file:///a.jsonl", "task": "open", "weight": 2.0},
-            {"name": "b", "uri": "file:///b.jsonl", "task": "open", "maxSamples": 10},
+            {"name": "b", "uri": "file:///b.jsonl", "task": "open", "weight": 0.5},
         ],
         "tracesFrom": {},
         "lengths": {
@@ -531,8 +531,9 @@ def test_merge_selection_applies_weights_then_length_mixture() -> None:
     counts: Counter[str] = Counter()
     selection = select_rows(config, questions, counts)
     kept = [copy_id(r, c) for r, cs in selection.items() for c in cs]
-    assert counts["removed/source_cap/b"] == 20  # 30 questions capped to 10
     assert counts["added/weight_repeat/a"] == 60  # weight 2: every row of a twice
+    # Weight 0.5 subsampled b's questions before the teacher: every row that came back stays.
+    assert "removed/weight/b" not in counts
     assert any(k.endswith("#r1") for k in kept)
     lengths = {
         q.question_id: dict(zip(q.trace_index, q.trace_tokens, strict=True)) for q in questions
@@ -540,3 +541,49 @@ def test_merge_selection_applies_weights_then_length_mixture() -> None:
     short = sum(1 for k in kept if lengths[k.split("#")[0]][int(k.split("#")[1])] <= 100)
     assert short * 2 == len(kept)  # the 50/50 length mixture holds exactly
     assert select_rows(config, list(reversed(questions)), Counter()) == selection
+
+
+def test_selection_before_the_teacher_dedups_balances_caps_and_subsamples() -> None:
+    from medsft_pipelines.curation.select import Candidate, select_questions
+    from medsft_pipelines.specs.curation import CurationSpec
+
+    spec = CurationSpec.model_validate(
+        {
+            "sources": [
+                {"name": "a", "uri": "file:///a.jsonl", "task": "open", "maxSamples": 5},
+                {
+                    "name": "b",
+                    "uri": "file:///b.jsonl",
+                    "task": "classification",
+                    "classBalance": True,
+                },
+                {"name": "c", "uri": "file:///c.jsonl", "task": "open", "weight": 0.25},
+            ],
+            "tracesFrom": {},
+        }
+    )
+    rng = random.Random(3)
+
+    def text() -> str:
+        return " ".join(f"t{rng.randrange(10**6)}" for _ in range(40))
+
+    a = [Candidate(0, i, f"a/{i}", "a", "x", f"ha{i}", text(), ()) for i in range(12)]
+    a.append(Candidate(0, 12, "a/copy", "a", "x", "ha3", a[3].prompt_text, ()))
+    labels = ["p"] * 5 + ["q"] * 3
+    b = [Candidate(1, i, f"b/{i}", "b", lab, f"hb{i}", text(), ()) for i, lab in enumerate(labels)]
+    c = [Candidate(2, i, f"c/{i}", "c", "x", f"hc{i}", text(), ()) for i in range(400)]
+    verdict = select_questions(spec, [*c, *b, *a])  # any order: canonical order inside
+
+    assert verdict[(0, 12)] == "duplicate_exact"  # the later copy goes, the first stays
+    assert sum(1 for k, v in verdict.items() if k[0] == 0 and v is None) == 5
+    assert Counter(v for k, v in verdict.items() if k[0] == 0) == {
+        None: 5,
+        "source_cap": 7,
+        "duplicate_exact": 1,
+    }
+    kept_b = Counter(x.answer for x in b if verdict[x.order] is None)
+    assert kept_b == {"p": 3, "q": 3}
+    kept_c = sum(1 for x in c if verdict[x.order] is None)
+    assert 70 <= kept_c <= 130  # weight 0.25 of 400, by rank: deterministic, not exact
+    assert all(verdict[x.order] in (None, "weight") for x in c)
+    assert select_questions(spec, [*a, *b, *c]) == verdict

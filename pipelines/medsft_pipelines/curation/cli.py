@@ -25,6 +25,10 @@ from .layout import resolve_worker_index
 
 log = logging.getLogger("medsft.curation")
 
+PEER_WAIT_ENV = "MEDSFT_CURATION_PEER_WAIT_S"
+DEFAULT_PEER_WAIT_S = 900.0
+"""How long a worker pod waits for its peers' scans before scanning their slices itself."""
+
 
 def run(config: CurationJobConfig, *, worker_index: int | None = None, merge: bool = False) -> None:
     """Do what the flags (or else the config's ``step``) say."""
@@ -37,7 +41,10 @@ def run(config: CurationJobConfig, *, worker_index: int | None = None, merge: bo
     elif (
         worker_index is not None or config.step == "work" or (config.step == "all" and indexed_job)
     ):
-        run_worker(config, resolve_worker_index(config, worker_index))
+        # Pods of an Indexed Job run side by side: wait a while for the peers' scans rather
+        # than scanning their slices too.
+        wait = float(os.environ.get(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S)) if indexed_job else 0.0
+        run_worker(config, resolve_worker_index(config, worker_index), peer_wait_s=wait)
     elif config.step == "merge":
         run_merge(config)
     else:  # "all": every worker in this process, then the merge

@@ -7,6 +7,7 @@ Under the job's output URI::
     report/report.{json,md} report/*.png  the report (written before the manifest)
     quarantine/<worker>.jsonl             bad input, by reason
     teacher-cache/xx/<sha256>.json        one object per finished teacher request
+    _scan/<worker>.json.gz                one slice's candidate questions (before the teacher)
     _work/<worker>/questions/...          per-worker question records (a small dataset)
     _work/<worker>/rows/sNNNNN/...        per-worker rows, one shard run per source
     _work/<worker>/manifest.json          the worker is done once this exists (written last)

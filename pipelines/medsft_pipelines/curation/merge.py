@@ -2,11 +2,11 @@
 
 1. every worker must have finished with the same spec hash (clear error otherwise);
 2. the error budget is checked over all input rows;
-3. question records of all workers, in canonical order (source, row):
-   exact dedup, then MinHash near-dedup — keep-first, across workers;
-4. per source: class balance (stratified) and the question cap;
-5. per row: source weight (subsample or repeat), then the length-bucket mixture;
-6. rows are streamed source by source (sources in parallel threads, each into its own shard
+3. question records of all workers, in canonical order (source, row); dedup, class
+   balance, caps and subsampling weights already chose these questions before the teacher
+   was called (:mod:`.select`);
+4. per row: a source weight above 1 repeats rows, then the length-bucket mixture;
+5. rows are streamed source by source (sources in parallel threads, each into its own shard
    run), worker by worker (canonical order, so N workers give the same dataset as one),
    filtered, and written as final shards; the report goes next to them; the manifest, which
    lists every source's shards in source order, is written last.
@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +43,7 @@ from medsft_pipelines.storage.shards import (
     write_manifest,
 )
 
-from .balance import capped, class_balanced, length_mixture, repeats
-from .dedup import DEFAULT_BACKEND, Backend, near_duplicates
+from .balance import length_mixture, repeats
 from .errors import CurationError
 from .layout import (
     QUARANTINE_PREFIX,
@@ -60,7 +59,6 @@ from .layout import (
 from .quarantine import ROW_REASONS, check_error_budget
 from .report import build_report, token_stats, write_report
 from .sample import ROW_SCHEMA
-from .text import shingles, words
 
 log = logging.getLogger("medsft.curation.merge")
 
@@ -117,80 +115,21 @@ def read_questions(out: ObjectStore, workers: int) -> list[Question]:
     return questions
 
 
-def dedup_questions(
-    questions: list[Question],
-    *,
-    exact: bool,
-    near: bool,
-    threshold: float,
-    num_perm: int,
-    shingle_size: int,
-    counts: Counter[str],
-    backend: Backend = DEFAULT_BACKEND,
-) -> list[Question]:
-    """Keep-first exact then near-duplicate removal, over *all* records (with or without rows),
-    exactly as the workers' in-slice exact dedup did, so the split into workers cannot matter."""
-    if exact:
-        seen: set[str] = set()
-        unique = []
-        for q in questions:
-            if q.question_hash in seen:
-                counts[key("removed", "duplicate_exact", q.source)] += 1
-            else:
-                seen.add(q.question_hash)
-                unique.append(q)
-        questions = unique
-    if near and questions:
-        tokens = [
-            shingles(words(q.prompt_text), shingle_size, salt="|".join(q.image_ids) + "|")
-            for q in questions
-        ]
-        dropped = near_duplicates(
-            [q.question_id for q in questions], tokens, threshold, num_perm, backend
-        )
-        for q in questions:
-            if q.question_id in dropped:
-                counts[key("removed", "near_duplicate", q.source)] += 1
-        questions = [q for q in questions if q.question_id not in dropped]
-    return questions
-
-
 def select_rows(
     config: CurationJobConfig, questions: list[Question], counts: Counter[str]
 ) -> dict[str, list[int]]:
-    """``{row id: kept copy numbers}`` after class balance, caps, weights and the length mixture."""
+    """``{row id: kept copy numbers}`` after weights above 1 and the length mixture (which
+    questions to keep at all was decided before the teacher: :mod:`.select`)."""
     spec = config.spec
-    with_rows = [q for q in questions if q.trace_index]
-    by_source: dict[str, list[Question]] = defaultdict(list)
-    for q in with_rows:
-        by_source[q.source].append(q)
-    selected: list[Question] = []
-    for source in spec.sources:
-        items = by_source.get(source.name, [])
-        ids = [q.question_id for q in items]
-        if source.class_balance:
-            keep = class_balanced(
-                {q.question_id: q.answer for q in items}, spec.seed, source.max_samples
-            )
-            reason = "class_balance"
-        else:
-            keep = capped(ids, source.max_samples, spec.seed, f"cap:{source.name}")
-            reason = "source_cap"
-        dropped = len(items) - len(keep)
-        if dropped:
-            counts[key("removed", reason, source.name)] += dropped
-        selected += [q for q in items if q.question_id in keep]
-
     weights = {s.name: s.weight for s in spec.sources}
     copies: dict[str, list[int]] = {}
     lengths: dict[str, int] = {}
-    for q in selected:
+    for q in sorted(questions, key=lambda q: (q.source_index, q.row_index)):
         for ti, trace_tokens in zip(q.trace_index, q.trace_tokens, strict=True):
             row_id = f"{q.question_id}#{ti}"
-            n = repeats(row_id, weights[q.source], spec.seed)
-            if n == 0:
-                counts[key("removed", "weight", q.source)] += 1
-            elif n > 1:
+            # A weight below 1 subsampled the questions already; above 1 it repeats rows.
+            n = repeats(row_id, weights[q.source], spec.seed) if weights[q.source] >= 1 else 1
+            if n > 1:
                 counts[key("added", "weight_repeat", q.source)] += n - 1
             copies[row_id] = list(range(n))
             for c in range(n):
@@ -241,7 +180,6 @@ def run_merge(
     settings: StorageSettings | None = None,
     scratch: Path | None = None,
     show_progress: bool = True,
-    backend: Backend = DEFAULT_BACKEND,
     merge_threads: int | None = None,
 ) -> Manifest:
     """Merge the workers' partial outputs into the final dataset; returns its manifest."""
@@ -285,17 +223,6 @@ def run_merge(
 
     questions = read_questions(out, config.workers)
     lap("read")
-    questions = dedup_questions(
-        questions,
-        exact=spec.dedup.exact,
-        near=spec.dedup.near_duplicate,
-        threshold=spec.dedup.minhash_threshold,
-        num_perm=spec.dedup.num_perm,
-        shingle_size=spec.dedup.shingle_size,
-        counts=counts,
-        backend=backend,
-    )
-    lap("dedup")
     selection = select_rows(config, questions, counts)
     lap("select")
     final_rows = sum(len(v) for v in selection.values())

@@ -75,6 +75,12 @@ class Quarantine:
             entry["response"] = _clip(response)
         self.entries.append(entry)
 
+    def absorb(self, entries: list[dict[str, Any]]) -> None:
+        """Take over entries recorded elsewhere (a slice's scan, maybe by another worker)."""
+        for entry in entries:
+            (self.rows if entry["reason"] in ROW_REASONS else self.traces)[entry["reason"]] += 1
+            self.entries.append(entry)
+
     @property
     def bad_rows(self) -> int:
         """Rows that count against the error budget."""

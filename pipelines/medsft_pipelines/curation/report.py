@@ -71,6 +71,23 @@ def _group(counts: Mapping[str, int], prefix: str) -> dict[str, Any]:
     return tree
 
 
+def teacher_budget(counts: Mapping[str, int]) -> dict[str, int]:
+    """Requests made and saved: every question dropped without needing a trace (dedup, class
+    balance, caps, weights) was dropped before the teacher, never sent."""
+
+    def total(prefix: str, suffix: str = "") -> int:
+        return sum(v for k, v in counts.items() if k.startswith(prefix) and k.endswith(suffix))
+
+    return {
+        "requests_made": total("teacher/", "/requests"),
+        "samples_requested": total("teacher/", "/samples"),
+        "cache_hits": total("teacher/", "/cache_hits"),
+        "questions_sent": total("teacher_sent/questions/"),
+        "questions_saved": total("teacher_saved/questions/"),
+        "samples_saved": total("teacher_saved/samples/"),
+    }
+
+
 def build_report(
     config: CurationJobConfig,
     counts: Counter[str],
@@ -143,6 +160,7 @@ def build_report(
         "quarantine_traces": _group(counts, "quarantine_trace"),
         "decontamination": _group(counts, "decontam"),
         "teacher": _group(counts, "teacher"),
+        "teacher_budget": teacher_budget(counts),
         "length_mixture_achieved_permille": _group(counts, "length_mixture").get(
             "achieved_permille", {}
         ),
@@ -199,6 +217,17 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"| {group} | {v['generated']:,} | {v['accepted']:,} | {v['wrong_answer']:,} | "
             f"{v['unparseable']:,} | {v['no_think']:,} | {rate} |"
         )
+    budget = report["teacher_budget"]
+    lines += [
+        "",
+        "## Teacher budget",
+        "",
+        f"{budget['questions_sent']:,} questions sent to the teacher: "
+        f"{budget['requests_made']:,} requests for {budget['samples_requested']:,} samples "
+        f"({budget['cache_hits']:,} requests answered from the cache). "
+        f"Saved: {budget['questions_saved']:,} questions ({budget['samples_saved']:,} samples) "
+        "dropped before the teacher by dedup, class balance, caps and weights.",
+    ]
     lines += ["", "## Removed by reason", "", "| reason | samples |", "| --- | ---: |"]
     lines += [f"| {r} | {n:,} |" for r, n in sorted(report["removed_by_reason"].items())]
     lines += [

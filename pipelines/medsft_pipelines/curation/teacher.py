@@ -148,6 +148,8 @@ class TeacherStats:
 
     requests: int = 0
     """Requests sent to the endpoint (cache misses)."""
+    samples: int = 0
+    """Samples (``n``) asked for in the requests sent."""
     cache_hits: int = 0
     """Requests answered from the cache."""
     failures: int = 0
@@ -236,6 +238,7 @@ class TeacherClient:
         async with semaphore:
             await limiter.wait()
             self.stats.requests += 1
+            self.stats.samples += body["n"]
             response = await self._client.chat.completions.create(**body)
         choices = [
             {

@@ -1,9 +1,16 @@
 """One curation worker: a deterministic slice of every source through the per-sample steps.
 
-Worker ``i`` of ``N`` takes rows ``[n*i/N, n*(i+1)/N)`` of every source and, batch by batch:
+Worker ``i`` of ``N`` takes rows ``[n*i/N, n*(i+1)/N)`` of every source, in two phases:
 
-    sources -> images -> decontam -> exact dedup (within the slice) -> teacher / imported traces
-    -> verify -> format -> lengths -> rows (per source) + question records
+1. **scan** (no teacher): sources -> images -> decontam -> candidate question records. Each
+   slice's scan is published under ``_scan/`` (a pure function of the spec and the slice:
+   whoever computes it gets the same); a worker scans its own slice, then reads its peers'
+   scans (waiting a bounded time for peers that are still reading, computing any slice whose
+   worker has not started or does not finish in time).
+2. **select** over all candidates (:mod:`.select`): dedup, class balance, caps, weights — the
+   same answer in every worker. Then, for the selected questions of its own slice only:
+   images -> teacher / imported traces -> verify -> format -> lengths -> rows (per source) +
+   question records. The teacher never sees a question that cannot end up in the dataset.
 
 The output is a small partial dataset under ``_work/<worker>/`` whose manifest is written last.
 Re-running a worker is idempotent: a finished worker with the same spec hash returns at once;
@@ -14,6 +21,7 @@ cache makes the rewrite free of API cost).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import logging
@@ -22,6 +30,7 @@ import tempfile
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -61,7 +70,16 @@ from .layout import (
 from .lengths import QuestionTokens, TokenCounter
 from .quarantine import Quarantine, check_error_budget
 from .sample import QUESTION_SCHEMA, ROW_SCHEMA, ProcessedImage, Sample
-from .sources import Fetcher, RawRow, SourceContext, SourceReader, describe_raw, to_sample
+from .select import Candidate, select_questions
+from .sources import (
+    Fetcher,
+    RawRow,
+    SourceContext,
+    SourceReader,
+    describe_raw,
+    to_sample,
+    worker_slice,
+)
 from .teacher import TeacherClient, resolve_api_key
 from .text import question_hash
 from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
@@ -69,8 +87,33 @@ from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
 log = logging.getLogger("medsft.curation.worker")
 
 PARTIAL_SHARD_BYTES = 64 * 1024 * 1024
-EARLY_BUDGET_CHECK_ROWS = 1000
-"""From this many rows read on, the error budget is checked after every batch (fail fast)."""
+SCAN_PREFIX = "_scan"
+PEER_POLL_S = 1.0
+
+
+@dataclass
+class SliceScan:
+    """What reading one slice found: candidates, counts and quarantine entries (no traces)."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    quarantine: Quarantine = field(default_factory=Quarantine)
+
+    def to_bytes(self, spec_hash: str) -> bytes:
+        data = {
+            "spec_hash": spec_hash,
+            "candidates": [c.to_json() for c in self.candidates],
+            "counts": dict(self.counts),
+            "quarantine": self.quarantine.entries,
+        }
+        return gzip.compress(json.dumps(data, default=str).encode(), mtime=0)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> tuple[str, SliceScan]:
+        data = json.loads(gzip.decompress(raw))
+        scan = cls([Candidate.from_json(c) for c in data["candidates"]], Counter(data["counts"]))
+        scan.quarantine.absorb(data["quarantine"])
+        return data["spec_hash"], scan
 
 
 def _batches(it: Iterable[tuple[int, RawRow]], size: int) -> Iterator[list[tuple[int, RawRow]]]:
@@ -124,6 +167,7 @@ class Worker:
         token_counter: TokenCounter | None = None,
         batch_size: int = 256,
         show_progress: bool = True,
+        peer_wait_s: float = 0.0,
     ) -> None:
         self.config = config
         self.spec = config.spec
@@ -143,11 +187,12 @@ class Worker:
         self.token_counter = token_counter
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.peer_wait_s = peer_wait_s
+        """How long to wait for peers' scans before scanning their slices too (Indexed Job)."""
         self.counts: Counter[str] = Counter()
         self.cpu_seconds: defaultdict[str, float] = defaultdict(float)
         """CPU seconds per step (process time: every thread counts), for the report."""
         self.quarantine = Quarantine()
-        self.seen: set[str] = set()
         self.bench: BenchmarkIndex | None = None
         self.teachers: dict[str, TeacherClient] = {}
         self.imported: dict[str, list[str]] | None = None
@@ -207,18 +252,25 @@ class Worker:
         )
         done = 0
         try:
+            own = self._scan(readers, self.index)
+            self.counts.update(own.counts)
+            self.quarantine.absorb(own.quarantine.entries)
+            self._check_budget()  # bad input fails the job before the teacher is paid
+            progress.update(step=0, total=total, counts=self._progress_counts(), phase="select")
+            t = time.process_time()
+            chosen = self._select(readers, own)
+            self._lap("select", t)
             for source_index, (reader, (start, stop)) in enumerate(
                 zip(readers, slices, strict=True)
             ):
                 ctx = SourceContext(reader.source, source_index)
                 for batch in _batches(reader.rows(start, stop), self.batch_size):
-                    await self._process_batch(ctx, batch)
+                    picked = [(i, raw) for i, raw in batch if (source_index, i) in chosen]
+                    await self._process_batch(ctx, picked)
                     done += len(batch)
                     bar.update(len(batch))
                     progress.update(step=done, total=total, counts=self._progress_counts())
-                    if done >= EARLY_BUDGET_CHECK_ROWS:
-                        self._check_budget()
-            self._check_budget()
+            self._check_budget()  # teacher failures count too
             self.cpu_seconds["finish"] -= time.process_time()  # _finish reports it
             manifest = self._finish()
             progress.update(
@@ -238,11 +290,94 @@ class Worker:
             for client in self.teachers.values():
                 await client.close()
 
-    def _slice(self, reader: SourceReader) -> tuple[int, int]:
-        from .sources import worker_slice
-
+    def _slice(self, reader: SourceReader, index: int | None = None) -> tuple[int, int]:
         n = reader.num_rows()
-        return worker_slice(n, self.index, self.config.workers)
+        return worker_slice(n, self.index if index is None else index, self.config.workers)
+
+    # -- scan and select ------------------------------------------------------------------------
+
+    def _scan_key(self, index: int) -> str:
+        return f"{SCAN_PREFIX}/{worker_name(index, self.config.workers)}.json.gz"
+
+    def _published_scan(self, index: int) -> SliceScan | None:
+        try:
+            spec_hash, scan = SliceScan.from_bytes(self.out.get_bytes(self._scan_key(index)))
+        except ObjectNotFound:
+            return None
+        return scan if spec_hash == self.spec_hash else None
+
+    def _scan_started(self, index: int) -> bool:
+        try:
+            return self.out.get_bytes(self._scan_key(index) + ".started") == self.spec_hash.encode()
+        except ObjectNotFound:
+            return False
+
+    def _scan(self, readers: list[SourceReader], index: int) -> SliceScan:
+        """Read slice ``index`` of every source into candidates (published for the peers)."""
+        t = time.process_time()
+        self.out.put_bytes(self._scan_key(index) + ".started", self.spec_hash.encode())
+        scan = SliceScan()
+        for source_index, reader in enumerate(readers):
+            ctx = SourceContext(reader.source, source_index)
+            start, stop = self._slice(reader, index)
+            for batch in _batches(reader.rows(start, stop), self.batch_size):
+                scan.counts[key("read", reader.source.name)] += len(batch)
+                samples = [s for i, raw in batch if (s := self._load(ctx, i, raw, scan))]
+                for sample in self._decontaminate(samples, scan.counts):
+                    scan.candidates.append(
+                        Candidate(
+                            source_index=source_index,
+                            row_index=sample.order[1],
+                            question_id=sample.id,
+                            source=sample.source,
+                            answer=sample.answer,
+                            question_hash=question_hash(
+                                sample.prompt_text(), self._image_ids(sample)
+                            ),
+                            prompt_text=sample.prompt_text(),
+                            image_ids=tuple(self._image_ids(sample)),
+                        )
+                    )
+        self.out.put_bytes(self._scan_key(index), scan.to_bytes(self.spec_hash))
+        self._lap("scan", t)
+        return scan
+
+    def _select(self, readers: list[SourceReader], own: SliceScan) -> set[tuple[int, int]]:
+        """The (source, row) of this slice's questions that go to the teacher; counts why the
+        others do not (each worker counts its own slice, so the merge's sum is exact)."""
+        scans = {self.index: own}
+        deadline = time.monotonic() + self.peer_wait_s
+        for index in range(self.config.workers):
+            if index in scans:
+                continue
+            scan = self._published_scan(index)
+            # Wait for a peer that is reading its slice; one that has not started (not
+            # scheduled yet, or workers run one after another) is not waited for.
+            while scan is None and self._scan_started(index) and time.monotonic() < deadline:
+                time.sleep(PEER_POLL_S)
+                scan = self._published_scan(index)
+            scans[index] = scan if scan is not None else self._scan(readers, index)
+        candidates = [c for i in sorted(scans) for c in scans[i].candidates]
+        verdict = select_questions(self.spec, candidates)
+        samples_per_question = {
+            modality: teacher.spec.samples_per_question
+            for modality, teacher in self.teachers.items()
+        }
+        modality = {i: s.modality for i, s in enumerate(self.spec.sources)}
+        chosen: set[tuple[int, int]] = set()
+        for c in own.candidates:
+            reason = verdict[c.order]
+            if reason is None:
+                chosen.add(c.order)
+                continue
+            self.counts[key("removed", reason, c.source)] += 1
+            if self.teachers:
+                spq = samples_per_question.get(
+                    modality[c.source_index]
+                ) or samples_per_question.get("image", 0)
+                self.counts[key("teacher_saved", "questions", c.source)] += 1
+                self.counts[key("teacher_saved", "samples", c.source)] += spq
+        return chosen
 
     def _setup_decontamination(self) -> None:
         deco = self.spec.decontamination
@@ -294,16 +429,20 @@ class Worker:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    async def _process_batch(self, ctx: SourceContext, batch: list[tuple[int, RawRow]]) -> None:
-        src = ctx.source.name
-        self.counts[key("read", src)] += len(batch)
+    async def _process_batch(
+        self,
+        ctx: SourceContext,
+        batch: list[tuple[int, RawRow]],
+    ) -> None:
+        """Selected rows of one batch: re-read (the scan counted them), then teacher onwards."""
         t = time.process_time()
-        samples = [s for row_index, raw in batch if (s := self._load(ctx, row_index, raw))]
+        counted = SliceScan()  # the scan already counted and quarantined these rows
+        samples = [s for row_index, raw in batch if (s := self._load(ctx, row_index, raw, counted))]
+        for sample in samples:
+            sample.question_hash = question_hash(sample.prompt_text(), self._image_ids(sample))
+            if self.teachers:
+                self.counts[key("teacher_sent", "questions", sample.source)] += 1
         t = self._lap("sources_images", t)
-        samples = self._decontaminate(samples)
-        t = self._lap("decontamination", t)
-        samples = self._dedup_exact(samples)
-        t = self._lap("dedup", t)
         responses = await self._responses(samples)
         t = self._lap("traces", t)
         rows_by_sample = self._verify_and_format(samples, responses)
@@ -316,14 +455,16 @@ class Worker:
         self.cpu_seconds[step] += now - start
         return now
 
-    def _load(self, ctx: SourceContext, row_index: int, raw: RawRow) -> Sample | None:
+    def _load(
+        self, ctx: SourceContext, row_index: int, raw: RawRow, into: SliceScan
+    ) -> Sample | None:
         src = ctx.source
         try:
             sample = to_sample(raw, ctx, row_index)
             sample.images = [self._image(ref, src) for ref in sample.image_refs]
         except BadInput as bad:
-            self.counts[key("quarantined", src.name, bad.reason)] += 1
-            self.quarantine.add(
+            into.counts[key("quarantined", src.name, bad.reason)] += 1
+            into.quarantine.add(
                 bad.reason,
                 source=src.name,
                 row_index=row_index,
@@ -332,7 +473,7 @@ class Worker:
             )
             return None
         if len(sample.images) > self.spec.images.max_images_per_sample:
-            self.counts[key("removed", "too_many_images", src.name)] += 1
+            into.counts[key("removed", "too_many_images", src.name)] += 1
             return None
         return sample
 
@@ -362,7 +503,7 @@ class Worker:
             return [im.sha256 for im in sample.images]
         return [im.file_sha256 for im in sample.images]
 
-    def _decontaminate(self, samples: list[Sample]) -> list[Sample]:
+    def _decontaminate(self, samples: list[Sample], counts: Counter[str]) -> list[Sample]:
         if self.bench is None or not samples:
             return samples
         hashes = [
@@ -379,22 +520,8 @@ class Worker:
             if hit is None:
                 kept.append(sample)
             else:
-                self.counts[key("decontam", hit.benchmark, hit.reason)] += 1
-                self.counts[key("removed", "decontamination", sample.source)] += 1
-        return kept
-
-    def _dedup_exact(self, samples: list[Sample]) -> list[Sample]:
-        # Exact duplicates within the slice are dropped before paying the teacher; the merge
-        # repeats the test across workers (keep-first in the same canonical order).
-        kept = []
-        for sample in samples:
-            qh = question_hash(sample.prompt_text(), self._image_ids(sample))
-            sample.question_hash = qh
-            if self.spec.dedup.exact and qh in self.seen:
-                self.counts[key("removed", "duplicate_exact", sample.source)] += 1
-                continue
-            self.seen.add(qh)
-            kept.append(sample)
+                counts[key("decontam", hit.benchmark, hit.reason)] += 1
+                counts[key("removed", "decontamination", sample.source)] += 1
         return kept
 
     async def _responses(self, samples: list[Sample]) -> list[list[str] | BadInput]:
@@ -611,6 +738,7 @@ class Worker:
             for c in self.teachers.values()
             for stat, value in (
                 ("requests", c.stats.requests),
+                ("samples", c.stats.samples),
                 ("cache_hits", c.stats.cache_hits),
                 ("failures", c.stats.failures),
                 ("completion_tokens", c.stats.completion_tokens),
@@ -658,6 +786,7 @@ def run_worker(
     scratch: Path | None = None,
     token_counter: TokenCounter | None = None,
     show_progress: bool = True,
+    peer_wait_s: float = 0.0,
 ) -> Manifest:
     """Run worker ``index`` of ``config.workers``; returns its partial manifest."""
     return Worker(
@@ -667,6 +796,7 @@ def run_worker(
         scratch=scratch,
         token_counter=token_counter,
         show_progress=show_progress,
+        peer_wait_s=peer_wait_s,
     ).run()
 
 
