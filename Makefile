@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 testbin:
+	bash hack/install-node-deps.sh
 	bash hack/build-testbin.sh
 	bash hack/install-image-deps.sh
 	bash hack/build-images.sh

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real binaries the test-suite runs (etcd, kube-apiserver,
-# kube-controller-manager, kubectl, helm, minio, kube-score) from their Go modules, once,
-# into ~/.cache/medsft/testbin/<component>-<version>/. Re-running is a no-op when
+# kube-controller-manager, kubectl, helm, minio, kube-score; for the test node: kubelet,
+# kube-scheduler, the pause sandbox, containerd + its runc shim + ctr, CoreDNS and
+# the Kubeflow training operator) from their Go modules, once, into
+# ~/.cache/medsft/testbin/<component>-<version>/. Re-running is a no-op when
 # every binary is already there. Nothing is written into the repository.
+# `hack/build-testbin.sh PART...` builds only those parts (see the end).
 #
 # KUBEBUILDER_ASSETS (the envtest convention) short-cuts the Kubernetes part:
 # when it holds etcd, kube-apiserver and kubectl they are used as they are.
@@ -39,33 +42,23 @@ with_ticker() {
   log "$what: built in $((SECONDS - start))s"
 }
 
-build_kubernetes() {
-  local out="$cache/k8s-$K8S_VERSION"
-  if have "$out" kube-apiserver kube-controller-manager kubectl; then
-    log "kubernetes $K8S_VERSION: cached in $out"; return
-  fi
-  # k8s.io/kubernetes replaces its staging modules with ./staging/..., so it cannot
-  # be `go install`ed. A throwaway module requires it and points each staging
-  # module at its published v0.x twin instead.
+# k8s.io/kubernetes replaces its staging modules with ./staging/..., so it cannot
+# be `go install`ed. A throwaway module requires it and points each staging
+# module at its published v0.x twin instead.
+prepare_k8s_module() { # prepare_k8s_module DIR CMD... : the module with tools.go importing the cmds
+  local mod="$1"; shift
   local staging="v0.${K8S_VERSION#v1.}"
-  local mod="$work/k8s-$K8S_VERSION"
   mkdir -p "$mod"
   log "kubernetes $K8S_VERSION: preparing module in $mod (staging modules at $staging)"
   (
     cd "$mod"
     rm -f go.mod go.sum
     go mod init medsft.local/testbin-k8s >/dev/null 2>&1
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for cmd in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+      printf ')\n'
+    } > tools.go
     go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
     local kmod
     kmod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
@@ -74,22 +67,115 @@ GO
       go mod edit -replace="$m=$m@$staging"
     done
     go mod tidy -e >/dev/null 2>&1 || true
-    with_ticker "go mod tidy (kubernetes)" go mod tidy
+    with_ticker "go mod tidy (kubernetes: $*)" go mod tidy
   )
+}
+
+k8s_ldflags() {
   local ver="${K8S_VERSION#v}"
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
     -X k8s.io/component-base/version.gitMajor=${ver%%.*} \
     -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$ver") \
     -X k8s.io/component-base/version.gitTreeState=clean \
     -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+}
+
+build_k8s() { # build_k8s OUTDIR CMD... : k8s.io/kubernetes/cmd/CMD binaries into OUTDIR
+  local out="$1"; shift
+  if have "$out" "$@"; then log "kubernetes $K8S_VERSION ($*): cached in $out"; return; fi
+  local mod="$work/$(basename "$out")"
+  prepare_k8s_module "$mod" "$@"
+  local pkgs=()
+  for cmd in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
   mkdir -p "$out.tmp"
   (
     cd "$mod"
-    with_ticker "kube-apiserver, kube-controller-manager, kubectl" \
-      go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
-        k8s.io/kubernetes/cmd/kube-apiserver \
-        k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl
+    with_ticker "$*" go build -trimpath -ldflags "$(k8s_ldflags)" -o "$out.tmp/" "${pkgs[@]}"
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_kubernetes() {
+  build_k8s "$cache/k8s-$K8S_VERSION" kube-apiserver kube-controller-manager kubectl
+}
+
+# The node: kubelet and kube-scheduler from the same release, in their own folder
+# so that a cached control plane stays valid.
+build_node() {
+  build_k8s "$cache/k8s-node-$K8S_VERSION" kubelet kube-scheduler
+  local out="$cache/pause-$K8S_VERSION"
+  if have "$out" pause; then log "pause $K8S_VERSION: cached in $out"; return; fi
+  # The pod sandbox's process: Kubernetes' own pause.c, linked statically so the
+  # sandbox image is a single file (no registry is reachable to pull one).
+  local src
+  src="$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
+  mkdir -p "$out.tmp"
+  gcc -Os -static -DVERSION="$K8S_VERSION" -o "$out.tmp/pause" "$src"
+  strip "$out.tmp/pause"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+# containerd's go.mod has `exclude` lines, which `go install pkg@version` refuses;
+# a wrapper module requiring it builds the same commands.
+build_containerd() {
+  local out="$cache/containerd-$CONTAINERD_VERSION"
+  if have "$out" containerd containerd-shim-runc-v2 ctr; then
+    log "containerd $CONTAINERD_VERSION: cached in $out"; return
+  fi
+  local mod="$work/containerd-$CONTAINERD_VERSION"
+  local m=github.com/containerd/containerd/v2
+  mkdir -p "$mod" "$out.tmp"
+  (
+    cd "$mod"
+    rm -f go.mod go.sum
+    go mod init medsft.local/testbin-containerd >/dev/null 2>&1
+    printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "%s/cmd/containerd"\n\t_ "%s/cmd/containerd-shim-runc-v2"\n\t_ "%s/cmd/ctr"\n)\n' \
+      "$m" "$m" "$m" > tools.go
+    go mod edit -require="$m@$CONTAINERD_VERSION"
+    with_ticker "go mod tidy (containerd)" go mod tidy
+    with_ticker "containerd, containerd-shim-runc-v2, ctr" \
+      go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+        -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION" -o "$out.tmp/" \
+        "$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2" "$m/cmd/ctr"
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+# CoreDNS with only the plugins the test node's Corefile uses (CoreDNS's documented way of
+# a custom build: a main that imports them and sets the directive order). `forward` is not
+# compiled in, so the node's DNS cannot ask any server outside it; it also builds in a
+# fraction of the time of the full plugin set.
+build_coredns() {
+  local out="$cache/coredns-$COREDNS_VERSION"
+  if have "$out" coredns; then log "coredns $COREDNS_VERSION: cached in $out"; return; fi
+  local mod="$work/coredns-$COREDNS_VERSION"
+  mkdir -p "$mod" "$out.tmp"
+  (
+    cd "$mod"
+    rm -f go.mod go.sum
+    go mod init medsft.local/testbin-coredns >/dev/null 2>&1
+    cat > main.go <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+// The order of plugin.cfg, restricted to the plugins imported above.
+func init() { dnsserver.Directives = []string{"bind", "ready", "errors", "kubernetes"} }
+
+func main() { coremain.Run() }
+GO
+    go mod edit -require="github.com/coredns/coredns@$COREDNS_VERSION"
+    with_ticker "go mod tidy (coredns)" go mod tidy
+    with_ticker "coredns $COREDNS_VERSION (bind, ready, errors, kubernetes)" \
+      go build -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .
   )
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
@@ -132,7 +218,7 @@ go_install() { # go_install NAME MODULE/PKG VERSION OUTDIR [EXTRA_LDFLAGS]
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-want="${*:-etcd kubernetes helm minio kube-score}"
+want="${*:-etcd kubernetes helm minio kube-score node containerd coredns training-operator}"
 for part in $want; do
   case "$part" in
     etcd) build_etcd ;;
@@ -142,6 +228,12 @@ for part in $want; do
     minio) go_install minio github.com/minio/minio "$MINIO_VERSION" "$cache/minio-$MINIO_VERSION" ;;
     kube-score) go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" \
       "$cache/kube-score-$KUBE_SCORE_VERSION" "-X main.version=$KUBE_SCORE_VERSION" ;;
+    node) build_node ;;
+    containerd) build_containerd ;;
+    coredns) build_coredns ;;
+    training-operator) go_install training-operator.v1 \
+      github.com/kubeflow/training-operator/cmd/training-operator.v1 \
+      "$TRAINING_OPERATOR_VERSION" "$cache/training-operator-$TRAINING_OPERATOR_VERSION" ;;
     *) log "unknown part: $part"; exit 2 ;;
   esac
 done

@@ -26,13 +26,28 @@ CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-
 
 
 class ControlPlane:
-    def __init__(self, root: Path | None = None) -> None:
+    """``host``/``node_authorization``/``controllers`` are what a real node needs
+    (tests/harness/node.py): an apiserver its pods can reach on the node's bridge address,
+    kubelets authorized as nodes (``Node`` authorizer + ``NodeRestriction``), and the
+    controllers that pods depend on (Jobs, EndpointSlices behind headless DNS, ...)."""
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        node_authorization: bool = False,
+        controllers: str = CONTROLLERS,
+    ) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="medsft-kube-"))
         self._owns_root = root is None
         self.procs: dict[str, subprocess.Popen] = {}
+        self.host = host
+        self.node_authorization = node_authorization
+        self.controllers = controllers
         self.etcd_port = processes.free_port()
-        self.port = processes.free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.port = processes.free_port(host)
+        self.server = f"https://{host}:{self.port}"
         self.kubeconfig = self.root / "admin.kubeconfig"
         self.kubectl_path = binary("kubectl")
 
@@ -90,24 +105,44 @@ class ControlPlane:
         pki = PKI(self.root / "pki")
         self.pki = pki
         serving_cert, serving_key = pki.issue(
-            "apiserver", common_name="kube-apiserver", server=True
+            "apiserver", common_name="kube-apiserver", server=True, ips=(self.host,)
         )
         admin_cert, admin_key = pki.issue("admin", common_name="admin", org="system:masters")
+        self.admin_cert, self.admin_key = admin_cert, admin_key
         sa_key, sa_pub = pki.service_account_keys()
-        self._write_kubeconfig(self.kubeconfig, admin_cert, admin_key)
+        self.sa_key = sa_key
+        self.write_kubeconfig(self.kubeconfig, admin_cert, admin_key)
         log = self.root / "kube-apiserver.log"
+        node_flags: list[str] = []
+        authorization = "RBAC"
+        if self.node_authorization:
+            authorization = "Node,RBAC"
+            # The apiserver's client identity towards kubelets (logs, exec).
+            kubelet_cert, kubelet_key = pki.issue(
+                "apiserver-kubelet-client", common_name="kube-apiserver", org="system:masters"
+            )
+            node_flags = [
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_cert}",
+                f"--kubelet-client-key={kubelet_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+                # Webhooks and aggregated APIs by their Service's endpoints: a node without
+                # kube-proxy has no ClusterIP routing.
+                "--enable-aggregator-routing=true",
+            ]
         self.procs["kube-apiserver"] = proc = processes.start(
             [
                 binary("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.port}",
                 f"--cert-dir={self.root / 'certs'}",
                 f"--tls-cert-file={serving_cert}",
                 f"--tls-private-key-file={serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
-                "--authorization-mode=RBAC",
+                f"--authorization-mode={authorization}",
+                *node_flags,
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
@@ -137,7 +172,9 @@ class ControlPlane:
             [
                 binary("kube-controller-manager"),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--controllers={CONTROLLERS}",
+                f"--controllers={self.controllers}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                f"--service-account-private-key-file={self.sa_key}",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={processes.free_port()}",
@@ -166,7 +203,7 @@ class ControlPlane:
         ctx.load_cert_chain(str(cert), str(key))
         return ctx
 
-    def _write_kubeconfig(self, path: Path, cert: Path, key: Path) -> None:
+    def write_kubeconfig(self, path: Path, cert: Path, key: Path) -> None:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -188,6 +225,16 @@ class ControlPlane:
             "current-context": "medsft-test",
         }
         path.write_text(yaml.safe_dump(doc))
+
+    def apply_crds(self, files: list[Path]) -> list[str]:
+        """Applies CRD files and waits until they are served."""
+        names = []
+        for path in files:
+            # Server-side apply: some CRDs are larger than the client-side annotation limit.
+            out = self.kubectl("apply", "--server-side", "-f", str(path), "-o", "name")
+            names += out.stdout.split()
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        return names
 
     def api_client(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))

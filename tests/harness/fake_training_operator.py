@@ -1,8 +1,12 @@
 """A small stand-in for the Kubeflow training operator, for tests only.
 
-There are no GPUs and no kubelet here, so nothing can really run a PyTorchJob's
-pods. This controller plays the part the real training operator plays in the
-API: it watches PyTorchJobs (by polling the real apiserver) and moves
+Where a PyTorchJob must really run, tests use the real training operator on the
+harness's node (tests/harness/node.py: tests/node, tests/e2e/test_cluster_*.py).
+This stand-in stays for the operator tests that must put a PyTorchJob into a state
+of their choosing, at once and on cue (Failed, Restarting, Running held for as long
+as the test needs, several at a time), which real pods cannot be steered into
+without minutes of training each. It plays the real operator's part in the API:
+it watches PyTorchJobs (by polling the real apiserver) and moves
 ``.status.conditions`` through Created -> Running -> Succeeded, with the same
 condition types, reasons and replicaStatuses the real one writes, through the
 status subresource. Tests steer it with annotations on the PyTorchJob:

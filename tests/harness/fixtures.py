@@ -6,8 +6,10 @@ never starts one — and always stopped, also when tests fail.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from kubernetes import client
 from .controlplane import ControlPlane
 from .fake_training_operator import FakeTrainingOperator
 from .minio_server import MinioServer
+from .node import Node, kubeflow_crd_files
 from .testbin import REPO_ROOT, binary, shared_dir
 
 
@@ -33,11 +36,13 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         plane.stop()
 
 
-@pytest.fixture
-def namespace(kube: ControlPlane) -> Iterator[str]:
-    core = client.CoreV1Api(kube.api_client())
+@contextmanager
+def _namespace(api: client.ApiClient, labels: dict[str, str] | None = None) -> Iterator[str]:
+    core = client.CoreV1Api(api)
     name = unique("t")
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
     yield name
     try:
         core.delete_namespace(name)
@@ -46,20 +51,16 @@ def namespace(kube: ControlPlane) -> Iterator[str]:
             raise
 
 
+@pytest.fixture
+def namespace(kube: ControlPlane) -> Iterator[str]:
+    with _namespace(kube.api_client()) as name:
+        yield name
+
+
 @pytest.fixture(scope="session")
 def kubeflow_crds(kube: ControlPlane) -> list[str]:
     """Installs the upstream Kubeflow CRDs (PyTorchJob v1 and Trainer v2), unmodified."""
-    folder = shared_dir() / "third_party" / "kubeflow"
-    files = sorted(folder.glob("*.kubeflow.org_*.yaml")) + sorted(
-        folder.glob("kubeflow.org_*.yaml")
-    )
-    names = []
-    for path in files:
-        # Server-side apply: these CRDs are larger than the client-side annotation limit.
-        out = kube.kubectl("apply", "--server-side", "-f", str(path), "-o", "name")
-        names += out.stdout.split()
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    return names
+    return kube.apply_crds(kubeflow_crd_files())
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +96,29 @@ def minio_bucket(minio: MinioServer) -> str:
     name = unique("t")
     minio.client().make_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A real single-node cluster with its own control plane, MinIO on the node's bridge,
+    CoreDNS and the real training operator (tests/harness/node.py). Needs root; one per
+    machine, so a second test session waits for the first to finish with it."""
+    if os.geteuid() != 0:
+        pytest.fail("the node tests run a kubelet and containerd, which need root")
+    real = Node(tmp_path_factory.mktemp("node")).start()
+    try:
+        yield real
+    finally:
+        real.stop()
+
+
+@pytest.fixture
+def node_namespace(node: Node) -> Iterator[str]:
+    """A namespace on the node's cluster that enforces the ``restricted`` Pod Security
+    profile, as a security-conscious cluster would for training workloads."""
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    with _namespace(node.api_client(), restricted) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

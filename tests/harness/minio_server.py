@@ -1,4 +1,5 @@
-"""A real MinIO server on 127.0.0.1, stoppable and restartable mid-test."""
+"""A real MinIO server on 127.0.0.1 (or on the test node's bridge address, where pods
+reach it), stoppable and restartable mid-test."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from .testbin import binary
 
 
 class MinioServer:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, host: str = "127.0.0.1") -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="medsft-minio-"))
         self._owns_root = root is None
         self.data_dir = self.root / "data"
         self.log = self.root / "minio.log"
-        self.port = processes.free_port()
-        self.console_port = processes.free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
+        self.host = host
+        self.port = processes.free_port(host)
+        self.console_port = processes.free_port(host)
+        self.endpoint = f"{host}:{self.port}"
         self.url = f"http://{self.endpoint}"
         self.access_key = "medsft-test"
         self.secret_key = secrets.token_hex(16)
@@ -43,8 +45,8 @@ class MinioServer:
                 binary("minio"),
                 "server",
                 self.data_dir,
-                f"--address=127.0.0.1:{self.port}",
-                f"--console-address=127.0.0.1:{self.console_port}",
+                f"--address={self.endpoint}",
+                f"--console-address={self.host}:{self.console_port}",
                 "--quiet",
             ],
             self.log,

@@ -67,6 +67,7 @@ class PKI:
         common_name: str,
         org: str | None = None,
         server: bool = False,
+        ips: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
         key = _key()
         now = dt.datetime.now(dt.UTC)
@@ -93,6 +94,7 @@ class PKI:
                         x509.DNSName("localhost"),
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
                     ]
                 ),
                 critical=False,

@@ -42,6 +42,13 @@ def _cached_location(name: str) -> Path:
         "helm": f"helm-{v['HELM_VERSION']}",
         "minio": f"minio-{v['MINIO_VERSION']}",
         "kube-score": f"kube-score-{v['KUBE_SCORE_VERSION']}",
+        "kubelet": f"k8s-node-{v['K8S_VERSION']}",
+        "kube-scheduler": f"k8s-node-{v['K8S_VERSION']}",
+        "containerd": f"containerd-{v['CONTAINERD_VERSION']}",
+        "containerd-shim-runc-v2": f"containerd-{v['CONTAINERD_VERSION']}",
+        "ctr": f"containerd-{v['CONTAINERD_VERSION']}",
+        "coredns": f"coredns-{v['COREDNS_VERSION']}",
+        "training-operator.v1": f"training-operator-{v['TRAINING_OPERATOR_VERSION']}",
     }[name]
     return cache_dir() / folder / name
 

@@ -1,8 +1,10 @@
 """Helpers of the operator tests: the operator as a real process, the cluster objects, and
 stand-ins for what cannot run here.
 
-There is no kubelet and no GPU in the test cluster, so no pod ever runs. What the pods
-would do is played by the test, with the real components: a Job's outcome is written
+These tests check the operator's decisions, stage by stage and under faults, with no pod
+running (the same run on a real node with real pods is tests/e2e/test_cluster_*.py): what
+the pods would do is played by the test, with the real components, so that each state is
+reached at once and on cue: a Job's outcome is written
 through the real apiserver's status subresource (as the Job controller would), the
 PyTorchJob is moved by the harness's fake training operator (steered by its annotations),
 and the artifacts a stage writes (dataset manifest, progress, checkpoints, model export,
