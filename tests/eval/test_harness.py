@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from eval.eval_fixtures import PUBMEDQA, VQA_RAD, WRITERS
 from PIL import Image
+from safetensors import safe_open
 
-from medsft_pipelines.answers import grade_response
+from medsft_pipelines.answers import grade_response, normalize_answer
 from medsft_pipelines.eval import BenchmarkFileMissing
 from medsft_pipelines.eval.run import evaluate
 from medsft_pipelines.specs.jobconfig import EvalJobConfig, dump_job_config, parse_job_config
@@ -372,3 +375,57 @@ def test_eval_job_against_minio(minio, minio_bucket, tiny_model, tmp_path, monke
     assert out.get_bytes("plots/response_length.png")[:4] == b"\x89PNG"
     progress = read_progress(out)
     assert progress is not None and progress["step"] == progress["total"] == 3
+
+
+def _generations(out: Path, label: str, name: str) -> list[dict]:
+    return [
+        json.loads(line)
+        for seed in range(SEEDS)
+        for line in (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines()
+    ]
+
+
+def test_report_sets_the_baseline_beside_the_model_with_the_label_prior(
+    evaluated, tiny_model: Path, tiny_baseline: Path
+) -> None:
+    """Format adherence, the label prior and the models' sizes, recomputed from the raw
+    generations, the gold files and the weights."""
+    _, results, out = evaluated
+    golds = gold_items()
+    for row in results["benchmarks"]:
+        name = row["name"]
+        parseable = {}
+        for label in ("model", "base"):
+            rows = _generations(out, label, name)
+            parseable[label] = statistics.fmean(r["prediction"] is not None for r in rows)
+            assert row["parseable"][label] == pytest.approx(parseable[label])
+            answers = Counter(
+                r["prediction"].strip().upper()
+                if r["kind"] == "choice"
+                else normalize_answer(r["prediction"])
+                for r in rows
+                if r["prediction"]
+            )
+            top = row["top_prediction"][label]
+            if not answers:
+                assert top is None
+            else:
+                most = answers.most_common(1)[0][1]
+                assert answers[top["answer"]] == most
+                assert top["share"] == pytest.approx(most / len(rows))
+        assert row["parseable_delta"] == pytest.approx(parseable["model"] - parseable["base"])
+        ids = {r["id"] for r in _generations(out, "model", name)}
+        gold = Counter(golds[name][i][0] for i in ids)
+        assert row["majority_label"]["accuracy"] == pytest.approx(
+            gold.most_common(1)[0][1] / len(ids)
+        )
+
+    def weights(model: Path) -> int:
+        with safe_open(str(model / "model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+
+    assert results["parameters"] == {"model": weights(tiny_model), "base": weights(tiny_baseline)}
+    report = (out / "report.md").read_text()
+    assert "## base vs model" in report and "How to read these numbers" in report
+    # Both are ~0.45M-parameter models: the report says what such numbers can and cannot mean.
+    assert "test-sized models (at most 0.45M parameters" in report

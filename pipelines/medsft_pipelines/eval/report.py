@@ -7,11 +7,16 @@ recomputed from ``generations/`` alone.
 from __future__ import annotations
 
 import io
+import json
+import struct
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from medsft_pipelines.answers import normalize_answer
 from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore
 
@@ -24,6 +29,47 @@ SUMMARY_KEY = "summary.json"
 ACCURACY_PLOT_KEY = "plots/accuracy.png"
 LENGTH_PLOT_KEY = "plots/response_length.png"
 FAMILY_ORDER = [Family.TEXT, Family.MM_REASONING, Family.CLASSIFICATION]
+TINY_MODEL_PARAMETERS = 10_000_000
+"""Below this many parameters a model is a test model (the smallest real LLMs are ~100x larger)."""
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameters of a Hugging Face model folder, from its safetensors headers (no weights
+    are read); None when it has no safetensors files."""
+    total, found = 0, False
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= dim
+                total += count
+        found = True
+    return total if found else None
+
+
+def _answer_key(kind: str, answer: str) -> str:
+    # Option letters as given ("A"); open answers normalised, so "Yes." and "yes" agree.
+    return answer.strip().upper() if kind == "choice" else normalize_answer(answer)
+
+
+def majority_label(benchmark: Benchmark) -> dict[str, Any]:
+    """The most frequent gold answer and the accuracy of always giving it (the label prior)."""
+    counts = Counter(_answer_key(item.kind.value, item.answer) for item in benchmark.items)
+    answer, count = counts.most_common(1)[0]
+    return {"answer": answer, "accuracy": count / len(benchmark.items)}
+
+
+def top_prediction(records: Sequence[Record]) -> dict[str, Any] | None:
+    """The most frequent parsed answer and its share of all generations (None: none parsed)."""
+    counts = Counter(_answer_key(r.kind, str(r.prediction)) for r in records if r.prediction)
+    if not counts:
+        return None
+    answer, count = counts.most_common(1)[0]
+    return {"answer": answer, "share": count / len(records)}
 
 
 def build_results(
@@ -32,9 +78,11 @@ def build_results(
     records: Mapping[str, Sequence[Record]],
     labels: Sequence[str],
     layouts: Mapping[str, Mapping[str, Any]] | None = None,
+    parameters: Mapping[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """The results document: per-benchmark scores per model, group means, deltas, unparsed ids,
-    and the GPU layout each model was generated with (absent when served from the cache)."""
+    the GPU layout each model was generated with (absent when served from the cache),
+    answer-format adherence (parseable share), the label prior and the models' sizes."""
     gen = config.spec.generation
     model, baseline = labels[0], (labels[1] if len(labels) > 1 else None)
     scores: dict[str, dict[str, BenchmarkScore]] = {}
@@ -62,6 +110,8 @@ def build_results(
     }
     rows = []
     for b in benchmarks:
+        by_bench = {label: group_records(records[label])[b.name] for label in labels}
+        parseable = {label: 1.0 - scores[label][b.name].unparsed_rate for label in labels}
         rows.append(
             {
                 "name": b.name,
@@ -73,6 +123,10 @@ def build_results(
                 "delta": (accuracy[model][b.name] - accuracy[baseline][b.name])
                 if baseline
                 else None,
+                "parseable": parseable,
+                "parseable_delta": (parseable[model] - parseable[baseline]) if baseline else None,
+                "majority_label": majority_label(b),
+                "top_prediction": {label: top_prediction(by_bench[label]) for label in labels},
             }
         )
     deltas = None
@@ -95,6 +149,7 @@ def build_results(
             **({baseline: config.baseline_uri} if baseline else {}),
         },
         "baseline": baseline,
+        "parameters": {label: (parameters or {}).get(label) for label in labels},
         "generation": gen.to_wire(),
         "benchmarks": rows,
         "groups": groups,
@@ -153,6 +208,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             for label, layout in results.get("parallel", {}).items()
         ),
         "",
+        *comparison_markdown(results),
         "## Accuracy per benchmark (%)",
         "",
         "| benchmark | family | dist | items | accuracy (mean ± std) |"
@@ -227,6 +283,75 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _size(parameters: int | None) -> str:
+    if parameters is None:
+        return "size unknown"
+    if parameters >= 1e9:
+        return f"{parameters / 1e9:.1f}B parameters"
+    return f"{parameters / 1e6:.2g}M parameters"
+
+
+def comparison_markdown(results: Mapping[str, Any]) -> list[str]:
+    """Answer format and accuracy per benchmark, the baseline (if any) beside the model under
+    test, against the label prior; then how to read the numbers."""
+    model, baseline = next(iter(results["models"])), results["baseline"]
+    parameters = results.get("parameters") or {}
+    labels = [baseline, model] if baseline else [model]
+    sizes = " and ".join(f"**{label}** ({_size(parameters.get(label))})" for label in labels)
+    lines = [
+        f"## {baseline} vs {model}" if baseline else "## Answers and accuracy",
+        "",
+        (
+            f"Both evaluated with the same prompts, decoding settings and seeds: {sizes}. "
+            f"Δ is {model} minus {baseline}, in percentage points."
+            if baseline
+            else f"Model {sizes}."
+        ),
+        "",
+    ]
+    header = ["benchmark", "items"]
+    for metric in ("parseable answers", "accuracy"):
+        header += [f"{metric}: {labels[0]}", *labels[1:]] + (["Δ"] if baseline else [])
+    header += ["majority label", f"{model}'s most frequent answer"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results["benchmarks"]:
+        prior, top = row["majority_label"], row["top_prediction"][model]
+        cells = [row["name"], str(row["items"])]
+        cells += [_pct(row["parseable"][label]) for label in labels]
+        if baseline:
+            cells.append(f"{100 * row['parseable_delta']:+.1f}")
+        cells += [_pct(row["scores"][label]["accuracy"]) for label in labels]
+        if baseline:
+            cells.append(f"{100 * row['delta']:+.1f}")
+        cells += [
+            f"{_pct(prior['accuracy'])} (always `{prior['answer']}`)",
+            "none parsed" if top is None else f"`{top['answer']}` in {_pct(top['share'])}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [
+        "How to read these numbers:",
+        "",
+        "- **Parseable answers**: the share of responses with a final answer in the requested "
+        "format (`Answer: <letter>`, `The answer is <letter>`, ...). An unparseable response is "
+        "graded wrong, so this bounds accuracy; it is the first thing fine-tuning teaches.",
+        "- **Accuracy**: the share graded correct, mean over seeds (± the std over seeds).",
+        "- **Majority label**: the accuracy of always giving the most frequent correct answer of "
+        "the benchmark slice. Accuracy near it, with one answer given most of the time, means the "
+        "model learned the label prior (which answer is most common), not the task.",
+    ]
+    known = [p for p in parameters.values() if p is not None]
+    if known and max(known) < TINY_MODEL_PARAMETERS:
+        lines.append(
+            f"- These are test-sized models (at most {_size(max(known))}; real ones have "
+            "billions). At this size, fine-tuning teaches the answer format and the label prior, "
+            "not medicine: the numbers show that the pipeline trains and measures end to end, "
+            "not medical ability."
+        )
+    lines.append("")
+    return lines
 
 
 def _ordered(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -321,9 +446,10 @@ def write_report(
     labels: Sequence[str],
     *,
     layouts: Mapping[str, Mapping[str, Any]] | None = None,
+    parameters: Mapping[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """Write plots, report.md, results.json, then summary.json last (its presence = done)."""
-    results = build_results(config, benchmarks, records, labels, layouts)
+    results = build_results(config, benchmarks, records, labels, layouts, parameters)
     out.put_bytes(ACCURACY_PLOT_KEY, plot_accuracy(results))
     out.put_bytes(LENGTH_PLOT_KEY, plot_response_length(results))
     out.put_bytes(REPORT_KEY, markdown(results).encode())

@@ -39,7 +39,7 @@ from .items import BenchItem, Benchmark
 from .metrics import Record
 from .prompting import PromptTemplate, build_messages, generation_prefix, template_for
 from .registry import load_benchmark
-from .report import write_report
+from .report import count_parameters, write_report
 
 log = logging.getLogger(__name__)
 
@@ -397,4 +397,7 @@ def evaluate(
     finally:
         tracker.close()
     labels = [m.label for m in models]
-    return write_report(out, config, benchmarks, records, labels, layouts=layouts)
+    parameters = {m.label: count_parameters(m.path) for m in models}
+    return write_report(
+        out, config, benchmarks, records, labels, layouts=layouts, parameters=parameters
+    )
