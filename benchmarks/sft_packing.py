@@ -52,8 +52,14 @@ def _resize(data: bytes) -> bytes:
 
 def real_lengths(shared: Path) -> list[int]:
     """Token lengths of the real samples, measured by the SFT encoder."""
+    return [n for lengths in real_lengths_by_source(shared).values() for n in lengths]
+
+
+def real_lengths_by_source(shared: Path) -> dict[str, list[int]]:
+    """Token lengths of the real samples, per source."""
     encoder = ExampleEncoder(load_processor(cached_tiny_model()), max_seq_length=10**6)
-    lengths = []
+    lengths: list[int] = []
+    by_source = {"pubmedqa": lengths}
     pubmedqa = json.loads((shared / "pubmedqa" / "ori_pqal.json").read_text())
     for pmid, item in pubmedqa.items():
         question = (
@@ -68,6 +74,7 @@ def real_lengths(shared: Path) -> list[int]:
             },
         ]
         lengths.append(encoder.encode({"id": pmid, "images": [], "messages": messages}).length)
+    lengths = by_source["vqa-rad"] = []
     images: dict[str, bytes] = {}
     for item in json.loads((shared / "vqa-rad" / "VQA_RAD_Dataset_Public.json").read_text()):
         name = item["image_name"]
@@ -84,7 +91,7 @@ def real_lengths(shared: Path) -> list[int]:
         ]
         row = {"id": item["qid"], "images": [images[name]], "messages": messages}
         lengths.append(encoder.encode(row).length)
-    return lengths
+    return by_source
 
 
 def published_lengths(n: int, seed: int = 0) -> list[int]:

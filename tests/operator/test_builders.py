@@ -218,14 +218,14 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
             },
         ),
         attempt=1,
-        resume_from="s3://medsft/ckpt/step-000000010",
     )
     spec = job["spec"]
     assert spec["nprocPerNode"] == "8"
     assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
     assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    # One retry budget: the operator's attempts (backoffLimit 5); the PyTorchJob restarts nothing.
     assert spec["runPolicy"] == {
-        "backoffLimit": 5,
+        "backoffLimit": 0,
         "suspend": True,
         "schedulingPolicy": {"minAvailable": 4, "priorityClass": "high"},
     }
@@ -236,9 +236,9 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
     assert container["name"] == "pytorch"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert container["command"][:3] == ["torchrun", "--no-python", "medsft-train"]
-    assert {"name": "MEDSFT_RESUME_FROM", "value": "s3://medsft/ckpt/step-000000010"} in container[
-        "env"
-    ]
+    assert {"name": "MEDSFT_ATTEMPT", "value": "1"} in container["env"]
+    assert all(r["restartPolicy"] == "Never" for r in spec["pytorchReplicaSpecs"].values())
+    assert pod["restartPolicy"] == "Never"
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
     assert pod["nodeSelector"] == {"gpu": "h100"} and pod["priorityClassName"] == "high"
     assert pod["tolerations"] == [

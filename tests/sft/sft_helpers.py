@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ from PIL import Image
 
 from medsft_pipelines.specs.jobconfig import SFTJobConfig, dump_job_config
 from medsft_pipelines.storage import ObjectStore
-from medsft_pipelines.storage.shards import ShardWriter
+from medsft_pipelines.storage.shards import Manifest, ShardWriter, write_manifest
 
 SYSTEM = (
     "You are a helpful medical assistant. Think step by step inside <think> </think> tags, "
@@ -51,25 +52,7 @@ def curated_rows(
 ) -> list[dict]:
     """Rows in the curated shard format: PubMedQA (text, the human rationale as the trace) and
     VQA-RAD (image; a short templated trace), images downsized like curation does."""
-    rows: list[dict[str, Any]] = []
-    pubmedqa = json.loads((shared_data / "pubmedqa" / "ori_pqal.json").read_text())
-    for pmid, item in list(pubmedqa.items())[:n_text]:
-        trace = item["LONG_ANSWER"].split(". ")[0]
-        rows.append(
-            {
-                "id": f"pubmedqa-{pmid}",
-                "source": "pubmedqa",
-                "task_type": "mcq",
-                "modality": "text",
-                "images": [],
-                "question": item["QUESTION"],
-                "options": ["yes", "no", "maybe"],
-                "answer": item["final_decision"],
-                "messages": _conversation(
-                    item["QUESTION"] + " Options: yes, no, maybe", trace, item["final_decision"]
-                ),
-            }
-        )
+    rows = pubmedqa_rows(shared_data, n_text)
     vqa = json.loads((shared_data / "vqa-rad" / "VQA_RAD_Dataset_Public.json").read_text())
     for item in vqa[:n_image]:
         with Image.open(shared_data / "vqa-rad" / "images" / item["image_name"]) as im:
@@ -94,6 +77,48 @@ def curated_rows(
             }
         )
     return rows
+
+
+def pubmedqa_rows(
+    shared_data: Path, n: int, skip: int = 0, context: bool = False
+) -> list[dict[str, Any]]:
+    """PubMedQA in the curated format, the human rationale as the trace; with ``context``,
+    the abstract leads the question (a longer kind of sample, another source)."""
+    pubmedqa = json.loads((shared_data / "pubmedqa" / "ori_pqal.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for pmid, item in list(pubmedqa.items())[skip : skip + n]:
+        question = item["QUESTION"] + " Options: yes, no, maybe"
+        if context:
+            question = " ".join(item["CONTEXTS"])[:500] + "\n\n" + question
+        rows.append(
+            {
+                "id": f"pubmedqa-{'ctx-' if context else ''}{pmid}",
+                "source": "pubmedqa-context" if context else "pubmedqa",
+                "task_type": "mcq",
+                "modality": "text",
+                "images": [],
+                "question": item["QUESTION"],
+                "options": ["yes", "no", "maybe"],
+                "answer": item["final_decision"],
+                "messages": _conversation(
+                    question, item["LONG_ANSWER"].split(". ")[0], item["final_decision"]
+                ),
+            }
+        )
+    return rows
+
+
+def write_sources(store: ObjectStore, sources: list[list[dict]], target_shard_bytes: int) -> None:
+    """One folder of shards per source, listed by one manifest: what the curation merge writes."""
+    parts = []
+    for index, rows in enumerate(sources):
+        writer = ShardWriter(
+            store, ROW_SCHEMA, target_shard_bytes=target_shard_bytes, row_group_bytes=2048,
+            shard_prefix=f"shards/s{index:05d}/",
+        )  # fmt: skip
+        writer.write(rows)
+        parts.append(writer.close(publish=False))
+    write_manifest(store, Manifest.combine(parts))
 
 
 def write_dataset(store: ObjectStore, rows: list[dict], target_shard_bytes: int = 8 * 1024) -> None:
@@ -178,3 +203,65 @@ def run_training(
         torchrun_cmd(config_path, nproc), env=train_env(env), cwd=REPO,
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+class PausableProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real server that can stop relaying: one
+    node's network to storage going quiet (what a slow or partitioned node looks like)."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.relaying = threading.Event()
+        self.relaying.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                self.relaying.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def pause(self) -> None:
+        self.relaying.clear()
+
+    def resume(self) -> None:
+        self.relaying.set()
+
+    def close(self) -> None:
+        self.relaying.set()
+        self.server.close()
+
+
+def torchrun_node_cmd(config_path: Path, node: int, nodes: int, port: int) -> list[str]:
+    """One node of a multi-node job on this machine (one process; static rendezvous)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", "1", "--nnodes", str(nodes), "--node_rank", str(node),
+        "--master_addr", "127.0.0.1", "--master_port", str(port),
+        "-m", "medsft_pipelines.sft.recipe", "--config", str(config_path),
+    ]  # fmt: skip

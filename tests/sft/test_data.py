@@ -17,7 +17,6 @@ from medsft_pipelines.models import load_processor
 from medsft_pipelines.sft.data import (
     IGNORE_INDEX,
     BatchPlan,
-    DataPosition,
     ExampleEncoder,
     MicroBatchStream,
     collate,
@@ -206,24 +205,69 @@ def test_packing_gives_the_same_loss_with_less_padding(any_tiny_model: Path, row
     assert packed.real_tokens == padded.real_tokens
 
 
-def test_stream_resumes_at_any_batch_exactly(processor, rows) -> None:
+def test_stream_follows_the_plan_and_resumes_at_any_batch_exactly(processor, rows) -> None:
     def source(epoch: int, start: int):
         order = list(range(len(rows)))
         random.Random(epoch).shuffle(order)
         return (rows[i] for i in order[start:])
 
-    plan = BatchPlan(micro_batch_size=2, max_seq_length=400, chunk_samples=7)
-    stream = MicroBatchStream(source, ExampleEncoder(processor, 400), plan, seed=3)
-    full = list(stream.iter_epoch(DataPosition(epoch=1)))
+    measure = ExampleEncoder(processor, 190)
+    lengths = [measure.token_length(r) for r in rows]
+
+    def rank_lengths(epoch: int) -> list[int]:
+        order = list(range(len(rows)))
+        random.Random(epoch).shuffle(order)
+        return [lengths[i] for i in order]
+
+    plan = BatchPlan(micro_batch_size=2, max_seq_length=190, chunk_samples=7)
+    stream = MicroBatchStream(source, ExampleEncoder(processor, 190), plan, 3, rank_lengths)
+    full = list(stream.iter_epoch(1))
+    assert len(full) == stream.epoch_plan(1).micro_batches
     ids = [b.sample_ids for b in full]
-    assert sorted(i for b in ids for i in b) == sorted(r["id"] for r in rows)  # each once
+    kept = sorted(r["id"] for r, n in zip(rows, lengths, strict=True) if n <= 190)
+    assert any(n > 190 for n in lengths)  # over-long samples are left out, as planned
+    assert sorted(i for b in ids for i in b) == kept  # each once
+    assert stream.encoder.stats.overlong_dropped == len(rows) - len(kept)
     for k in range(1, len(full)):
-        encoder = ExampleEncoder(processor, 400)
+        encoder = ExampleEncoder(processor, 190)
         encoder.stats = full[k - 1].resume_stats.copy()
-        resumed = MicroBatchStream(source, encoder, plan, seed=3)
-        rest = list(resumed.iter_epoch(full[k - 1].next_position))
+        resumed = MicroBatchStream(source, encoder, plan, 3, rank_lengths)
+        rest = list(resumed.iter_epoch(1, k))
         assert [b.sample_ids for b in rest] == ids[k:], k
         # The encoder counters continue as if never interrupted.
         assert encoder.stats == stream.encoder.stats
-    other_epoch = [b.sample_ids for b in stream.iter_epoch(DataPosition(epoch=2))]
+    other_epoch = [b.sample_ids for b in stream.iter_epoch(2)]
     assert other_epoch != ids
+
+
+def test_lengths_other_than_the_trainers_are_refused(processor, rows) -> None:
+    """A length table measured with another processor would silently break the plan."""
+    off = [ExampleEncoder(processor, 10**6).token_length(r) + 1 for r in rows]
+    plan = BatchPlan(micro_batch_size=2, max_seq_length=10**6)
+    stream = MicroBatchStream(
+        lambda e, s: rows[s:], ExampleEncoder(processor, 10**6), plan, 0, lambda e: off
+    )
+    with pytest.raises(ValueError, match="another processor"):
+        list(stream.iter_epoch(0))
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 2])
+@pytest.mark.parametrize("flatten", [False, True])
+def test_changing_one_packed_sample_changes_no_other_samples_logits(
+    tiny_model_dir: Path, rows, micro_batch_size: int, flatten: bool
+) -> None:
+    """Rows of a micro-batch (SDPA's block-diagonal mask), or the micro-batch flattened into
+    one row (the flash-attention layout): samples stay isolated.
+    The same probe under flash-attention on a GPU: benchmarks/sft_packing_isolation.py."""
+    from medsft_pipelines.sft.isolation import isolation_probe
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = load_processor(tiny_model_dir)
+    encoder = ExampleEncoder(processor, 4096)
+    examples = [encoder.encode(r) for r in rows[:5] + rows[-2:]]
+    replacement = encoder.encode(rows[6])
+    args = (model, examples, replacement, micro_batch_size, processor.tokenizer.pad_token_id)
+    rope = model.model.get_rope_index
+    others, own = isolation_probe(*args, rope, flatten=flatten, pixels=encoder.pixels)
+    assert own > 1e-2  # the probe sees a change where there is one ...
+    assert others < 1e-5, others  # ... and none anywhere else

@@ -3,10 +3,12 @@ real MinIO: overfitting, kill + exact resume, ZeRO-3, the Hugging Face export, t
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,17 @@ import psutil
 import pytest
 import torch
 from sft.sft_helpers import (
+    PausableProxy,
     curated_rows,
     job_config,
+    pubmedqa_rows,
     run_training,
     torchrun_cmd,
+    torchrun_node_cmd,
     train_env,
     write_config,
     write_dataset,
+    write_sources,
 )
 from transformers import AutoModelForImageTextToText
 
@@ -56,9 +62,9 @@ class Setup:
         config = job_config(
             name=name,
             output_uri=f"s3://{self.bucket}/runs/{name}",
-            manifest_uri=self.manifest_uri,
+            manifest_uri=overrides.pop("manifest_uri", self.manifest_uri),
             model_uri=self.model_uri,
-            storage=self.storage,
+            storage=overrides.pop("storage", self.storage),
             training=training,
             checkpointing=checkpointing,
             **overrides,
@@ -88,6 +94,14 @@ def setup(minio, shared_data: Path, tiny_model_dir: Path, tmp_path_factory) -> S
     for path in sorted(tiny_model_dir.iterdir()):
         models.upload_file(path, path.name)
     write_dataset(open_store(f"s3://{bucket}/data", settings), curated_rows(shared_data), 4096)
+    # Three sources of different sizes and lengths, one shard folder each (as curation
+    # writes them), 37 samples: no batch size divides it.
+    rows = curated_rows(shared_data, n_text=20, n_image=10)
+    write_sources(
+        open_store(f"s3://{bucket}/mixed", settings),
+        [rows[:20], rows[20:], pubmedqa_rows(shared_data, 7, skip=20, context=True)],
+        3000,
+    )
     tmp = tmp_path_factory.mktemp("sft-e2e")
     return Setup(
         bucket=bucket,
@@ -175,6 +189,24 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     for victim in victims:
         victim.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def _kill_after_a_checkpoint(
+    config: Path, nproc: int, env: dict[str, str], ckpts: CheckpointStore
+) -> None:
+    """Start the job and SIGKILL it as soon as a checkpoint is complete."""
+    proc = subprocess.Popen(
+        torchrun_cmd(config, nproc), env=train_env(env), cwd=Path(__file__).parents[2],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        while not ckpts.steps():
+            assert proc.poll() is None, "the job ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 900 s"
+            time.sleep(0.05)
+    finally:
+        _kill_tree(proc)
 
 
 def test_killed_job_resumes_at_the_same_step_batch_and_loss(
@@ -286,3 +318,241 @@ def test_qwen3_vl_trains_and_exports(setup: Setup, tiny_qwen3_dir: Path) -> None
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # frozen
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # trained
     assert type(load_processor(local)).__name__ == "ImageOnlyQwen3VLProcessor"
+
+
+# == the default recipe, small ===================================================================
+
+# The paper's defaults but sizes: epochs (no maxSteps), packing, length grouping, ZeRO-3 with
+# gradient checkpointing, 2 ranks, 3 mixed sources, keepLast 1.
+DEFAULT_RECIPE = {
+    "maxSteps": None,
+    "epochs": 2,
+    "maxSeqLength": 640,
+    "microBatchSize": 2,
+    "globalBatchSize": 4,
+    "packing": True,
+    "lengthGrouping": True,
+    "gradientCheckpointing": True,
+    "logEverySteps": 1,
+}
+
+
+def _default_recipe(setup: Setup, name: str) -> Path:
+    return setup.config(
+        name,
+        manifest_uri=f"s3://{setup.bucket}/mixed/manifest.json",
+        training=DEFAULT_RECIPE,
+        deepspeed={"zeroStage": 3},
+        checkpointing={"everySteps": 3, "keepLast": 1},
+    )
+
+
+def _mixed_ids(setup: Setup) -> list[str]:
+    from medsft_pipelines.storage.shards import DatasetReader
+
+    reader = DatasetReader(setup.store("mixed"), columns=["id"])
+    return [s["id"] for s in reader.iter_samples(0, 0)]
+
+
+def _times_seen(records: dict[int, dict]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for record in records.values():
+        for rank_ids in record["sample_ids"]:
+            for sample in rank_ids:
+                seen[sample] = seen.get(sample, 0) + 1
+    return seen
+
+
+@pytest.fixture(scope="module")
+def default_recipe(setup: Setup) -> tuple[dict[int, dict], dict]:
+    """The default recipe, small, uninterrupted."""
+    run_env = {**setup.env, "MEDSFT_METRICS_SAMPLE_IDS": "1"}
+    result = run_training(_default_recipe(setup, "defaults"), nproc=2, env=run_env)
+    assert result.returncode == 0, result.stderr[-6000:]
+    out = setup.store("runs/defaults")
+    return _by_step(out), out.get_json(SUMMARY)
+
+
+def test_epochs_are_exact_the_schedule_ends_and_batches_are_what_the_docs_say(
+    setup: Setup, default_recipe: tuple[dict[int, dict], dict]
+) -> None:
+    records, summary = default_recipe
+    # The run took exactly the planned steps and every sample exactly `epochs` times.
+    assert summary["steps"] == summary["total_steps_planned"] == sum(summary["steps_per_epoch"])
+    assert summary["epochs_completed"] == 2
+    assert sorted(records) == list(range(1, summary["steps"] + 1))
+    assert _times_seen(records) == dict.fromkeys(_mixed_ids(setup), 2)
+    assert summary["counts"]["overlong_dropped"] == 0
+    # The cosine schedule ran to its end: the last step used its last value before zero.
+    total = summary["total_steps_planned"]
+    warmup = math.ceil(0.1 * total)
+    last = 3e-3 * 0.5 * (1 + math.cos(math.pi * (total - 1 - warmup) / (total - warmup)))
+    assert records[total]["lr"] == pytest.approx(last, rel=1e-6)
+    assert summary["final_lr"] == pytest.approx(0.0, abs=1e-12)
+    # globalBatchSize counts packed rows: 4 per step, fewer only in an epoch's last step;
+    # samples and tokens per step are recorded with them.
+    ends = set(accumulate(summary["steps_per_epoch"]))
+    for step, record in records.items():
+        ids = [i for rank_ids in record["sample_ids"] for i in rank_ids]
+        assert record["samples"] == len(ids) > record["rows"], step  # packed: several a row
+        assert record["rows"] == 4 or (step in ends and record["rows"] < 4), step
+        assert 0 < record["tokens"] <= record["rows"] * 640
+    assert {r["epoch"] for r in records.values()} == {0, 1}
+
+
+def test_default_recipe_killed_mid_epoch_resumes_and_sees_every_sample_epochs_times(
+    setup: Setup, default_recipe: tuple[dict[int, dict], dict]
+) -> None:
+    reference, summary = default_recipe
+    config = _default_recipe(setup, "defaults-killed")
+    out = setup.store("runs/defaults-killed")
+    run_env = {**setup.env, "MEDSFT_METRICS_SAMPLE_IDS": "1"}
+    ckpts = CheckpointStore(out.child(node_checkpoints(0)))
+    _kill_after_a_checkpoint(config, 2, run_env, ckpts)
+    killed_at = ckpts.latest()
+    assert killed_at is not None and killed_at not in set(accumulate(summary["steps_per_epoch"]))
+
+    result = run_training(config, nproc=2, env=run_env)
+    assert result.returncode == 0, result.stderr[-6000:]
+    resumed = out.get_json(SUMMARY)
+    assert resumed["resumed_from"] == killed_at
+    assert resumed["steps"] == resumed["total_steps_planned"] == summary["steps"]
+    records = _by_step(out)  # the resumed attempt's records replace the killed one's
+    assert _times_seen(records) == dict.fromkeys(_mixed_ids(setup), 2)
+    for step in range(1, summary["steps"] + 1):
+        assert records[step]["batch_fingerprint"] == reference[step]["batch_fingerprint"], step
+        assert records[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-5), step
+
+
+# == many nodes ==================================================================================
+
+
+def test_two_nodes_resume_from_the_last_step_complete_on_both(setup: Setup, minio) -> None:
+    """Node 1's storage goes quiet after its step-2 upload; node 0 uploads step 4 (and, with
+    keepLast 1, would prune step 2); then both nodes die. The restart must resume from step 2,
+    the newest step complete on both nodes, not from scratch."""
+    proxy = PausableProxy(minio.endpoint)
+    config = setup.config(
+        "two-nodes",
+        storage={},  # the endpoint comes from each node's environment
+        training={"maxSteps": 8, "packing": False},
+        checkpointing={"everySteps": 2, "keepLast": 1},
+    )
+    out = setup.store("runs/two-nodes")
+    node0 = CheckpointStore(out.child(node_checkpoints(0)))
+    node1 = CheckpointStore(out.child(node_checkpoints(1)))
+
+    def start(port: int) -> list[subprocess.Popen]:
+        procs = []
+        for node in (0, 1):
+            env = {
+                **setup.env,
+                "MEDSFT_WORK_DIR": str(setup.tmp / f"two-nodes-{node}"),
+                "MEDSFT_CACHE": str(setup.tmp / f"cache-node-{node}"),
+            }
+            if node == 1:
+                env["MEDSFT_S3_ENDPOINT"] = proxy.endpoint
+            command = torchrun_node_cmd(config, node, 2, port)
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    env=train_env(env),
+                    cwd=Path(__file__).parents[2],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return procs
+
+    from harness.processes import free_port
+
+    procs = start(free_port())
+    try:
+        deadline = time.monotonic() + 600
+        while not node1.is_complete(2):
+            assert all(p.poll() is None for p in procs), "a node ended before step 2"
+            assert time.monotonic() < deadline, "no step-2 checkpoint on node 1 within 600 s"
+            time.sleep(0.02)
+        proxy.pause()  # node 1 cannot upload step 4
+        while not node0.is_complete(4):
+            assert time.monotonic() < deadline, "node 0 did not upload step 4"
+            time.sleep(0.02)
+        time.sleep(1.0)  # node 0's pruning after its upload has run
+    finally:
+        for proc in procs:
+            _kill_tree(proc)
+        proxy.resume()
+    assert not node1.is_complete(4)
+    assert node0.steps() == [2, 4]  # step 2 kept: the newest step complete on both nodes
+
+    procs = start(free_port())
+    try:
+        for proc in procs:
+            assert proc.wait(timeout=600) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _kill_tree(proc)
+        proxy.close()
+    summary = out.get_json(SUMMARY)
+    assert summary["resumed_from"] == 2 and summary["steps"] == 8
+
+
+# == the operator's retries ======================================================================
+
+
+def test_the_operators_next_attempt_resumes_from_the_checkpoint(setup: Setup, minio) -> None:
+    """The operator's builders give attempt 0 and attempt 1 of an SFTJob; the real trainer
+    runs each with what the PyTorchJob's pod gets (job config from the ConfigMap, the
+    container's environment). Attempt 0 dies after a checkpoint; attempt 1 starts from it."""
+    import yaml
+
+    from medsft_operator.api.kinds import SFTJobSpec
+    from medsft_operator.builders.stage_children import sft_children, stage_inputs
+    from medsft_pipelines.specs.common import StorageSpec
+
+    manifest = {
+        "apiVersion": "medsft.io/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "ft", "namespace": "ns", "uid": "u-9"},
+        "spec": {
+            "model": {"uri": setup.model_uri},
+            "dataset": {"manifestUri": setup.manifest_uri},
+            "gpusPerNode": 1,
+            "training": {**TRAINING, "maxSteps": 8, "globalBatchSize": 2, "microBatchSize": 1,
+                         "precision": "fp32", "gradientCheckpointing": False},
+            "checkpointing": {"everySteps": 2, "keepLast": 1},
+            "deepspeed": {"zeroStage": 2},
+        },
+    }  # fmt: skip
+    storage = StorageSpec(endpoint=minio.endpoint, bucket=setup.bucket, secure=False)
+    spec = SFTJobSpec.model_validate(manifest["spec"])
+    inputs = stage_inputs(manifest, "sft", storage=storage, image="img:1", spec_hash="h")
+
+    def attempt(number: int) -> tuple[Path, dict[str, str]]:
+        config_map, job = sft_children(
+            manifest, spec, inputs, dataset_manifest_uri=setup.manifest_uri, attempt=number
+        )
+        path = setup.tmp / f"attempt-{number}.yaml"
+        path.write_text(config_map["data"]["job.yaml"])
+        pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+        keep = {"MEDSFT_ATTEMPT"}  # the rest points at in-cluster paths
+        return path, {**setup.env, **{k: v for k, v in env.items() if k in keep}}
+
+    first, env0 = attempt(0)
+    output = yaml.safe_load(first.read_text())["outputUri"]
+    out = open_store(output, setup.settings)
+    ckpts = CheckpointStore(out.child(node_checkpoints(0)))
+    # The pod fails: the PyTorchJob fails, the operator makes attempt 1.
+    _kill_after_a_checkpoint(first, 1, env0, ckpts)
+    killed_at = ckpts.latest()
+    assert killed_at is not None and killed_at < 8
+
+    second, env1 = attempt(1)
+    assert second.read_text() == first.read_text()  # the same job, the same output
+    result = run_training(second, nproc=1, env=env1)
+    assert result.returncode == 0, result.stderr[-6000:]
+    summary = out.get_json(SUMMARY)
+    assert summary["attempt"] == 1
+    assert summary["resumed_from"] == killed_at and summary["steps"] == 8

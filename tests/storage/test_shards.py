@@ -234,3 +234,53 @@ def test_workers_write_parts_and_a_merge_publishes_them(store: ObjectStore) -> N
     reader = DatasetReader(store)
     assert len(reader) == 300
     assert sorted(ids(reader.iter_samples(0, 0))) == list(range(300))
+
+
+def write_sources(store: ObjectStore, sizes: list[int]) -> dict[int, int]:
+    """One folder of shards per source, as the curation merge writes them; id -> source."""
+    parts, source_of, first = [], {}, 0
+    for source, size in enumerate(sizes):
+        writer = ShardWriter(
+            store, SCHEMA, target_shard_bytes=4 * 1024, shard_prefix=f"shards/s{source:05d}/"
+        )
+        writer.write([make_row(i) for i in range(first, first + size)])
+        parts.append(writer.close(publish=False))
+        source_of.update(dict.fromkeys(range(first, first + size), source))
+        first += size
+    write_manifest(store, Manifest.combine(parts, spec_hash="h"))
+    return source_of
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_window_of_every_rank_mixes_the_sources_at_their_global_share(
+    store: ObjectStore, world_size: int
+) -> None:
+    """Sources of 1200, 600 and 200 rows, each in its own run of shards: in every window of
+    N samples of every rank, each source's share stays within 4.5 binomial standard
+    deviations (sampling noise) of its global share. Reading shard runs one after the
+    other (what a contiguous range per rank gives) fails this at once."""
+    sizes = [1200, 600, 200]
+    source_of = write_sources(store, sizes)
+    reader = DatasetReader(store)
+    assert len(reader.manifest.shards) >= 10
+    window = 100
+    share = [s / sum(sizes) for s in sizes]
+    seen: list[int] = []
+    for rank in range(world_size):
+        stream = ids(reader.iter_samples(5, 1, rank, world_size))
+        shards, _ = reader.sample_order(5, 1, rank, world_size)
+        assert len(shards) == len(stream) == reader.num_samples(rank, world_size)
+        seen += stream
+        for start in range(0, len(stream) - window + 1, window):
+            counts = [0] * len(sizes)
+            for i in stream[start : start + window]:
+                counts[source_of[i]] += 1
+            for source, p in enumerate(share):
+                tolerance = 4.5 * (p * (1 - p) / window) ** 0.5
+                assert abs(counts[source] / window - p) <= tolerance, (rank, start, counts)
+        # Resuming mid-stream gives the rest of the same stream.
+        for start in (1, 137, len(stream) - 1):
+            assert ids(reader.iter_samples(5, 1, rank, world_size, start)) == stream[start:]
+    assert sorted(seen) == list(range(sum(sizes)))  # every sample once over the ranks
+    sizes_per_rank = [reader.num_samples(r, world_size) for r in range(world_size)]
+    assert max(sizes_per_rank) - min(sizes_per_rank) <= 1

@@ -219,19 +219,21 @@ def pytorch_job(
     settings: PodSettings,
     *,
     attempt: int,
-    resume_from: str | None = None,
 ) -> Manifest:
     """The PyTorchJob of one training attempt: Master + (nodes-1) Workers, torchrun with
-    ``nprocPerNode`` = GPUs per node, a memory-backed ``/dev/shm``, gang-scheduling hints."""
+    ``nprocPerNode`` = GPUs per node, a memory-backed ``/dev/shm``, gang-scheduling hints.
+
+    Retries belong to the operator alone (docs/recipe.md, "Retries"): the PyTorchJob
+    restarts nothing (``restartPolicy: Never``, ``backoffLimit: 0``) and fails at the first
+    failed pod; the operator then creates attempt ``attempt + 1``, up to the stage's
+    ``backoffLimit``. Every attempt reads the same job config and output location, and the
+    trainer resumes from the newest checkpoint complete on every node by itself.
+    """
     env = [
         *base_env("job.yaml"),
-        {"name": "MEDSFT_DEEPSPEED_CONFIG", "value": f"{CONFIG_DIR}/{DEEPSPEED_FILE}"},
-        {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},
+        {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},  # in the trainer's summary
         *storage_env(settings.storage),
     ]
-    if resume_from:
-        # Informational: the trainer resumes from the newest complete checkpoint by itself.
-        env.append({"name": "MEDSFT_RESUME_FROM", "value": resume_from})
     pod_settings = PodSettings(
         image=settings.image,
         storage=settings.storage,
@@ -252,15 +254,13 @@ def pytorch_job(
         ports=[{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT, "protocol": "TCP"}],
     )
     template = pod_template(
-        pod_settings, [trainer], spec, restart_policy="OnFailure", shm_size=spec.shm_size
+        pod_settings, [trainer], spec, restart_policy="Never", shm_size=spec.shm_size
     )
-    replicas: Manifest = {
-        "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}
-    }
+    replicas: Manifest = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
     if spec.nodes > 1:
         replicas["Worker"] = {
             "replicas": spec.nodes - 1,
-            "restartPolicy": "OnFailure",
+            "restartPolicy": "Never",
             "template": template,
         }
     scheduling: Manifest = {"minAvailable": spec.nodes}  # all nodes or none (gang)
@@ -268,7 +268,7 @@ def pytorch_job(
         scheduling["priorityClass"] = spec.scheduling.priority_class_name
     queued = _queue(spec)
     run_policy: Manifest = {
-        "backoffLimit": spec.backoff_limit,
+        "backoffLimit": 0,  # one retry budget: the operator's attempts (see the docstring)
         "schedulingPolicy": scheduling,
         "suspend": bool(queued),  # Kueue admits a queued job by unsuspending it
     }

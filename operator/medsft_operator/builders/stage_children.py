@@ -114,7 +114,6 @@ def sft_children(
     *,
     dataset_manifest_uri: str,
     attempt: int = 0,
-    resume_from: str | None = None,
 ) -> tuple[Manifest, Manifest]:
     """The ConfigMap and the PyTorchJob of ``attempt``."""
     owner = children.Owner(manifest, "sft")
@@ -125,9 +124,7 @@ def sft_children(
         output_uri=inputs.output_uri,
         dataset_manifest_uri=dataset_manifest_uri,
     )
-    job = children.pytorch_job(
-        owner, spec, _settings(owner, inputs), attempt=attempt, resume_from=resume_from
-    )
+    job = children.pytorch_job(owner, spec, _settings(owner, inputs), attempt=attempt)
     return children.sft_config_map(owner, spec, config), job
 
 

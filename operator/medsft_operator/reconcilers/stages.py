@@ -233,7 +233,6 @@ class SFTReconciler(StageReconciler):
                     inputs,
                     dataset_manifest_uri=manifest_uri,
                     attempt=attempt + 1,
-                    resume_from=resume,
                 )
                 self.ctx.events.post(
                     body,

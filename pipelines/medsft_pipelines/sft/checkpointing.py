@@ -3,7 +3,9 @@
 Every rank calls :meth:`Checkpoints.save` (DeepSpeed's save is collective). Each node's
 local rank 0 uploads that node's files in a background thread (training goes on) to its
 own folder, ``checkpoints/node-NNN/step-…`` (see :mod:`.layout`), with the storage layer's
-completion marker last. A step counts as complete when all nodes' markers exist. On resume
+completion marker last. A step counts as complete when all nodes' markers exist, and a node's
+pruning never deletes the newest such step (another node may still be uploading a newer
+one). On resume
 each node downloads node 0's files (the model states DeepSpeed writes on rank 0) and its
 own (its ranks' optimizer partitions and trainer states).
 """
@@ -57,11 +59,9 @@ class TrainState:
     step: int = 0
     total_steps: int = 0
     position: DataPosition = field(default_factory=DataPosition)
-    """Where this rank's next micro-batch comes from."""
+    """Where the job's next step comes from (the same on every rank)."""
     stats: DataStats = field(default_factory=DataStats)
     """Encoder counters as of the start of the current chunk (the chunk is re-encoded on resume)."""
-    tail_dropped: int = 0
-    """Micro-batches dropped at epoch ends (they did not fill a step on every rank)."""
     resumed_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +76,6 @@ class TrainState:
             total_steps=data["total_steps"],
             position=DataPosition(**data["position"]),
             stats=DataStats(**data["stats"]),
-            tail_dropped=data["tail_dropped"],
             resumed_from=data.get("resumed_from"),
         )
 
@@ -121,14 +120,18 @@ class Checkpoints:
 
     # -- finding --------------------------------------------------------------------------
 
+    def newest_common(self) -> int | None:
+        """Newest step complete on every node: the only kind of step a job can resume from."""
+        common = set(self.stores[0].steps())
+        for store in self.stores[1:]:
+            common &= set(store.steps())
+        return max(common) if common else None
+
     def latest(self) -> int | None:
-        """Newest step complete on every node (decided by rank 0, the same for all ranks)."""
+        """:meth:`newest_common`, decided by rank 0, the same for all ranks."""
         found: list[int | None] = [None]
         if self.topo.rank == 0:
-            common = set(self.stores[0].steps())
-            for store in self.stores[1:]:
-                common &= set(store.steps())
-            found = [max(common) if common else None]
+            found = [self.newest_common()]
         dist.broadcast_object_list(found, src=0)
         return found[0]
 
@@ -149,7 +152,12 @@ class Checkpoints:
     def _upload(self, step: int, metadata: dict[str, Any]) -> None:
         folder = self.local_root / tag(step)
         self.mine.upload(folder, step, metadata=metadata)
-        self.mine.prune(self.keep_last, protect=self.protect | {step})
+        # Nodes upload at their own pace: this node's newest steps may not be complete on
+        # the others yet. Whatever keepLast says, the newest step complete on every node
+        # stays, or a crash now could leave no step to resume from.
+        common = self.newest_common()
+        keep = self.protect | {step} | ({common} if common is not None else set())
+        self.mine.prune(self.keep_last, protect=keep)
         # Older local copies are no longer needed once a newer one is safely in storage.
         for old in self.local_root.glob("step-*"):
             if old.name < folder.name:

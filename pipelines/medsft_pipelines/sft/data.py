@@ -20,13 +20,18 @@ Pipeline
    processor (image tokens included), and labels only the assistant turns (their content
    and the closing ``<|im_end|>``). Over-long samples are dropped or truncated as configured,
    and counted in :class:`DataStats`.
-2. :func:`first_fit_decreasing` packs encoded examples into rows of at most
-   ``max_seq_length`` tokens; without packing, each row holds one example.
-3. :func:`group_micro_batches` forms micro-batches (rows of similar length together when
-   length grouping is on) and shuffles their order deterministically.
-4. :class:`MicroBatchStream` does 1-3 over fixed-size *chunks* of the rank's sample stream,
-   so that every batch carries a :class:`DataPosition` (epoch, chunk start, batch index in
-   chunk) from which the exact same batch sequence can be regenerated after a restart.
+2. The step plan is made before any sample is read, from every sample's token length
+   (:mod:`.lengths`): a rank's stream (:meth:`DatasetReader.sample_order`) is cut into
+   windows of ``chunk_samples``; in each, over-long samples are left out (or cut),
+   :func:`first_fit_decreasing` packs the rest into rows of at most ``max_seq_length`` tokens
+   (without packing, each row holds one example), and :func:`group_micro_batches` forms
+   micro-batches (rows of similar length together when length grouping is on) in a shuffled,
+   seeded order (:func:`plan_epoch`). The plan fixes the number of optimiser steps of every
+   epoch exactly, so the learning-rate schedule is built on the real step count.
+3. :class:`MicroBatchStream` reads and encodes a window's samples and hands out its
+   micro-batches exactly as planned, checking each sample's length against the plan. A
+   position (epoch, step) regenerates the same batches after a restart.
+4. Micro-batches of one window hold only that window's samples.
 5. :func:`collate` builds model inputs. Packed rows get no attention mask and
    ``position_ids`` of shape ``[4, B, L]``: row 0 restarts at 0 for every sample (transformers
    derives the block-diagonal mask — or flash-attention varlen boundaries — from it), rows
@@ -173,10 +178,7 @@ class ExampleEncoder:
     def encode(self, row: Mapping[str, Any]) -> Example | None:
         """The row as an :class:`Example`, or None when it is dropped (counted in ``stats``)."""
         self.stats.samples_seen += 1
-        images = decode_images(row.get("images") or [])
-        messages = _images_first(list(row["messages"]), len(images))
-        text = self.processor.apply_chat_template(messages, tokenize=False)
-        batch = self.processor(text=[text], images=images or None, return_tensors="pt")
+        batch = self._process(row)
         input_ids = batch["input_ids"][0]
         mm_types = batch.get("mm_token_type_ids")
         mm_types = (
@@ -201,6 +203,16 @@ class ExampleEncoder:
             return None
         self.stats.samples_used += 1
         return example
+
+    def _process(self, row: Mapping[str, Any]) -> Any:
+        images = decode_images(row.get("images") or [])
+        messages = _images_first(list(row["messages"]), len(images))
+        text = self.processor.apply_chat_template(messages, tokenize=False)
+        return self.processor(text=[text], images=images or None, return_tensors="pt")
+
+    def token_length(self, row: Mapping[str, Any]) -> int:
+        """The row's length in tokens before any truncation (not counted in ``stats``)."""
+        return int(self._process(row)["input_ids"].shape[1])
 
     def pixels(self, example: Example) -> torch.Tensor:
         """The example's pixel patches (the image processor run again on its images)."""
@@ -249,21 +261,36 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
 
     First-fit decreasing: deterministic, within 11/9 of the optimal bin count, and in
     practice > 98 % full for chat-length distributions and a window of a few hundred items.
+    The first bin with room is found in a max-tree of the bins' free space (O(log bins) per
+    item), so the exact step plan of a whole epoch costs seconds, not minutes.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    size = 1
+    while size < max(1, len(lengths)):
+        size *= 2
+    tree = [-1] * (2 * size)  # free space of bin b at leaf size + b; -1: no such bin yet
     bins: list[list[int]] = []
-    free: list[int] = []
     for i in order:
-        if lengths[i] > capacity:
-            raise ValueError(f"item of {lengths[i]} tokens exceeds the capacity {capacity}")
-        for b, room in enumerate(free):
-            if lengths[i] <= room:
-                bins[b].append(i)
-                free[b] -= lengths[i]
-                break
+        need = lengths[i]
+        if need > capacity:
+            raise ValueError(f"item of {need} tokens exceeds the capacity {capacity}")
+        if tree[1] >= need:  # descend to the leftmost bin with room
+            node = 1
+            while node < size:
+                node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+            b = node - size
+            bins[b].append(i)
+            free = tree[node] - need
         else:
+            b = len(bins)
             bins.append([i])
-            free.append(capacity - lengths[i])
+            node = size + b
+            free = capacity - need
+        tree[node] = free
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
     return bins
 
 
@@ -284,24 +311,23 @@ def group_micro_batches(
 
 @dataclass(frozen=True)
 class DataPosition:
-    """Where a rank is in its data stream; enough to regenerate the next batch exactly."""
+    """Where the job is in its data: enough to regenerate the next batch exactly."""
 
     epoch: int = 0
-    chunk_start: int = 0
-    """Sample offset (in this rank's partition of the epoch) where the current chunk begins."""
-    batch_in_chunk: int = 0
-    """Micro-batches of the current chunk already consumed."""
+    step: int = 0
+    """Optimiser steps of this epoch already taken."""
 
 
 @dataclass
 class MicroBatch:
-    """Rows of examples (several per row when packed) plus where the stream continues."""
+    """Rows of examples (several per row when packed) of one micro-batch of the plan."""
 
     rows: list[list[Example]]
-    next_position: DataPosition
+    index: int
+    """Position of the micro-batch in the rank's epoch plan."""
     resume_stats: DataStats
-    """Encoder counters as of the start of the chunk ``next_position`` points into: what a
-    checkpoint saves, since resuming re-encodes (and so re-counts) that chunk."""
+    """Encoder counters as of the start of the window holding micro-batch ``index + 1``:
+    what a checkpoint saves, since resuming re-encodes (and so re-counts) that window."""
 
     @property
     def sample_ids(self) -> list[str]:
@@ -320,65 +346,155 @@ class BatchPlan:
     max_seq_length: int
     packing: bool = True
     length_grouping: bool = True
+    overlong: Literal["drop", "truncate"] = "drop"
     chunk_samples: int = 2048
-    """Samples read per packing/grouping window: larger packs tighter (see
+    """Samples per packing/grouping window: larger packs tighter (see
     benchmarks/sft_packing.py: 512 -> 97-98 %, 2048 -> 98.7-99.5 % full rows) and holds more
     token ids in memory (pixels are loaded per micro-batch)."""
 
+    def planned_length(self, length: int) -> int | None:
+        """Tokens a sample of ``length`` takes in a row; None when it is dropped as over-long."""
+        if length <= self.max_seq_length:
+            return length
+        return self.max_seq_length if self.overlong == "truncate" else None
+
+
+PlannedBatch = list[list[int]]
+"""One micro-batch of the plan: rows of sample indices (positions in the rank's stream)."""
+
+
+@dataclass
+class Window:
+    """``chunk_samples`` consecutive samples of a rank's stream and the micro-batches they form."""
+
+    start: int
+    stop: int
+    batches: list[PlannedBatch]
+
+
+@dataclass
+class EpochPlan:
+    """One rank's micro-batches of one epoch, decided from token lengths alone."""
+
+    windows: list[Window]
+    lengths: list[int]
+    """Every sample's token length, in stream order (before truncation)."""
+
+    @property
+    def micro_batches(self) -> int:
+        return sum(len(w.batches) for w in self.windows)
+
+    @property
+    def samples(self) -> int:
+        return sum(len(row) for w in self.windows for mb in w.batches for row in mb)
+
+
+def plan_window(
+    lengths: Sequence[int], start: int, plan: BatchPlan, rng: random.Random
+) -> list[PlannedBatch]:
+    """The micro-batches of the window whose samples (from stream index ``start``) have
+    ``lengths``: over-long ones left out (drop) or cut (truncate), the rest packed into rows
+    (or one per row), rows grouped into micro-batches, the batch order shuffled."""
+    planned = [(start + i, plan.planned_length(n)) for i, n in enumerate(lengths)]
+    kept = [(index, n) for index, n in planned if n is not None]
+    if plan.packing:
+        bins = first_fit_decreasing([n for _, n in kept], plan.max_seq_length)
+        rows = [[kept[i][0] for i in b] for b in bins]
+        row_lengths = [sum(kept[i][1] for i in b) for b in bins]
+    else:
+        rows = [[index] for index, _ in kept]
+        row_lengths = [n for _, n in kept]
+    groups = group_micro_batches(row_lengths, plan.micro_batch_size, plan.length_grouping, rng)
+    return [[rows[i] for i in g] for g in groups]
+
+
+def plan_epoch(lengths: Sequence[int], plan: BatchPlan, seed: int, epoch: int) -> EpochPlan:
+    """A rank's epoch plan: its stream (``lengths`` in stream order) cut into windows."""
+    windows = []
+    for start in range(0, len(lengths), plan.chunk_samples):
+        stop = min(start + plan.chunk_samples, len(lengths))
+        rng = random.Random(f"{seed}/{epoch}/{start}")
+        windows.append(Window(start, stop, plan_window(lengths[start:stop], start, plan, rng)))
+    return EpochPlan(windows, list(lengths))
+
 
 SampleSource = Callable[[int, int], Iterable[Mapping[str, Any]]]
-"""(epoch, start) -> this rank's rows of that epoch from sample offset ``start``."""
+"""(epoch, start) -> this rank's rows of that epoch from stream index ``start``."""
 
 
 class MicroBatchStream:
-    """Deterministic, resumable micro-batches of one rank, chunk by chunk."""
+    """One rank's micro-batches of an epoch, exactly as its :class:`EpochPlan` says.
 
-    def __init__(self, source: SampleSource, encoder: ExampleEncoder, plan: BatchPlan, seed: int):
+    The plan is made from token lengths before any sample is read; reading then encodes
+    each window's samples and checks that every kept sample has the length the plan used
+    (a different processor than the one that measured the lengths would break the plan).
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        encoder: ExampleEncoder,
+        plan: BatchPlan,
+        seed: int,
+        lengths: Callable[[int], Sequence[int]],
+    ):
         self.source = source
         self.encoder = encoder
         self.plan = plan
         self.seed = seed
+        self.lengths = lengths
+        """epoch -> this rank's token lengths in stream order (see :mod:`.lengths`)."""
+        self._plans: dict[int, EpochPlan] = {}
 
-    def _chunk_batches(self, examples: list[Example], epoch: int, chunk_start: int):
-        plan = self.plan
-        lengths = [ex.length for ex in examples]
-        if plan.packing:
-            rows = [
-                [examples[i] for i in b] for b in first_fit_decreasing(lengths, plan.max_seq_length)
-            ]
-        else:
-            rows = [[ex] for ex in examples]
-        rng = random.Random(f"{self.seed}/{epoch}/{chunk_start}")
-        row_lengths = [sum(ex.length for ex in row) for row in rows]
-        groups = group_micro_batches(row_lengths, plan.micro_batch_size, plan.length_grouping, rng)
-        return [[rows[i] for i in g] for g in groups]
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_epoch(self.lengths(epoch), self.plan, self.seed, epoch)}
+        return self._plans[epoch]
 
-    def iter_epoch(self, position: DataPosition) -> Iterator[MicroBatch]:
-        """Micro-batches of ``position.epoch`` from ``position`` on, until the rank's data ends.
-
-        Batches of the chunk at ``position.chunk_start`` before ``position.batch_in_chunk`` are
-        rebuilt (the chunk is re-read and re-encoded) and skipped.
-        """
-        epoch, chunk_start, skip = position.epoch, position.chunk_start, position.batch_in_chunk
-        rows = iter(self.source(epoch, chunk_start))
-        while True:
-            raw = [row for _, row in zip(range(self.plan.chunk_samples), rows, strict=False)]
-            if not raw:
-                return
-            chunk_end = chunk_start + len(raw)
-            stats_before = self.encoder.stats.copy()
-            examples = [ex for ex in map(self.encoder.encode, raw) if ex is not None]
-            stats_after = self.encoder.stats.copy()
-            batches = self._chunk_batches(examples, epoch, chunk_start)
-            for index in range(skip, len(batches)):
-                last = index + 1 == len(batches)
-                after = (
-                    DataPosition(epoch, chunk_end, 0)
-                    if last
-                    else DataPosition(epoch, chunk_start, index + 1)
+    def iter_epoch(self, epoch: int, first: int = 0) -> Iterator[MicroBatch]:
+        """The epoch's micro-batches from plan index ``first`` on (the window holding it is
+        re-read and re-encoded; its earlier batches are skipped)."""
+        plan = self.epoch_plan(epoch)
+        index = 0
+        rows: Iterator[Mapping[str, Any]] | None = None
+        for window in plan.windows:
+            if index + len(window.batches) <= first:
+                index += len(window.batches)
+                continue
+            if rows is None:
+                rows = iter(self.source(epoch, window.start))
+            raw = [row for _, row in zip(range(window.stop - window.start), rows, strict=False)]
+            if len(raw) != window.stop - window.start:
+                raise ValueError(
+                    f"epoch {epoch}: the data ended at sample {window.start + len(raw)} of a "
+                    f"planned {window.stop}"
                 )
-                yield MicroBatch(batches[index], after, stats_after if last else stats_before)
-            chunk_start, skip = chunk_end, 0
+            stats_before = self.encoder.stats.copy()
+            examples = {window.start + i: ex for i, ex in enumerate(map(self.encoder.encode, raw))}
+            stats_after = self.encoder.stats.copy()
+            self._check_lengths(plan, window, examples)
+            for k, batch in enumerate(window.batches):
+                if index >= first:
+                    last = k + 1 == len(window.batches)
+                    built = [[ex for i in row if (ex := examples[i]) is not None] for row in batch]
+                    built = [row for row in built if row]
+                    yield MicroBatch(built, index, stats_after if last else stats_before)
+                index += 1
+
+    def _check_lengths(
+        self, plan: EpochPlan, window: Window, examples: Mapping[int, Example | None]
+    ) -> None:
+        planned = {i for mb in window.batches for row in mb for i in row}
+        for i, ex in examples.items():
+            if ex is None:
+                continue  # dropped by the encoder (over-long, or nothing to learn): counted
+            expected = self.plan.planned_length(plan.lengths[i])
+            if i not in planned or ex.length != expected:
+                raise ValueError(
+                    f"sample {ex.sample_id}: {ex.length} tokens once encoded, the step plan "
+                    f"used {plan.lengths[i]}: the dataset's token lengths were measured with "
+                    "another processor or chat template than the trainer's"
+                )
 
 
 # -- collation --------------------------------------------------------------------------------
@@ -397,6 +513,8 @@ class Collated:
     """Tokens processed including padding (batch x longest row)."""
     target_tokens: int
     """Tokens that contribute to the loss."""
+    rows: int = 0
+    """Rows (sequences as the model sees them: packed rows when packing is on)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -427,8 +545,18 @@ def collate(
     packed: bool,
     vision_filler: Example | None = None,
     pixels: PixelLoader | None = None,
+    flatten: bool = False,
 ) -> Collated:
     """Pad rows to the longest one and build the model inputs (see the module docstring).
+
+    ``flatten`` (packed only; what the trainer does under flash-attention) puts the whole
+    micro-batch in one row. Flash-attention takes packed boundaries from the text position
+    ids (row 0 of ``position_ids``) only for a batch of one row, and then runs varlen
+    attention on exactly those boundaries; rows of a larger micro-batch would attend across
+    samples. One flat row also needs no padding. The boundaries are not passed as
+    ``cu_seq_lens_q/k`` kwargs: the Qwen-VL models hand a forward's kwargs to their vision
+    tower too, whose attention sets its own (a duplicate keyword under flash-attention).
+    SDPA and eager keep the rows and get a block-diagonal mask from the position resets.
 
     ``vision_filler`` (see :meth:`ExampleEncoder.vision_filler`) is appended to the first row
     of a micro-batch without images, so every micro-batch runs the vision tower at the same
@@ -440,6 +568,11 @@ def collate(
     it has no labels: the loss does not change.
     """
     rows = [list(row) for row in rows]
+    micro_batch_rows = len(rows)
+    if flatten and not packed:
+        raise ValueError("only packed micro-batches can be flattened")
+    if flatten:
+        rows = [[ex for row in rows for ex in row]]
     has_images = any(ex.image_grid_thw is not None for row in rows for ex in row)
     if vision_filler is not None and not has_images:
         rows[0].append(vision_filler)
@@ -490,6 +623,7 @@ def collate(
         real_tokens=sum(ex.length for ex in real),
         padded_tokens=batch * width,
         target_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        rows=micro_batch_rows,
     )
 
 

@@ -45,11 +45,11 @@ from medsft_pipelines.sft.data import (
     MicroBatch,
     MicroBatchStream,
     collate,
-    first_fit_decreasing,
     shifted_targets,
 )
 from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
 from medsft_pipelines.sft.layout import FINAL_MODEL, LOSS_CURVE, PROGRESS_STAGE, SUMMARY
+from medsft_pipelines.sft.lengths import SampleLengths
 from medsft_pipelines.sft.model_files import (
     check_model_dir,
     download_model,
@@ -70,6 +70,11 @@ log = logging.getLogger("medsft.sft")
 WORK_DIR_ENV = "MEDSFT_WORK_DIR"
 """Node-local scratch (checkpoints before upload, the downloaded model); a volume in pods."""
 CACHE_ENV = "MEDSFT_CACHE"
+ATTEMPT_ENV = "MEDSFT_ATTEMPT"
+"""The operator's attempt number of this training job (0 first), reported in the summary."""
+SAMPLE_IDS_ENV = "MEDSFT_METRICS_SAMPLE_IDS"
+"""Set to 1 to add each logged step's sample ids (rank by rank) to its metrics record: an
+audit of what the model saw (ids only, never content; a big dataset makes big metrics)."""
 
 
 # == setup ======================================================================================
@@ -188,32 +193,6 @@ def dataset_store(config: SFTJobConfig, settings: StorageSettings) -> ObjectStor
     return open_store(root, settings)
 
 
-def estimate_steps_per_epoch(
-    reader: DatasetReader, encoder: ExampleEncoder, plan: BatchPlan, seed: int, global_rows: int
-) -> int:
-    """Optimiser steps in one epoch, estimated from the packing of a sample of the data.
-
-    The exact number depends on the packing of every chunk, which is only known once the
-    epoch has been read; the schedule needs its length up front. The loop itself stops when
-    the data runs out, so the estimate only shapes the learning-rate curve and the ETA.
-    """
-    sample_size = min(len(reader), 256)
-    rows = reader.iter_samples(seed, epoch=0, rank=0, world_size=1)
-    examples = [
-        ex for _, row in zip(range(sample_size), rows, strict=False) if (ex := encoder.encode(row))
-    ]
-    if not examples:
-        raise ValueError(
-            "no usable sample in the first rows of the dataset (all over-long or empty)"
-        )
-    if plan.packing:
-        packed = len(first_fit_decreasing([ex.length for ex in examples], plan.max_seq_length))
-    else:
-        packed = len(examples)
-    rows_per_epoch = len(reader) * packed / sample_size
-    return max(1, math.floor(rows_per_epoch / global_rows))
-
-
 class Prefetcher:
     """Runs a micro-batch iterator (read, decode, tokenise, collate) in a background thread."""
 
@@ -258,41 +237,65 @@ class Prefetcher:
         self._stop.set()
 
 
+Step = list[tuple[MicroBatch, Collated] | None]
+"""One optimiser step of a rank: ``grad_accum`` micro-batches; None where the rank has none
+left in the epoch (it runs a loss-free filler so the collectives stay in step)."""
+
+
 def optimizer_steps(
     stream: MicroBatchStream,
     make: Callable[[MicroBatch], Collated],
     position: DataPosition,
     grad_accum: int,
     epochs: int | None,
-    all_ranks: Callable[[bool], bool],
-    on_tail: Callable[[int], None],
-) -> Iterator[list[tuple[MicroBatch, Collated]]]:
-    """Each optimiser step's ``grad_accum`` micro-batches of this rank, epoch after epoch.
+    steps_in_epoch: Callable[[int], int],
+) -> Iterator[tuple[DataPosition, Step]]:
+    """Each optimiser step's micro-batches of this rank, epoch after epoch, and the position
+    after it.
 
-    Ranks get different numbers of (packed) micro-batches per epoch, so an epoch ends for all
-    of them as soon as one cannot fill a step (``all_ranks`` is the agreement, an all-reduce);
-    the micro-batches left over are reported through ``on_tail``. ``epochs=None`` never stops
-    (the caller stops at ``maxSteps``).
+    ``steps_in_epoch(epoch)`` is the plan every rank agreed on: the most steps any rank's
+    micro-batches fill (see :meth:`MicroBatchStream.epoch_plan`). A rank whose micro-batches
+    run out earlier pads its last steps with None, so every sample of the epoch is trained on
+    and an epoch ends on every rank at once. ``epochs=None`` never stops (the caller stops at
+    ``maxSteps``).
     """
-    fresh = position == DataPosition(epoch=position.epoch)  # False when resumed mid-epoch
-    while True:
-        prefetch = Prefetcher(stream.iter_epoch(position), make)
-        steps = 0
-        try:
-            while all_ranks(len(items := prefetch.take(grad_accum)) == grad_accum):
-                steps += 1
-                yield items
-        finally:
-            prefetch.close()
-        on_tail(len(items))
-        if fresh and steps == 0:
-            raise ValueError(
-                f"epoch {position.epoch} did not yield one optimiser step: the dataset holds fewer "
-                "than microBatchSize x gradient accumulation (packed) sequences per rank"
-            )
-        if epochs is not None and position.epoch + 1 >= epochs:
-            return
-        position, fresh = DataPosition(epoch=position.epoch + 1), True
+    epoch, first = position.epoch, position.step
+    while epochs is None or epoch < epochs:
+        steps = steps_in_epoch(epoch)
+        if first < steps:
+            prefetch = Prefetcher(stream.iter_epoch(epoch, first * grad_accum), make)
+            try:
+                for step in range(first, steps):
+                    items: Step = list(prefetch.take(grad_accum))
+                    items += [None] * (grad_accum - len(items))
+                    yield DataPosition(epoch, step + 1), items
+                if prefetch.take(1):
+                    raise AssertionError(f"epoch {epoch}: micro-batches left beyond the plan")
+            finally:
+                prefetch.close()
+        epoch, first = epoch + 1, 0
+
+
+def plan_steps(
+    stream: MicroBatchStream, grad_accum: int, all_ranks_max: Callable[[list[int]], list[int]]
+) -> Callable[[int], int]:
+    """``epoch -> optimiser steps``: the most steps any rank's planned micro-batches fill,
+    agreed by all ranks (a collective: every rank asks for the same epochs in the same order)."""
+    known: dict[int, int] = {}
+
+    def steps_in_epoch(epoch: int) -> int:
+        if epoch not in known:
+            mine = stream.epoch_plan(epoch).micro_batches
+            most, fewest = all_ranks_max([mine, -mine])
+            if -fewest == 0:
+                raise ValueError(
+                    f"epoch {epoch}: a rank has no micro-batch at all: the dataset holds fewer "
+                    "(packed) sequences than ranks x microBatchSize"
+                )
+            known[epoch] = math.ceil(most / grad_accum)
+        return known[epoch]
+
+    return steps_in_epoch
 
 
 # == optimisation ===============================================================================
@@ -341,7 +344,8 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def train_step(
     engine: Any,
-    batches: list[Collated],
+    batches: list[Collated | None],
+    filler: Collated,
     world_size: int,
     device: torch.device,
 ) -> dict[str, float]:
@@ -349,33 +353,41 @@ def train_step(
 
     The loss is the mean over every assistant token of the step, across micro-batches and
     ranks (token-weighted, so packing and batch composition do not change it). DeepSpeed
-    averages gradients over ranks, hence the ``world_size`` factor.
+    averages gradients over ranks, hence the ``world_size`` factor. A None micro-batch (the
+    rank's data of the epoch ran out, see :func:`optimizer_steps`) runs ``filler`` with a zero
+    weight: the same modules in the same order as the other ranks, no gradient.
     """
+    real = [c for c in batches if c is not None]
     local = [
-        sum(c.target_tokens for c in batches),
-        sum(c.real_tokens for c in batches),
-        sum(c.padded_tokens for c in batches),
-        sum(len(c.sample_ids) for c in batches),
+        sum(c.target_tokens for c in real),
+        sum(c.real_tokens for c in real),
+        sum(c.padded_tokens for c in real),
+        sum(len(c.sample_ids) for c in real),
+        sum(c.rows for c in real),
     ]
-    targets, real, padded, samples = all_reduce_sum(local, device)
+    targets, tokens, padded, samples, rows = all_reduce_sum(local, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for batch in batches:
+        weight = world_size / max(targets, 1) if batch is not None else 0.0
+        batch = batch if batch is not None else filler
         keep, labels = shifted_targets(batch.labels)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
         out = engine(**inputs, logits_to_keep=keep.to(device), use_cache=False)
         ce = F.cross_entropy(out.logits.float(), labels.to(device), reduction="sum")
-        engine.backward(ce * (world_size / targets), scale_wrt_gas=False)
+        engine.backward(ce * weight, scale_wrt_gas=False)
         engine.step()
-        loss_sum += ce.detach().double()
+        if weight:
+            loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
     grad_norm = engine.get_global_grad_norm()
     return {
-        "loss": loss_sum.item() / targets,
+        "loss": loss_sum.item() / max(targets, 1),
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "target_tokens": targets,
-        "tokens": real,
+        "tokens": tokens,
         "padded_tokens": padded,
         "samples": samples,
+        "rows": rows,
     }
 
 
@@ -402,6 +414,8 @@ class Job:
     flops: FlopsModel
     rope_index: Any
     """The model's 3-D rope position function, used to build packed position ids."""
+    steps_in_epoch: Callable[[int], int]
+    """The agreed step plan (see :func:`plan_steps`)."""
 
 
 def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
@@ -429,13 +443,30 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
         max_seq_length=t.max_seq_length,
         packing=t.packing,
         length_grouping=t.length_grouping,
+        overlong=t.overlong,
     )
-    global_rows = t.global_batch_size
+    started = time.perf_counter()
+    lengths = SampleLengths.measure(reader, encoder, topo.rank, topo.world_size, gather_objects)
+
+    def source(epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        return reader.iter_samples(t.seed, epoch, topo.rank, topo.world_size, start)
+
+    def rank_lengths(epoch: int) -> list[int]:
+        return lengths.lookup(*reader.sample_order(t.seed, epoch, topo.rank, topo.world_size))
+
+    stream = MicroBatchStream(source, encoder, plan, t.seed, rank_lengths)
+    steps_in_epoch = plan_steps(stream, grad_accum, lambda v: all_reduce_max(v, device))
     if t.max_steps is not None:
         total_steps = t.max_steps
     else:
-        probe = ExampleEncoder(processor, t.max_seq_length, t.overlong)
-        total_steps = t.epochs * estimate_steps_per_epoch(reader, probe, plan, t.seed, global_rows)
+        total_steps = sum(steps_in_epoch(epoch) for epoch in range(t.epochs))
+    log.info(
+        "step plan: %d optimiser steps (%s) in %.1f s",
+        total_steps,
+        "maxSteps" if t.max_steps is not None else
+        f"{t.epochs} epochs of {[steps_in_epoch(e) for e in range(t.epochs)]} steps",
+        time.perf_counter() - started,
+    )  # fmt: skip
 
     ds_config = deepspeed_config(
         spec, world_size=topo.world_size, grad_accum_steps=grad_accum, on_gpu=device.type == "cuda"
@@ -444,10 +475,6 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
     engine = build_engine(model, spec, ds_config, total_steps)
     flops = FlopsModel.of(model)
 
-    def source(epoch: int, start: int) -> Iterator[dict[str, Any]]:
-        return reader.iter_samples(t.seed, epoch, topo.rank, topo.world_size, start)
-
-    stream = MicroBatchStream(source, encoder, plan, t.seed)
     checkpoints = Checkpoints(output, work / "checkpoints", topo, spec.checkpointing.keep_last)
     state = TrainState(total_steps=total_steps)
     if spec.checkpointing.resume and (step := checkpoints.latest()) is not None:
@@ -457,28 +484,64 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
     job = Job(
         config, topo, device, engine, processor, stream, encoder, plan, grad_accum,
         output, telemetry, checkpoints, model_dir, flops, engine.module.model.get_rope_index,
+        steps_in_epoch,
     )  # fmt: skip
     return job, state
 
 
-def make_collator(job: Job) -> Any:
+def make_collator(job: Job) -> Callable[[MicroBatch], Collated | None]:
+    """Micro-batch -> model inputs (None for one whose every sample the encoder dropped)."""
     pad_id = job.processor.tokenizer.pad_token_id
     filler = job.encoder.vision_filler()
+    flatten = job.plan.packing and flash_attention(job.engine.module)
 
-    def make(batch: MicroBatch) -> Collated:
+    def make(batch: MicroBatch) -> Collated | None:
+        if not batch.rows:
+            return None
         return collate(
-            batch.rows, pad_id, job.rope_index, job.plan.packing, filler, job.encoder.pixels
-        )
+            batch.rows, pad_id, job.rope_index, job.plan.packing, filler, job.encoder.pixels,
+            flatten=flatten,
+        )  # fmt: skip
 
     return make
 
 
-def batch_fingerprint(sample_ids: list[str]) -> str:
-    """A short hash of the step's sample ids on every rank (same batch <=> same hash)."""
-    gathered: list[list[str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, sample_ids)
+def flash_attention(model: torch.nn.Module) -> bool:
+    """Whether the model runs flash-attention (packed micro-batches are then flattened)."""
+    return "flash_attention" in str(getattr(model.config, "_attn_implementation", ""))
+
+
+def idle_batch(job: Job) -> Collated:
+    """What a rank without a micro-batch runs (at zero weight): the vision filler with one
+    target token, so the forward and backward touch the same modules as everyone else's."""
+    filler = job.encoder.vision_filler()
+    filler.labels = filler.labels.clone()
+    filler.labels[-1] = filler.input_ids[-1]
+    pad_id = job.processor.tokenizer.pad_token_id
+    return collate(
+        [[filler]], pad_id, job.rope_index, job.plan.packing, None, job.encoder.pixels,
+        flatten=job.plan.packing and flash_attention(job.engine.module),
+    )  # fmt: skip
+
+
+def gather_objects(mine: Any) -> list[Any]:
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def all_reduce_max(values: list[int], device: torch.device) -> list[int]:
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [int(v) for v in tensor.tolist()]
+
+
+def batch_fingerprint(sample_ids: list[str]) -> tuple[str, list[list[str]]]:
+    """A short hash of the step's sample ids on every rank (same batch <=> same hash), and
+    the ids themselves, rank by rank."""
+    gathered: list[list[str]] = gather_objects(sample_ids)
     text = "\n".join("|".join(ids or []) for ids in gathered)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode()).hexdigest()[:16], gathered
 
 
 def run(config: SFTJobConfig) -> dict[str, Any]:
@@ -497,43 +560,39 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
     last_saved = state.resumed_from
 
     def counts() -> dict[str, int]:
-        return {**job.encoder.stats.__dict__, "epoch_tail_dropped_batches": state.tail_dropped}
-
-    def all_ranks(ok: bool) -> bool:
-        flag = torch.tensor([int(ok)], device=job.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-
-    def on_tail(dropped: int) -> None:
-        state.tail_dropped += dropped
+        return dict(job.encoder.stats.__dict__)
 
     steps = optimizer_steps(
         job.stream, make, state.position, job.grad_accum,
-        None if t.max_steps is not None else t.epochs, all_ranks, on_tail,
+        None if t.max_steps is not None else t.epochs, job.steps_in_epoch,
     )  # fmt: skip
+    idle = idle_batch(job)
+    record_ids = os.environ.get(SAMPLE_IDS_ENV) == "1"
 
     # == the loop ===============================================================================
-    for items in steps if state.step < state.total_steps else ():
-        batches = [collated for _, collated in items]
+    for position, items in steps if state.step < state.total_steps else ():
+        batches = [item[1] if item is not None else None for item in items]
         lr = job.engine.get_lr()[0]
         started = time.perf_counter()
-        metrics = train_step(job.engine, batches, topo.world_size, job.device)
+        metrics = train_step(job.engine, batches, idle, topo.world_size, job.device)
         elapsed = time.perf_counter() - started
         state.step += 1
-        state.position = items[-1][0].next_position
-        state.stats = items[-1][0].resume_stats
+        state.position = position
+        real = [(mb, c) for mb, c in (i for i in items if i is not None)]
+        if real:
+            state.stats = real[-1][0].resume_stats
 
         if state.step % t.log_every_steps == 0 or state.step == state.total_steps:
-            fingerprint = batch_fingerprint([i for c in batches for i in c.sample_ids])
-            examples = [ex for mb, _ in items for row in mb.rows for ex in row]
+            fingerprint, ids = batch_fingerprint([i for _, c in real if c for i in c.sample_ids])
+            examples = [ex for mb, _ in real for row in mb.rows for ex in row]
             sum_sq, patches = all_reduce_sum(
                 [
                     float(sum(ex.length**2 for ex in examples)),
                     float(
                         sum(
                             int(c.inputs["image_grid_thw"].prod(-1).sum())
-                            for c in batches
-                            if "image_grid_thw" in c.inputs
+                            for _, c in real
+                            if c is not None and "image_grid_thw" in c.inputs
                         )
                     ),
                 ],
@@ -551,6 +610,8 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
                 "mfu": flops / elapsed / (peak * topo.world_size) if peak else None,
                 "batch_fingerprint": fingerprint,
             }
+            if record_ids:
+                record["sample_ids"] = ids
             if progress:
                 progress.log_metrics(record, step=state.step)
                 progress.update(
@@ -569,6 +630,10 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
 
     steps.close()
     bar.close()
+    if state.step != state.total_steps:
+        raise AssertionError(
+            f"the data ended after {state.step} of {state.total_steps} planned steps"
+        )
     if last_saved != state.step:
         job.checkpoints.save(
             job.engine, state, metadata={"epoch": state.position.epoch, "final": True}
@@ -599,7 +664,16 @@ def export(job: Job, state: TrainState, counts: dict[str, int]) -> dict[str, Any
     summary = {
         "steps": state.step,
         "total_steps_planned": state.total_steps,
+        "epochs_completed": state.position.epoch
+        + (state.position.step >= job.steps_in_epoch(state.position.epoch)),
+        "final_lr": engine.get_lr()[0],
+        "steps_per_epoch": (
+            [job.steps_in_epoch(e) for e in range(job.config.spec.training.epochs)]
+            if job.config.spec.training.max_steps is None
+            else None
+        ),
         "resumed_from": state.resumed_from,
+        "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
         "counts": counts,
         "model_uri": job.config.model_uri,
         "dataset_manifest_uri": job.config.dataset_manifest_uri,

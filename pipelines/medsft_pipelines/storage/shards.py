@@ -9,13 +9,16 @@ Layout under a dataset root::
 A dataset exists for readers only once ``manifest.json`` exists, and readers trust only the shards
 it lists, verified against its sizes and checksums.
 
-Sample order (see :meth:`DatasetReader.iter_samples`) is a pure function of
-``(seed, epoch, rank, world_size)``: the shard order is shuffled per ``(seed, epoch)``, rows are
-shuffled within each shard, and the resulting global sequence is cut into ``world_size``
+Sample order (see :meth:`DatasetReader.sample_order`) is a pure function of the manifest and
+``(seed, epoch, rank, world_size)``. Shards are grouped by folder (the curation merge writes
+each source into its own folder). Per group, the shard order is shuffled per ``(seed, epoch)``,
+rows are shuffled within each shard, and the group's sequence is cut into ``world_size``
 contiguous ranges, so ranks are disjoint, together cover every sample once, and each rank reads
-only about ``1/world_size`` of the shards. Within a rank, ``mix_shards`` consecutive shard pieces
-are interleaved at random so that a batch mixes several shards. Resuming at a sample offset
-recomputes the same order and skips without reading the skipped shards.
+only about ``1/world_size`` of each group's shards. Within a group, ``mix_shards`` consecutive
+shard pieces are interleaved at random; a rank's groups are interleaved at random in proportion
+to their sizes, so its stream mixes the sources at their global shares from the first sample
+on. Resuming at a sample offset recomputes the same order and skips without reading the
+shards only the skipped samples needed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from itertools import accumulate
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -408,8 +412,7 @@ class DatasetReader:
 
     def num_samples(self, rank: int = 0, world_size: int = 1) -> int:
         """How many samples ``rank`` gets (ranks differ by at most one)."""
-        lo, hi = _rank_range(self.manifest.num_rows, rank, world_size)
-        return hi - lo
+        return sum(hi - lo for lo, hi in self._rank_ranges(rank, world_size))
 
     def read_shard(self, index: int) -> pa.Table:
         """Shard ``index`` of the manifest as a table, after checking it against the manifest."""
@@ -450,41 +453,104 @@ class DatasetReader:
     ) -> Iterator[dict[str, Any]]:
         """This rank's samples for ``(seed, epoch)`` as dicts, from its ``start``-th sample on.
 
-        The order is deterministic; ranks are disjoint and together cover the dataset exactly
-        once; ``start=k`` yields exactly what the full iteration yields after its first k.
+        The order is :meth:`sample_order`; ranks are disjoint and together cover the dataset
+        exactly once; ``start=k`` yields exactly what the full iteration yields after its
+        first k, without reading shards only the skipped samples needed.
+        """
+        shards, rows = self.sample_order(seed, epoch, rank, world_size)
+        if start < 0:
+            raise ValueError("start must be >= 0")
+        shards, rows = shards[start:], rows[start:]
+        if not len(shards):
+            return
+        # Each shard is fetched once, in order of first use, and dropped after its last use.
+        by_shard = np.argsort(shards, kind="stable")
+        uniq, first, counts = np.unique(shards[by_shard], return_index=True, return_counts=True)
+        wanted = {
+            int(s): rows[by_shard[f : f + c]].tolist()
+            for s, f, c in zip(uniq, first, counts, strict=True)
+        }
+        fetch_order = list(dict.fromkeys(shards.tolist()))
+        remaining = {s: len(w) for s, w in wanted.items()}
+        open_rows: dict[int, dict[int, dict[str, Any]]] = {}
+        with _Prefetcher(self, fetch_order) as prefetcher:
+            for shard, row in zip(shards.tolist(), rows.tolist(), strict=True):
+                if shard not in open_rows:
+                    open_rows[shard] = _decode(prefetcher.next(), wanted.pop(shard))
+                yield open_rows[shard].pop(row)
+                remaining[shard] -= 1
+                if not remaining[shard]:
+                    del open_rows[shard]
+
+    def sample_order(
+        self, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``rank``'s samples for ``(seed, epoch)`` in reading order: (shard index, row) arrays.
+
+        A pure function of the manifest and the arguments (nothing is read). Shards are grouped
+        by folder: the curation merge writes each source into its own folder, so a group is a
+        source. Each group is shuffled on its own (shard order, then rows within a shard) and
+        cut into ``world_size`` contiguous ranges of nearly equal size (rank totals differ by at
+        most one). Within its range of a group, a rank interleaves ``mix_shards`` shard pieces at
+        a time at random; across groups, the rank's ranges are interleaved at random in
+        proportion to their sizes, so every window of a rank's stream holds each source at its
+        global share up to sampling noise, while every shard is read by about one rank.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if start < 0:
-            raise ValueError("start must be >= 0")
-        pieces = self._pieces(seed, epoch, rank, world_size)
-        groups = [pieces[i : i + self.mix_shards] for i in range(0, len(pieces), self.mix_shards)]
-        # Skip whole groups without reading them, then the start of the first group we read.
-        first = 0
-        while first < len(groups) and start >= sum(len(p) for p in groups[first]):
-            start -= sum(len(p) for p in groups[first])
-            first += 1
-        groups = groups[first:]
-        shard_order = [p.shard for group in groups for p in group]
-        with _Prefetcher(self, shard_order) as prefetcher:
-            for number, group in enumerate(groups, start=first):
-                labels = _interleave(group, f"{seed}:{epoch}:{world_size}:{rank}:{number}")
-                skipped = [0] * len(group)
-                for label in labels[:start]:
-                    skipped[label] += 1
-                streams = [
-                    self._piece_rows(prefetcher.next(), piece, seed, epoch, skip)
-                    for piece, skip in zip(group, skipped, strict=True)
-                ]
-                for label in labels[start:]:
-                    yield next(streams[label])
-                start = 0
+        parts = [
+            self._group_range(name, members, seed, epoch, lo, hi, rank, world_size)
+            for (name, members), (lo, hi) in zip(
+                self._groups(), self._rank_ranges(rank, world_size), strict=True
+            )
+        ]
+        sizes = [len(p[0]) for p in parts]
+        labels = np.repeat(np.arange(len(parts)), sizes)
+        _rng(f"medsft-mix-groups:{seed}:{epoch}:{world_size}:{rank}").shuffle(labels)
+        order = np.argsort(labels, kind="stable")
+        shards = np.empty(len(labels), dtype=np.int64)
+        rows = np.empty(len(labels), dtype=np.int64)
+        if parts:
+            shards[order] = np.concatenate([p[0] for p in parts])
+            rows[order] = np.concatenate([p[1] for p in parts])
+        return shards, rows
 
-    def _pieces(self, seed: int, epoch: int, rank: int, world_size: int) -> list[_Piece]:
+    def _rank_ranges(self, rank: int, world_size: int) -> list[tuple[int, int]]:
+        """``rank``'s range of each group's sequence."""
+        ranges = []
+        offset = 0
+        for _, members in self._groups():
+            total = sum(self.manifest.shards[s].num_rows for s in members)
+            base, extra = divmod(total, world_size)
+            # The group's remainder goes to the ranks after the previous group's remainder,
+            # so per-rank totals over all groups differ by at most one.
+            counts = [base + ((r - offset) % world_size < extra) for r in range(world_size)]
+            offset = (offset + extra) % world_size
+            lo = sum(counts[:rank])
+            ranges.append((lo, lo + counts[rank]))
+        return ranges
+
+    def _groups(self) -> list[tuple[str, list[int]]]:
+        groups: dict[str, list[int]] = {}
+        for index, info in enumerate(self.manifest.shards):
+            groups.setdefault(info.key.rpartition("/")[0], []).append(index)
+        return list(groups.items())
+
+    def _group_range(
+        self,
+        name: str,
+        members: list[int],
+        seed: int,
+        epoch: int,
+        lo: int,
+        hi: int,
+        rank: int,
+        world_size: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Samples ``[lo, hi)`` of the group's shuffled sequence, ``mix_shards`` pieces mixed."""
         shards = self.manifest.shards
-        order = list(range(len(shards)))
-        random.Random(f"medsft-shards:{seed}:{epoch}").shuffle(order)
-        lo, hi = _rank_range(self.manifest.num_rows, rank, world_size)
+        order = list(members)
+        random.Random(f"medsft-shards:{seed}:{epoch}:{name}").shuffle(order)
         ends = list(accumulate(shards[i].num_rows for i in order))
         pieces = []
         for shard, end in zip(order, ends, strict=True):
@@ -492,40 +558,54 @@ class DatasetReader:
             a, b = max(begin, lo), min(end, hi)
             if a < b:
                 pieces.append(_Piece(shard, a - begin, b - begin))
-        return pieces
+        out_shards: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+        out_rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+        for number in range(0, len(pieces), self.mix_shards):
+            group = pieces[number : number + self.mix_shards]
+            labels = _interleave(group, f"{seed}:{epoch}:{world_size}:{rank}:{name}:{number}")
+            piece_rows = [
+                _row_permutation(seed, epoch, p.shard, shards[p.shard].num_rows)[p.start : p.stop]
+                for p in group
+            ]
+            slot = np.argsort(labels, kind="stable")
+            mixed_rows = np.empty(len(labels), dtype=np.int64)
+            mixed_rows[slot] = np.concatenate(piece_rows)
+            out_shards.append(np.asarray([p.shard for p in group], dtype=np.int64)[labels])
+            out_rows.append(mixed_rows)
+        return np.concatenate(out_shards), np.concatenate(out_rows)
 
-    def _piece_rows(
-        self, table: pa.Table, piece: _Piece, seed: int, epoch: int, skip: int
-    ) -> Iterator[dict[str, Any]]:
-        order = list(range(table.num_rows))
-        random.Random(f"medsft-rows:{seed}:{epoch}:{piece.shard}").shuffle(order)
-        wanted = order[piece.start + skip : piece.stop]
-        if 2 * len(wanted) < table.num_rows:
-            # A small part of the shard: gather just those rows, a chunk at a time.
-            for i in range(0, len(wanted), DECODE_CHUNK_ROWS):
-                yield from table.take(wanted[i : i + DECODE_CHUNK_ROWS]).to_pylist()
-            return
-        # Most of the shard: decode it in storage order (no gather copy of the image bytes),
-        # drop the Arrow table, and hand out rows in shuffled order, releasing each one.
-        rows: list[dict[str, Any] | None] = table.to_pylist()
-        del table
-        for i in wanted:
-            row, rows[i] = rows[i], None
-            yield row  # type: ignore[misc]
+
+def _rng(key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+
+
+def _row_permutation(seed: int, epoch: int, shard: int, num_rows: int) -> np.ndarray:
+    """The shuffled row order of one shard in one epoch."""
+    return _rng(f"medsft-rows:{seed}:{epoch}:{shard}").permutation(num_rows)
+
+
+def _decode(table: pa.Table, wanted: list[int]) -> dict[int, dict[str, Any]]:
+    """The rows ``wanted`` of ``table`` as dicts, keyed by row index."""
+    if 2 * len(wanted) < table.num_rows:
+        # A small part of the shard: gather just those rows.
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(wanted), DECODE_CHUNK_ROWS):
+            part = wanted[i : i + DECODE_CHUNK_ROWS]
+            out.update(zip(part, table.take(part).to_pylist(), strict=True))
+        return out
+    # Most of the shard: decode it in storage order (no gather copy of the image bytes).
+    rows = table.to_pylist()
+    return {i: rows[i] for i in wanted}
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
-    return total * rank // world_size, total * (rank + 1) // world_size
-
-
-def _interleave(group: Sequence[_Piece], key: str) -> list[int]:
+def _interleave(group: Sequence[_Piece], key: str) -> np.ndarray:
     """A random merge of the pieces: the i-th label is the piece the i-th sample comes from."""
-    labels = [i for i, piece in enumerate(group) for _ in range(len(piece))]
-    random.Random(f"medsft-mix:{key}").shuffle(labels)
+    labels = np.repeat(np.arange(len(group), dtype=np.int64), [len(p) for p in group])
+    _rng(f"medsft-mix:{key}").shuffle(labels)
     return labels
 
 
