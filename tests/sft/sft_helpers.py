@@ -179,7 +179,9 @@ def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
-        TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "medsft" / "torch_extensions"),
+        TORCH_EXTENSIONS_DIR=os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "medsft" / "torch_extensions")
+        ),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra or {})

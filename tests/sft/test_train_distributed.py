@@ -389,14 +389,17 @@ def test_epochs_are_exact_the_schedule_ends_and_batches_are_what_the_docs_say(
     last = 3e-3 * 0.5 * (1 + math.cos(math.pi * (total - 1 - warmup) / (total - warmup)))
     assert records[total]["lr"] == pytest.approx(last, rel=1e-6)
     assert summary["final_lr"] == pytest.approx(0.0, abs=1e-12)
-    # globalBatchSize counts packed rows: 4 per step, fewer only in an epoch's last step;
-    # samples and tokens per step are recorded with them.
+    # globalBatchSize counts packed rows: at most 4 a step. Fewer only where a rank's packing
+    # window (one per rank and epoch here) ends in a short micro-batch, and in the epoch's
+    # last step. Samples and tokens per step are recorded with them.
     ends = set(accumulate(summary["steps_per_epoch"]))
+    short = {0: 0, 1: 0}
     for step, record in records.items():
         ids = [i for rank_ids in record["sample_ids"] for i in rank_ids]
         assert record["samples"] == len(ids) > record["rows"], step  # packed: several a row
-        assert record["rows"] == 4 or (step in ends and record["rows"] < 4), step
-        assert 0 < record["tokens"] <= record["rows"] * 640
+        assert record["rows"] <= 4 and 0 < record["tokens"] <= record["rows"] * 640, step
+        short[record["epoch"]] += record["rows"] < 4 and step not in ends
+    assert max(short.values()) <= 2, short  # one short micro-batch per rank and window
     assert {r["epoch"] for r in records.values()} == {0, 1}
 
 
