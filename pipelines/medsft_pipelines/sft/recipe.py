@@ -623,6 +623,8 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
 
         # == checkpoint =========================================================================
         if state.step % every == 0 and state.step < state.total_steps:
+            if progress:
+                progress.flush()  # the metrics of every step a resume will not redo are stored
             job.checkpoints.save(job.engine, state, metadata={"epoch": state.position.epoch})
             last_saved = state.step
         if state.step == state.total_steps:
