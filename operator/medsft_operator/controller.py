@@ -20,7 +20,13 @@ import kopf
 from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import StatusBase
 from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body, Conflict, NotFound
-from medsft_operator.reconcilers.base import KNOWN, Context, InvalidSpec, Reconciler
+from medsft_operator.reconcilers.base import (
+    KNOWN,
+    ChildConflict,
+    Context,
+    InvalidSpec,
+    Reconciler,
+)
 from medsft_operator.reconcilers.run import RunReconciler
 from medsft_operator.reconcilers.stages import CurationReconciler, EvalReconciler, SFTReconciler
 
@@ -133,7 +139,10 @@ class Controller:
             if body["metadata"].get("deletionTimestamp"):
                 return
             old = reconciler.status_of(body)
-            new = await reconciler.reconcile(body, poll=poll)
+            try:
+                new = await reconciler.reconcile(body, poll=poll)
+            except ChildConflict as conflict:  # not ours: wait, saying which object blocks
+                new = reconciler.pending(old, conflict, body["metadata"].get("generation"))
             try:
                 await self._write_status(reconciler, body, old, new)
                 return

@@ -133,6 +133,14 @@ def propagated_annotations(manifest: dict, prefixes: tuple[str, ...] | list[str]
     return {k: v for k, v in annotations.items() if prefixes and k.startswith(tuple(prefixes))}
 
 
+def owned_by(obj: dict, owner: dict) -> bool:
+    """Whether ``obj`` carries an ownerReference to exactly ``owner`` (by UID: a name can be
+    reused by another object, a UID cannot)."""
+    uid = owner["metadata"].get("uid")
+    refs = obj["metadata"].get("ownerReferences") or []
+    return bool(uid) and any(ref.get("uid") == uid for ref in refs)
+
+
 def owner_reference(owner: dict, *, controller: bool = True) -> dict:
     """An ownerReference to ``owner`` (a manifest with kind, metadata.name and uid):
     children go with their owner by garbage collection."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -12,7 +11,7 @@ from typing import Any, ClassVar, cast
 
 from pydantic import ValidationError
 
-from medsft_operator import fold, metrics
+from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import Resource, StatusBase
 from medsft_operator.artifacts import InputsError, StorageAccess
 from medsft_operator.config import OperatorConfig
@@ -68,6 +67,34 @@ class InvalidSpec(Exception):
     def __init__(self, error: ValidationError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class ChildConflict(InputsError):
+    """An object with a child's name exists but is not ours (no ownerReference to the owner's
+    UID): created by someone else, or left by an earlier object of the same name. It is never
+    adopted (nor trusted, replaced or deleted); the owner waits, with a condition naming it,
+    until it is gone."""
+
+    def __init__(self, rt: ResourceType, found: Body, owner: Body) -> None:
+        meta = found["metadata"]
+        owners = [
+            f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})"
+            for r in meta.get("ownerReferences") or []
+        ]
+        super().__init__(
+            "ChildConflict",
+            f"{rt.kind} {meta['namespace']}/{meta['name']} already exists and is not owned by "
+            f"this {owner['kind']} (uid {owner['metadata'].get('uid')}; its owners: "
+            f"{', '.join(owners) or 'none'}); delete or rename it to continue",
+        )
+        self.kind, self.namespace, self.name = rt.kind, meta["namespace"], meta["name"]
+
+
+def check_owned(rt: ResourceType, found: Body, owner: Body) -> Body:
+    """``found`` if ``owner`` owns it; :class:`ChildConflict` otherwise."""
+    if not names.owned_by(found, owner):
+        raise ChildConflict(rt, found, owner)
+    return found
 
 
 class Reconciler:
@@ -139,16 +166,25 @@ class Reconciler:
         Manifests are built only when something is created: in the steady state a
         reconcile reads its children and renders nothing. ``new``: the owner's status says
         it never created this child, so try creating before reading (one request, not two).
+        Only what ``owner`` owns (by UID) is ever returned: an object of the same name
+        without that ownerReference raises :class:`ChildConflict` (also for ``needs``: a
+        foreign ConfigMap must never configure our pods).
         """
         namespace = owner["metadata"]["namespace"]
         if not new:
             existing = await self.read_child(rt, namespace, name)
             if existing is not None:
-                return existing
+                return check_owned(rt, existing, owner)
         for need_rt, need in needs():  # new alongside the child: create, no read first
-            with contextlib.suppress(Conflict):
+            try:
                 await self.ctx.kube.create(need_rt, need)
+            except Conflict:
+                meta = need["metadata"]
+                found = await self.ctx.kube.get(need_rt, meta["namespace"], meta["name"])
+                if found is not None:
+                    check_owned(need_rt, found, owner)
         child, created = await self.ctx.kube.ensure(rt, build(), create_first=new)
+        check_owned(rt, child, owner)
         if created:
             metrics.CHILDREN_CREATED.labels(kind=rt.kind).inc()
             if rt.kind != "ConfigMap":

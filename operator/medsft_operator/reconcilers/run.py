@@ -269,7 +269,7 @@ class RunReconciler(Reconciler):
         recorded = getattr(record, RECORD_FIELD[stage.stage])
         if recorded:
             child = await self.read_child(rt, namespace, recorded)
-            if child is not None and _hash_of(child) == stage.hash:
+            if child is not None and names.owned_by(child, run) and _hash_of(child) == stage.hash:
                 return child, None
         candidates: list[Body] = []
         if number > 1:  # in generation 1 nothing can be reused; a child made before a crash
@@ -279,7 +279,8 @@ class RunReconciler(Reconciler):
         usable = [
             c
             for c in candidates
-            if _hash_of(c) == stage.hash
+            if names.owned_by(c, run)  # labels can be copied; only our UID makes it ours
+            and _hash_of(c) == stage.hash
             and (c.get("status") or {}).get("phase") != "Failed"
             and not c["metadata"].get("deletionTimestamp")
         ]
@@ -331,7 +332,11 @@ class RunReconciler(Reconciler):
                 continue
             rt = BY_KIND[stage.kind]
             child = await self.ctx.kube.get(rt, namespace, old_name)
-            if child is None or (child.get("status") or {}).get("phase") in fold.TERMINAL:
+            if (
+                child is None
+                or not names.owned_by(child, run)
+                or (child.get("status") or {}).get("phase") in fold.TERMINAL
+            ):
                 continue
             if await self.ctx.kube.delete(rt, namespace, old_name):
                 self.ctx.events.post(
@@ -363,10 +368,7 @@ class RunReconciler(Reconciler):
                 if name and name not in in_use:
                     kind = {"curation": "CurationJob", "sft": "SFTJob", "eval": "EvalJob"}[stage]
                     child = await self.ctx.kube.get(BY_KIND[kind], namespace, name)
-                    owners = (child or {}).get("metadata", {}).get("ownerReferences") or []
-                    if child is not None and any(
-                        o.get("uid") == run["metadata"]["uid"] for o in owners
-                    ):
+                    if child is not None and names.owned_by(child, run):
                         await self.ctx.kube.delete(BY_KIND[kind], namespace, name)
 
 

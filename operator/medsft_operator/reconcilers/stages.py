@@ -198,7 +198,7 @@ class SFTReconciler(StageReconciler):
         inputs = self.inputs(body, "sft", storage, spec, own_hash, spec.output_uri)
         output = inputs.output_uri
 
-        attempts = await self._attempts(namespace, name)
+        attempts = await self._attempts(namespace, name, body)
         if not attempts:
             config_map, first = sft_children(body, spec, inputs, dataset_manifest_uri=manifest_uri)
             job = await self.ensure_child(
@@ -298,13 +298,16 @@ class SFTReconciler(StageReconciler):
             raise InputsError("DatasetNotFound", f"dataset manifest {uri} does not exist")
         return uri
 
-    async def _attempts(self, namespace: str, name: str) -> dict[int, Body]:
-        """This SFTJob's PyTorchJobs by attempt number."""
+    async def _attempts(self, namespace: str, name: str, owner: Body) -> dict[int, Body]:
+        """This SFTJob's PyTorchJobs by attempt number (only those it owns: labels can be
+        copied by anyone)."""
         jobs = await self.ctx.kube.list(
             PYTORCHJOBS, namespace, {names.OWNER_KIND: "SFTJob", names.OWNER_NAME: name}
         )
         found: dict[int, Body] = {}
         for job in jobs:
+            if not names.owned_by(job, owner):
+                continue
             label = (job["metadata"].get("labels") or {}).get(names.ATTEMPT, "")
             if label.isdigit():
                 found[int(label)] = job
