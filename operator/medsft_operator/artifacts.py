@@ -162,8 +162,13 @@ class StorageAccess:
 
     async def call(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+
+        def within_budget() -> T:
+            self.kube.timeout()  # OutOfTime once the leader's term is spent (see Kube)
+            return fn()
+
         try:
-            result = await loop.run_in_executor(self.executor, fn)
+            result = await loop.run_in_executor(self.executor, within_budget)
         except ObjectNotFound:
             metrics.STORAGE_READS.labels(result="not_found").inc()
             raise

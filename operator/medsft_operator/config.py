@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import StorageCredentialsRef, StorageSpec
@@ -53,8 +53,11 @@ class OperatorConfig(Spec):
     """Namespace of the Lease (the operator's own namespace)."""
     lease_duration_s: Annotated[float, Field(gt=0)] = 15.0
     """How long a Lease stays valid without renewal (failover time after a crash)."""
-    lease_renew_s: Annotated[float, Field(gt=0)] = 5.0
-    """How often the leader renews the Lease."""
+    lease_renew_deadline_s: Annotated[float, Field(gt=0)] | None = None
+    """How long the leader keeps acting without a successful renewal (it stops then, before
+    any other replica may take over); unset: two thirds of ``leaseDurationS``."""
+    lease_renew_s: Annotated[float, Field(gt=0)] = 2.0
+    """How often the leader renews the Lease (and candidates retry)."""
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Holder identity in the Lease (pod name in a cluster)."""
     max_concurrent_reconciles: Annotated[int, Field(ge=1, le=4096)] = 32
@@ -66,6 +69,18 @@ class OperatorConfig(Spec):
     """Structured JSON logs, or plain text for a terminal."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level."""
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorConfig:
+        if not self.lease_renew_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs leaseRenewS < leaseRenewDeadlineS < leaseDurationS"
+            )
+        return self
+
+    @property
+    def renew_deadline_s(self) -> float:
+        return self.lease_renew_deadline_s or self.lease_duration_s * 2 / 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,11 @@ class KubeError(Exception):
         return cls(int(exc.status or 0), str(exc.reason or ""), message)
 
 
+class OutOfTime(Exception):
+    """Not sent: the client's time budget is spent (for the operator's client: its leader
+    term ended — it must not act any more)."""
+
+
 class NotFound(KubeError):
     pass
 
@@ -105,15 +111,40 @@ def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 16) -> cl
         except config.ConfigException:
             config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = pool_size
+    # No silent retries inside a request (urllib3 would repeat a timed-out GET or PUT with a
+    # fresh timeout each time): a request takes at most its timeout, which the leader's term
+    # bounds; callers retry on their own terms.
+    configuration.retries = 0
     return client.ApiClient(configuration)
 
 
 class Kube:
-    """Get, list, create, patch and delete namespaced objects as dicts."""
+    """Get, list, create, patch and delete namespaced objects as dicts.
 
-    def __init__(self, api_client: client.ApiClient, executor: ThreadPoolExecutor) -> None:
+    ``budget``: seconds this client may still spend (the leader's remaining term); each
+    request is refused with :class:`OutOfTime` once it is spent — checked when the request
+    is made and again just before it is sent — and times out within it.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        executor: ThreadPoolExecutor,
+        *,
+        budget: Callable[[], float] | None = None,
+    ) -> None:
         self.api = api_client
         self.executor = executor
+        self.budget = budget
+
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) timeout of a request sent now; :class:`OutOfTime` if none may be."""
+        if self.budget is None:
+            return REQUEST_TIMEOUT
+        left = self.budget()
+        if left <= 0:
+            raise OutOfTime("the time budget of this client is spent")
+        return (min(REQUEST_TIMEOUT[0], left), min(REQUEST_TIMEOUT[1], left))
 
     async def _request(
         self,
@@ -127,6 +158,7 @@ class Kube:
         content_type: str = "application/json",
     ) -> Body:
         url = path + (f"?{urlencode(query)}" if query else "")
+        self.timeout()  # refused before it even queues for a thread
         metrics.API_REQUESTS.labels(
             verb=verb, resource=rt.plural, trigger=metrics.TRIGGER.get()
         ).inc()
@@ -140,8 +172,8 @@ class Kube:
         request = self.api.param_serialize(
             method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        # Never wait forever on a dead apiserver: (connect, read) seconds.
-        response = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        # Never wait forever on a dead apiserver, nor past the budget: (connect, read) seconds.
+        response = self.api.call_api(*request, _request_timeout=self.timeout())
         response.read()
         if not 200 <= response.status <= 299:
             error = KubeError.from_api_exception(ApiException(http_resp=response))

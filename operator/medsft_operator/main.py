@@ -14,10 +14,11 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import kopf
 from kubernetes import client
 
@@ -26,7 +27,7 @@ from medsft_operator.config import OperatorConfig
 from medsft_operator.controller import Controller
 from medsft_operator.handlers import configure, register
 from medsft_operator.health import HealthServer
-from medsft_operator.kube import Kube, load_api_client
+from medsft_operator.kube import Kube, OutOfTime, load_api_client
 from medsft_operator.leader import LeaderElector
 from medsft_operator.poller import Poller
 from medsft_operator.reconcilers.base import Context, EventSink
@@ -63,26 +64,64 @@ def setup_logging(config: OperatorConfig, redact: Any) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def login_handler(configuration: client.Configuration) -> Any:
-    """A kopf login handler that uses exactly the credentials of the reconcilers' client."""
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's connection, with exactly the credentials of the reconcilers' client."""
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
 
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        header = configuration.get_api_key_with_prefix(
-            "BearerToken"
-        ) or configuration.get_api_key_with_prefix("authorization")
-        parts = header.split(" ", 1) if header else []
-        scheme, token = (
-            (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+
+class FencedSession:
+    """kopf's HTTP session, fenced like the reconcilers' client (see :class:`Kube`): a write
+    (any method but GET) is refused once the leader's term is spent, and times out within
+    what is left of it. kopf writes its bookkeeping annotations, finalizers and Events
+    through here; reads and watches pass unchanged."""
+
+    def __init__(self, session: aiohttp.ClientSession, remaining: Callable[[], float]) -> None:
+        self._session = session
+        self._remaining = remaining
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def request(self, method: str, url: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        if method.upper() not in ("GET", "HEAD"):
+            left = self._remaining()
+            if left <= 0:
+                raise OutOfTime(f"not leading: {method} {url} refused")
+            timeout: aiohttp.ClientTimeout | None = kwargs.get("timeout")
+            total = min(left, timeout.total) if timeout is not None and timeout.total else left
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=total)
+        return await self._session.request(method, url, **kwargs)
+
+
+def login_handler(
+    configuration: client.Configuration, remaining: Callable[[], float] | None = None
+) -> Any:
+    """A kopf login handler: the reconcilers' credentials; with leader election, a session
+    whose writes stop with the leader's term (``remaining``)."""
+
+    async def login(**_: Any) -> kopf.ConnectionInfo | kopf.AiohttpSession:
+        info = connection_info(configuration)
+        if remaining is None:
+            return info
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+            headers=info.as_http_headers(),
         )
-        return kopf.ConnectionInfo(
-            server=configuration.host,
-            ca_path=configuration.ssl_ca_cert,
-            insecure=not configuration.verify_ssl,
-            scheme=scheme,
-            token=token,
-            certificate_path=configuration.cert_file,
-            private_key_path=configuration.key_file,
-        )
+        fenced = cast(aiohttp.ClientSession, FencedSession(session, remaining))
+        return kopf.AiohttpSession(server=info.server, aiohttp_session=fenced)
 
     return login
 
@@ -102,29 +141,36 @@ async def run(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> i
 
     api_client = load_api_client(config.kubeconfig, pool_size=config.api_threads)
     executor = ThreadPoolExecutor(config.api_threads, thread_name_prefix="medsft-io")
-    kube = Kube(api_client, executor)
-    storage = StorageAccess(kube, executor)
-    setup_logging(config, storage.redact)
-    controller = Controller(Context(kube, storage, config, EventSink(storage.redact)))
-
-    elector = (
-        LeaderElector(
-            kube,
+    elector = None
+    if config.leader_election:
+        # Its own client and threads: a renewal never waits behind the reconciles' requests.
+        lease_kube = Kube(
+            load_api_client(config.kubeconfig, pool_size=2),
+            ThreadPoolExecutor(2, thread_name_prefix="medsft-lease"),
+        )
+        elector = LeaderElector(
+            lease_kube,
             namespace=config.lease_namespace,
             name=config.lease_name,
             identity=config.identity,
             duration_s=config.lease_duration_s,
-            renew_s=config.lease_renew_s,
+            renew_deadline_s=config.renew_deadline_s,
+            retry_s=config.lease_renew_s,
         )
-        if config.leader_election
-        else None
-    )
+        lease_kube.budget = elector.round_budget
+    # Every request of the reconcilers (and kopf's writes, see FencedSession) is bounded by
+    # what is left of the leader's term, and refused after it.
+    kube = Kube(api_client, executor, budget=elector.remaining if elector else None)
+    storage = StorageAccess(kube, executor)
+    setup_logging(config, storage.redact)
+    controller = Controller(Context(kube, storage, config, EventSink(storage.redact)))
+
     ports = [config.http_port] + ([config.metrics_port] if config.metrics_port is not None else [])
     health = HealthServer(
         config.http_host,
         ports,
         lambda: {
-            "leader": elector.leading.is_set() if elector else True,
+            "leader": elector.remaining() > 0 if elector else True,
             "identity": config.identity,
         },
     )
@@ -158,7 +204,17 @@ async def _operate(
     settings = kopf.OperatorSettings()
     configure(settings, max_workers=config.max_concurrent_reconciles)
     poller = Poller(controller, config.poll_interval_s)
-    register(registry, controller, poller=poller, login=login_handler(api_client.configuration))
+    remaining = elector.remaining if elector is not None else None
+    if elector is not None:  # kopf's own writes, too, at most as long as a renewal may take
+        settings.networking.request_timeout = min(
+            settings.networking.request_timeout or config.renew_deadline_s, config.renew_deadline_s
+        )
+    register(
+        registry,
+        controller,
+        poller=poller,
+        login=login_handler(api_client.configuration, remaining),
+    )
     stop_flag: asyncio.Event = asyncio.Event()
     ready_flag: asyncio.Event = asyncio.Event()
     operator = asyncio.create_task(

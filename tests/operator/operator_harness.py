@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATOR_SA = "medsft-operator"
 STORAGE_SECRET = "storage-creds"
 FAKE = "fake.medsft.io/"
+LEASE_DURATION_S = 6  # of the test operators: how long a standby waits out a silent leader
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 60.0, what: str = "condition") -> T:
@@ -354,8 +355,10 @@ class OperatorProcess:
             "MEDSFT_POLL_INTERVAL_S": "1",
             "MEDSFT_RETRY_BACKOFF_S": "0.5",
             "MEDSFT_RETRY_BACKOFF_MAX_S": "2",
-            "MEDSFT_LEASE_DURATION_S": "4",
+            "MEDSFT_LEASE_DURATION_S": str(LEASE_DURATION_S),
             "MEDSFT_LEASE_RENEW_S": "1",
+            # A busy test machine can take seconds to answer: room for a few renewals.
+            "MEDSFT_LEASE_RENEW_DEADLINE_S": "4",
             "MEDSFT_PROPAGATE_ANNOTATION_PREFIXES": FAKE,
             "MEDSFT_DEFAULT_IMAGE": "registry.example/medsft/trainer:test",
             "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "pipelines")),

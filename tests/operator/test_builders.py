@@ -384,17 +384,38 @@ def test_the_operator_never_imports_torch():
     assert out.stdout.strip() == "ok", out.stderr
 
 
-def test_a_lease_expires_only_after_its_duration_without_renewal():
-    from datetime import UTC, datetime, timedelta
+def test_a_lease_is_taken_only_after_it_stayed_unchanged_for_its_duration_locally():
+    """Expiry is judged on this replica's own clock from when it saw the record change,
+    never from the holder's renewTime (another machine's clock, which may be skewed)."""
+    from medsft_operator.leader import Observation
 
-    from medsft_operator.leader import expired
+    far_future = "2099-01-01T00:00:00.000000Z"  # a holder whose clock runs years ahead
+    lease = {"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "renewTime": far_future}}
+    seen = Observation()
+    seen.see(lease, now=100.0)
+    assert seen.held_by_other("b", now=114.9)
+    assert not seen.held_by_other("b", now=115.1)  # unchanged for 15 s: expired
+    assert not seen.held_by_other("a", now=101.0)  # the holder itself
+    seen.see(lease, now=110.0)  # the same record again: no renewal happened
+    assert not seen.held_by_other("b", now=115.1)
+    renewed = {"spec": {**lease["spec"], "renewTime": "2000-01-01T00:00:00.000000Z"}}
+    seen.see(renewed, now=112.0)  # renewed (with a clock years behind): the term restarts
+    assert seen.held_by_other("b", now=126.9) and not seen.held_by_other("b", now=127.1)
+    released = {"spec": {**lease["spec"], "holderIdentity": None}}
+    seen.see(released, now=113.0)
+    assert not seen.held_by_other("b", now=113.0)  # released: free at once
 
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    renewed = (now - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    lease = {"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "renewTime": renewed}}
-    assert not expired(lease, now)
-    assert expired(lease, now + timedelta(seconds=6))
-    assert expired({"spec": {"holderIdentity": None, "renewTime": renewed}}, now)  # released
+
+def test_leader_timing_must_leave_the_leader_time_to_stop_first():
+    from pydantic import ValidationError
+
+    from medsft_operator.config import OperatorConfig
+
+    assert OperatorConfig().renew_deadline_s < OperatorConfig().lease_duration_s
+    with pytest.raises(ValidationError, match="leaseRenewDeadlineS < leaseDurationS"):
+        OperatorConfig(lease_duration_s=10, lease_renew_deadline_s=10)
+    with pytest.raises(ValidationError):
+        OperatorConfig(lease_duration_s=10, lease_renew_s=8, lease_renew_deadline_s=6)
 
 
 def test_the_operators_layout_matches_what_the_stages_write():
