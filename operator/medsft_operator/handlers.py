@@ -112,6 +112,6 @@ def register(
         field="spec.artifactPolicy",
         value="Delete",
         backoff=backoff,
-        retries=20,
+        retries=None,  # until the stages' pods are gone, however long their grace period
         registry=registry,
     )(finalize)

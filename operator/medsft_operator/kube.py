@@ -242,8 +242,12 @@ class Kube:
     async def patch_status(self, rt: ResourceType, namespace: str, name: str, patch: Body) -> Body:
         return await self.patch(rt, namespace, name, patch, subresource="status")
 
-    async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
-        """Delete with background propagation (children go by garbage collection)."""
+    async def delete(
+        self, rt: ResourceType, namespace: str, name: str, *, propagation: str = "Background"
+    ) -> bool:
+        """Delete; its children go by garbage collection — after it (``Background``), or
+        before it (``Foreground``: it stays, marked for deletion, until every child whose
+        ownerReference blocks it is gone, recursively down to the pods)."""
         try:
             await self._request(
                 "delete",
@@ -253,7 +257,7 @@ class Kube:
                 body={
                     "kind": "DeleteOptions",
                     "apiVersion": "v1",
-                    "propagationPolicy": "Background",
+                    "propagationPolicy": propagation,
                 },
             )
             return True
