@@ -43,6 +43,8 @@ class TeacherServer:
     fail_status: int = 500
     api_key: str | None = None
     """When set, requests must carry ``Authorization: Bearer <api_key>``."""
+    echo_key: bool = False
+    """Refusals echo the key presented (as hosted APIs do: "Incorrect API key provided: …")."""
     delay_s: float = 0.0
     """Time each answer takes (to observe the client's concurrency)."""
     inflight: int = 0
@@ -85,7 +87,9 @@ class TeacherServer:
             self.api_key is not None
             and request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):
-            return web.json_response({"error": {"message": "bad key", "type": "auth"}}, status=401)
+            presented = request.headers.get("Authorization", "")
+            message = f"Incorrect API key provided: {presented}" if self.echo_key else "bad key"
+            return web.json_response({"error": {"message": message, "type": "auth"}}, status=401)
         with self._lock:
             if self.failures_served < self.fail_first:
                 self.failures_served += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,18 @@ def test_api_key_from_mounted_file_reaches_the_server(tmp_path: Path) -> None:
     with pytest.raises(CurationError, match="MEDSFT_TEACHER_TEXT_API_KEY") as err:
         resolve_api_key("text", spec, {})
     assert "sk-test" not in str(err.value)
+
+
+def test_teacher_errors_never_carry_the_api_key(caplog: pytest.LogCaptureFixture) -> None:
+    """A refusing API that echoes the key presented (as hosted APIs do) must not get it
+    into what the worker records or logs (at DEBUG, every library's logger included)."""
+    key = "sk-medsft-" + "7f3a9c" * 6
+    caplog.set_level(logging.DEBUG)
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), api_key="right", echo_key=True) as server:
+        client = TeacherClient(_spec(server, max_retries=1), api_key=key, cache=None)
+        results = _run(client, [_sample(6), _sample(7)])
+    assert all(isinstance(r, BadInput) and r.reason == "teacher_error" for r in results)
+    assert "HTTP 401" in results[0].detail
+    recorded = [r.detail for r in results if isinstance(r, BadInput)] + [caplog.text]
+    assert key[10:] not in "\n".join(recorded)
+    assert str(client.stats).count(key) == 0
