@@ -2,8 +2,9 @@
 built by hack/build-testbin.sh) on every value set finds nothing CRITICAL beyond what the
 chart README lists with a reason; and the NetworkPolicies select what they promise.
 
-The test cluster has no network plugin (no kubelet, no CNI: tests/harness/controlplane.py),
-so no NetworkPolicy is *enforced* here. What is tested is what the policies say, evaluated
+No NetworkPolicy is *enforced* in the test clusters: the control plane alone has no pods,
+and the real node (tests/harness/node.py) networks its pods with the CNI bridge plugin, which
+does not implement NetworkPolicy (that takes a policy engine: Calico, Cilium, kube-router). What is tested is what the policies say, evaluated
 with the NetworkPolicy semantics (label selectors, namespace selectors, ports) against the
 labels the real pods carry: the chart's pods as rendered, the stage pods as the operator's
 builders render them.
