@@ -30,7 +30,7 @@ class BuiltImage:
     ref: str
     """The name the image has in the archive (and in containerd once imported)."""
     archive: Path
-    """OCI archive with uncompressed layers."""
+    """OCI archive (zstd-compressed layers)."""
 
 
 def cache_dir() -> Path:
