@@ -27,7 +27,6 @@ venv: $(STAMP)
 testbin:
 	bash hack/install-node-deps.sh
 	bash hack/build-testbin.sh
-	bash hack/install-image-deps.sh
 	bash hack/build-images.sh
 
 lint: $(STAMP)

@@ -22,7 +22,7 @@
 # - Layers are zstd-compressed (level 1) in the archive: gzip of the ~6 GB training stack
 #   took 15 minutes on two busy cores; containerd imports zstd layers.
 #
-# Needs root (buildah's storage and chroot) and the packages of hack/install-image-deps.sh.
+# Needs root (buildah's storage and chroot) and the packages of hack/install-node-deps.sh.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,7 +43,8 @@ flock 9
 # Same recipe, same hash, same tag: a base is made once per cache.
 base_debian_packages=(ca-certificates passwd)
 base_python_packages=(python3 python3-venv python-is-python3)
-script_hash="$(hash_of < "${BASH_SOURCE[0]}")"
+# What the script does, not how its comments read, keys the images.
+script_hash="$(grep -v '^[[:space:]]*#' "${BASH_SOURCE[0]}" | hash_of)"
 recipe_hash="$(printf '%s\n' "$suite" "$mirror" "${base_debian_packages[*]}" \
   "${base_python_packages[*]}" | hash_of)"
 base_debian="localhost/medsft-base/debian:$suite-$recipe_hash"

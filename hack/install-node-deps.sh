@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the real test node needs (runc, the CNI plugins,
-# iptables, conntrack; busybox-static for the probe image) — the parts of a node
+# iptables, conntrack; busybox-static for the probe image; buildah and mmdebstrap, which
+# build the trainer and operator images) — the parts of a node
 # that Debian ships, as opposed to the Go components hack/build-testbin.sh builds. Idempotent: does nothing when every
 # package is already installed; otherwise one `apt-get update` and one install.
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(runc containernetworking-plugins iptables conntrack busybox-static)
+packages=(runc containernetworking-plugins iptables conntrack busybox-static
+  buildah mmdebstrap uidmap)  # the images: hack/build-images.sh
 
 missing=()
 for p in "${packages[@]}"; do

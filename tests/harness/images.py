@@ -42,7 +42,7 @@ def builder_missing() -> str | None:
     """Why images cannot be built here, or None."""
     missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
-        return f"{', '.join(missing)} not installed (run `bash hack/install-image-deps.sh`)"
+        return f"{', '.join(missing)} not installed (run `bash hack/install-node-deps.sh`)"
     if os.geteuid() != 0:
         return "building images needs root (buildah storage and chroot)"
     return None
