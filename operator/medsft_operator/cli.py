@@ -734,7 +734,7 @@ def run(
             "(or pass --local to run it here)",
             2,
         )
-    from medsft_operator.local import run_local
+    from medsft_operator.local import comparison_table, run_local
 
     try:
         problems = [p for p in validate_documents(load_documents(file)) if p.severity == "error"]
@@ -748,6 +748,9 @@ def run(
         result = run_local(file, workdir=workdir, nproc=nproc, console=err_console)
     except (RuntimeError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
+    if result.results:
+        console.print(comparison_table(result.results))
+        console.print()
     table = Table(title=f"medsft run --local {result.name}", box=None, header_style="bold")
     for column in ("WHAT", "WHERE"):
         table.add_column(column, overflow="fold")

@@ -1,10 +1,13 @@
-"""The embedded default end to end: ``medsft run --local examples/quickstart.yaml``.
+"""The embedded default end to end: the README's first command, as a newcomer runs it.
 
-Runs the real CLI in a subprocess — curation on the vendored PubMedQA sample, SFT of the tiny
-model under torchrun with DeepSpeed on CPU (2 ranks), eval on PubMedQA and VQA-RAD — once
-on ``file://`` storage (what ``make demo`` does) and once against the real MinIO server.
-Scores are near chance (the model is random); the tests check that every stage produced
-what the next one and a person need.
+``test_newcomer_clone_runs_make_demo`` clones the repository (its committed state) into an
+empty folder — nothing beside it, so no ``../shared`` — and runs ``make demo`` there against
+this venv (the one documented shortcut: ``VENV=`` names an existing environment, so only its
+creation is skipped). That is curation on the vendored PubMedQA sample, SFT of the tiny model
+under torchrun with DeepSpeed on CPU (2 ranks), and eval of the untrained and the fine-tuned
+model on PubMedQA and VQA-RAD. ``test_quickstart_on_real_minio`` runs the same example with
+storage on the real MinIO server. Both check every artifact; the first also that the
+fine-tuned model beats its untrained self on PubMedQA and that the terminal stays quiet.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,61 +26,126 @@ from PIL import Image
 
 from harness.testbin import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 RUN_ROOT = "medsft/default/quickstart/g1"  # <bucket>/<namespace>/<run>/g<generation>
+ARTIFACTS = [  # the final table, in order: where a person looks afterwards
+    "dataset manifest",
+    "curation report",
+    "trace-length plot",
+    "fine-tuned model",
+    "loss curve",
+    "eval report",
+    "eval plots",
+]
+# Library chatter that belongs in the stage logs, never on the terminal.
+NOISE = ["OMP_NUM_THREADS", "real_accelerator", "Setting accelerator", "findfont", "Warning"]
 
 
-def run_quickstart(tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # The example's paths are relative to the repository root: run in a folder that has it.
-    work = tmp_path / "checkout"
-    work.mkdir()
-    (work / "examples").symlink_to(REPO_ROOT / "examples")
-    medsft = Path(sys.executable).parent / "medsft"
-    return subprocess.run(
-        [str(medsft), "run", "--local", str(QUICKSTART)],
-        cwd=work,
-        env={**os.environ, **extra_env},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-
-
-def check_artifacts(read: callable, printed: str) -> None:
+def check_artifacts(read: callable) -> dict:
+    """Every stage wrote what the next one and a person need; returns the eval results."""
     manifest = json.loads(read("curation/manifest.json"))
     curation_report = json.loads(read("curation/report/report.json"))
     removed = curation_report["removed_by_reason"]  # the recipe's report, next to the dataset
-    # maxSamples takes 96 of the quickstart's one source's questions before any trace is
-    # looked at (a teacher is paid for no more); rationales over lengths.maxTokens then go.
-    assert removed["source_cap"] > 0 and curation_report["sources"]["pubmedqa"]["rows_read"] > 96
-    assert manifest["numRows"] == 96 - removed.get("too_long", 0)
+    # The vendored sample carries the 32 PubMedQA test items the eval uses: decontamination
+    # removes them. maxSamples then takes 128 questions before any trace is looked at (a
+    # teacher is paid for no more); rationales over lengths.maxTokens go last.
+    assert removed["decontamination"] == 32 and removed["source_cap"] > 0
+    assert manifest["numRows"] == 128 - removed.get("too_long", 0) > 64
     assert sum(s["numRows"] for s in manifest["shards"]) == manifest["numRows"]
 
     summary = json.loads(read("sft/train_summary.json"))
-    assert summary["steps"] == 8
+    assert summary["steps"] > 0
     assert summary["dataset_manifest_uri"].endswith("curation/manifest.json")
     Image.open(io.BytesIO(read("sft/loss_curve.png"))).verify()
     assert json.loads(read("sft/model/config.json"))["model_type"].startswith("qwen2_5_vl")
 
     results = json.loads(read("eval/results.json"))
     assert [b["name"] for b in results["benchmarks"]] == ["pubmedqa", "vqa-rad"]
+    assert results["baseline"] == "untrained"
     for bench in results["benchmarks"]:
-        scores = bench["scores"]["model"]
-        assert bench["items"] == 16 and scores["seeds"] == 2
-        assert 0.0 <= scores["accuracy"] <= 1.0
-        assert scores["length"]["mean"] > 0
+        for label in ("model", "untrained"):  # same items, same seeds for both
+            scores = bench["scores"][label]
+            assert bench["items"] == 16 and scores["seeds"] == 1
+            assert 0.0 <= scores["accuracy"] <= 1.0
     Image.open(io.BytesIO(read("eval/plots/response_length.png"))).verify()
-    assert "eval report" in printed and "loss curve" in printed
+    report = read("eval/report.md").decode()
+    assert "## untrained vs model" in report and "How to read these numbers" in report
+    return results
 
 
-def test_quickstart_on_local_files(tmp_path):
-    proc = run_quickstart(tmp_path, {"MEDSFT_S3_ENDPOINT": ""})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    root = tmp_path / "checkout" / ".medsft" / "storage" / RUN_ROOT
-    check_artifacts(lambda key: (root / key).read_bytes(), proc.stdout)
-    # The person is told where the reports are (the table may fold long paths).
-    assert str(root) in "".join(proc.stdout.split())
+def table_rows(stdout: str) -> dict[str, str]:
+    """The final WHAT/WHERE table: artifact name -> location (folded lines joined)."""
+    rows: dict[str, str] = {}
+    current = None
+    for line in stdout[stdout.index("WHAT") :].splitlines()[1:]:
+        name = next((a for a in ARTIFACTS if line.strip().startswith(a)), None)
+        if name:
+            current = name
+            rows[name] = line.strip()[len(name) :].strip()
+        elif current and line.strip():
+            rows[current] += line.strip()
+    return rows
+
+
+def test_newcomer_clone_runs_make_demo(tmp_path):
+    if shutil.which("git") is None or shutil.which("make") is None:
+        pytest.skip("needs git and make")
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout: nothing to clone")
+    clone = tmp_path / "medsft"
+    subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["medsft"]  # nothing beside it
+
+    venv = Path(sys.prefix)
+    stamp = f"{venv}/.installed"
+    env = {
+        **os.environ,
+        "MEDSFT_S3_ENDPOINT": "",
+        # The clone's code, not whatever checkout the venv's editable install points at.
+        "PYTHONPATH": f"{clone / 'operator'}{os.pathsep}{clone / 'pipelines'}",
+    }
+    proc = subprocess.run(
+        # -o: never (re)build the shared venv from the clone; everything else is `make demo`.
+        ["make", "-o", stamp, "demo", f"VENV={venv}"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    root = clone / ".medsft" / "storage" / RUN_ROOT
+    results = check_artifacts(lambda key: (root / key).read_bytes())
+
+    # The final table lists every artifact, each where it really is.
+    rows = table_rows(proc.stdout)
+    assert list(rows) == ARTIFACTS
+    for what, where in rows.items():
+        assert Path(where).exists(), f"{what}: {where} does not exist"
+        assert Path(where).resolve().is_relative_to(clone.resolve())
+
+    # The fine-tuned model beats its untrained self on PubMedQA: answer format and accuracy.
+    pubmedqa = results["benchmarks"][0]
+    assert pubmedqa["parseable"]["model"] > pubmedqa["parseable"]["untrained"]
+    assert pubmedqa["scores"]["model"]["accuracy"] > pubmedqa["scores"]["untrained"]["accuracy"]
+    # ... and the terminal says so: the comparison row of PubMedQA, deltas positive.
+    row = next(
+        line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["pubmedqa"]
+    )
+    # pubmedqa, items, parseable: untrained, fine-tuned, Δ, accuracy: untrained, fine-tuned, Δ
+    parseable_delta, accuracy_delta = float(row[4]), float(row[7])
+    assert parseable_delta > 0 and accuracy_delta > 0
+
+    # Quiet: a handful of stage lines on the terminal, the libraries' chatter in the logs.
+    terminal = proc.stdout + proc.stderr
+    for noise in NOISE:
+        assert noise not in terminal, f"{noise!r} reached the terminal"
+    stage_lines = [line for line in proc.stderr.splitlines() if re.match(r"^✓ \w+", line)]
+    assert [line.split()[1] for line in stage_lines][-3:] == ["curation", "sft", "eval"]
+    sft_log = (clone / ".medsft" / "runs" / "quickstart" / "sft.log").read_text()
+    assert "OMP_NUM_THREADS" in sft_log or "accelerator" in sft_log  # it went here instead
 
 
 def test_quickstart_on_real_minio(tmp_path, minio):
@@ -83,11 +153,25 @@ def test_quickstart_on_real_minio(tmp_path, minio):
     s3 = minio.client()
     if not s3.bucket_exists("medsft"):
         s3.make_bucket("medsft")
-    proc = run_quickstart(tmp_path, minio.env())
+    # The example's paths are relative to the repository root: run in a folder that has it.
+    work = tmp_path / "checkout"
+    work.mkdir()
+    (work / "examples").symlink_to(REPO_ROOT / "examples")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "medsft"), "run", "--local", str(QUICKSTART)],
+        cwd=work,
+        env={**os.environ, **minio.env()},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert not (tmp_path / "checkout" / ".medsft" / "storage").exists()
+    assert not (work / ".medsft" / "storage").exists()
 
     def read(key: str) -> bytes:
         return s3.get_object("medsft", f"default/quickstart/g1/{key}").read()
 
-    check_artifacts(read, proc.stdout)
+    check_artifacts(read)
+    assert "eval report" in proc.stdout and "s3://medsft/default/quickstart/g1/eval" in "".join(
+        proc.stdout.split()
+    )
