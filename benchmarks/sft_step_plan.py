@@ -7,7 +7,7 @@ token length of each sample (``SampleLengths.lookup``), and ``plan_epoch`` (wind
 samples, first-fit-decreasing packing, micro-batches). Each rank plans only its own share,
 then one all-reduce agrees on the step count; so the wall time of the plan is one rank's time.
 
-Lengths: the real public samples of ``../shared/data`` as ``sft_packing.py`` measures them
+Lengths: the complete public files (``public_data.py``) as ``sft_packing.py`` measures them
 (PubMedQA with abstracts, VQA-RAD images at the recipe's pixel budget; the tiny model's
 processor), kept per source. The 8M-sample manifest is those lengths resampled (with
 replacement) per source in their real proportions, in shards of 4,096 rows, one folder per
