@@ -2,7 +2,8 @@
 # Builds the real binaries the test-suite runs (etcd, kube-apiserver,
 # kube-controller-manager, kubectl, helm, minio, kube-score; for the test node: kubelet,
 # kube-scheduler, the pause sandbox, containerd + its runc shim + ctr, CoreDNS and
-# the Kubeflow training operator) from their Go modules, once, into
+# the Kubeflow training operator; Kueue, Kubeflow Trainer v2 and JobSet controllers)
+# from their Go modules, once, into
 # ~/.cache/medsft/testbin/<component>-<version>/. Re-running is a no-op when
 # every binary is already there. Nothing is written into the repository.
 # `hack/build-testbin.sh PART...` builds only those parts (see the end).
@@ -218,7 +219,60 @@ go_install() { # go_install NAME MODULE/PKG VERSION OUTDIR [EXTRA_LDFLAGS]
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-want="${*:-etcd kubernetes helm minio kube-score node containerd coredns training-operator}"
+# The batch-scheduling controllers (issue 16): Kueue admits workloads, Kubeflow
+# Trainer v2 turns TrainJobs into JobSets, JobSet turns those into Jobs. Each is
+# built inside its own downloaded module (its go.mod and go.sum exactly as
+# released) rather than with `go install MODULE@VERSION`, which also asks the
+# proxy for the module's version list and fails where the proxy hides it (it
+# does for sigs.k8s.io/jobset). Next to each binary go the release's own CRDs
+# and webhook manifests (upstream files, unmodified), which the test harness
+# installs, so the tests never depend on Go's module cache still holding them.
+go_build_module() { # go_build_module NAME MODULE VERSION PKG OUTDIR LDFLAGS ASSET...
+  local name="$1" module="$2" version="$3" pkg="$4" out="$5" extra="$6"; shift 6
+  if have "$out" "$name" && [[ -d "$out/upstream" ]]; then
+    log "$name $version: cached in $out"; return
+  fi
+  local dir
+  dir="$(go mod download -json "$module@$version" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$dir" ]] || { log "$name: could not download $module@$version"; return 1; }
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp/upstream"
+  if have "$out" "$name"; then
+    cp "$out/$name" "$out.tmp/$name"
+  else
+    (
+      cd "$dir"
+      with_ticker "$name $version" \
+        go build -mod=readonly -trimpath -ldflags "-s -w $extra" -o "$out.tmp/$name" "$pkg"
+    )
+  fi
+  local asset
+  for asset in "$@"; do # paths inside the module, copied with their folders
+    mkdir -p "$out.tmp/upstream/$(dirname "$asset")"
+    cp -r "$dir/$asset" "$out.tmp/upstream/$asset"
+  done
+  chmod -R u+w "$out.tmp/upstream"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_kueue() {
+  go_build_module kueue sigs.k8s.io/kueue "$KUEUE_VERSION" ./cmd/kueue \
+    "$cache/kueue-$KUEUE_VERSION" "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+    config/components/crd config/components/webhook/manifests.yaml
+}
+
+build_trainer() {
+  go_build_module trainer-controller-manager github.com/kubeflow/trainer/v2 "$TRAINER_VERSION" \
+    ./cmd/trainer-controller-manager "$cache/trainer-$TRAINER_VERSION" "" \
+    manifests/base/crds manifests/base/webhook/manifests.yaml
+}
+
+build_jobset() {
+  go_build_module jobset sigs.k8s.io/jobset "$JOBSET_VERSION" . \
+    "$cache/jobset-$JOBSET_VERSION" "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" \
+    config/components/crd/bases config/components/webhook
+}
+
+want="${*:-etcd kubernetes helm minio kube-score node containerd coredns training-operator kueue trainer jobset}"
 for part in $want; do
   case "$part" in
     etcd) build_etcd ;;
@@ -234,6 +288,9 @@ for part in $want; do
     training-operator) go_install training-operator.v1 \
       github.com/kubeflow/training-operator/cmd/training-operator.v1 \
       "$TRAINING_OPERATOR_VERSION" "$cache/training-operator-$TRAINING_OPERATOR_VERSION" ;;
+    kueue) build_kueue ;;
+    trainer) build_trainer ;;
+    jobset) build_jobset ;;
     *) log "unknown part: $part"; exit 2 ;;
   esac
 done

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from .batch import JobSet, Kueue, Trainer, install_crds
+from .batch import crd_files as upstream_crd_files
 from .controlplane import ControlPlane
 from .fake_training_operator import FakeTrainingOperator
 from .minio_server import MinioServer
@@ -135,3 +137,32 @@ def helm_bin() -> Path:
 def shared_data() -> Path:
     """../shared/data: real public benchmark samples (read in place, never copied)."""
     return shared_dir() / "data"
+
+
+# -- batch scheduling (issue 16): the real Kueue, JobSet and Kubeflow Trainer v2 controllers,
+# started once per session on the shared control plane when a test asks for them.
+
+
+@pytest.fixture(scope="session")
+def jobset(kube: ControlPlane) -> Iterator[JobSet]:
+    manager = JobSet(kube)
+    yield manager.start()
+    manager.stop()
+
+
+@pytest.fixture(scope="session")
+def trainer(kube: ControlPlane, jobset: JobSet) -> Iterator[Trainer]:
+    """Kubeflow Trainer v2 (its own release's CRDs, the same as the vendored v2.3.0 ones)."""
+    manager = Trainer(kube)
+    yield manager.start()
+    manager.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(kube: ControlPlane, kubeflow_crds: list[str]) -> Iterator[Kueue]:
+    """Kueue with batch/job, PyTorchJob and TrainJob integrations (the CRDs of every
+    integrated kind are installed first: PyTorchJob, TrainJob, JobSet)."""
+    install_crds(kube, upstream_crd_files("jobset"))
+    manager = Kueue(kube)
+    yield manager.start()
+    manager.stop()
