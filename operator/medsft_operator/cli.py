@@ -409,7 +409,13 @@ def status_row(obj: dict[str, Any], now: datetime) -> StatusRow:
     )
 
 
-PHASE_STYLE = {"Succeeded": "green", "Failed": "bold red", "Running": "cyan", "Pending": "yellow"}
+PHASE_STYLE = {
+    "Succeeded": "green",
+    "Failed": "bold red",
+    "Running": "cyan",
+    "Pending": "yellow",
+    "Queued": "magenta",
+}
 
 
 def status_table(rows: Sequence[StatusRow], *, show_namespace: bool) -> Table:

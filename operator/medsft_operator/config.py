@@ -33,6 +33,11 @@ class OperatorConfig(Spec):
     propagate_annotation_prefixes: list[str] = []
     """Annotation key prefixes copied from a run to its stage resources and from those to
     their Jobs and PyTorchJobs (e.g. ``kueue.x-k8s.io/``)."""
+    default_sft_backend: Literal["PyTorchJob", "TrainJob"] = "PyTorchJob"
+    """What runs SFT for specs that set no ``backend``: a Kubeflow training-operator v1
+    PyTorchJob, or a Kubeflow Trainer v2 TrainJob."""
+    training_runtime: Annotated[str, Field(min_length=1, max_length=253)] = "medsft-torch"
+    """ClusterTrainingRuntime of TrainJobs whose spec names none (the chart installs it)."""
     poll_interval_s: Annotated[float, Field(gt=0)] = 30.0
     """How often active stages fold progress from storage and waiting stages re-check inputs."""
     retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0

@@ -8,12 +8,12 @@ phases and conditions move together; transitions become Events.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from medsft_operator.api import conditions as cond
-from medsft_operator.api.k8s import Phase, StatusBase
+from medsft_operator.api.k8s import Phase, QueueStatus, StatusBase
 from medsft_operator.api.status import (
     BenchmarkResult,
     CurationJobStatus,
@@ -86,6 +86,174 @@ def pytorchjob_state(job: Mapping[str, Any]) -> ChildState:
     return ChildState("Pending", "Submitted", "waiting for the training operator", restarted)
 
 
+def trainjob_state(job: Mapping[str, Any]) -> ChildState:
+    """State of a trainer.kubeflow.org/v1alpha1 TrainJob: its Complete / Failed /
+    Suspended conditions, else whether its JobSet's Jobs have pods active."""
+    status = job.get("status") or {}
+    true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Failed" in true:
+        c = true["Failed"]
+        return ChildState("Failed", c.get("reason") or "TrainJobFailed", c.get("message") or "")
+    if "Complete" in true:
+        c = true["Complete"]
+        return ChildState("Succeeded", c.get("reason") or "TrainJobComplete", "")
+    if "Suspended" in true or (job.get("spec") or {}).get("suspend"):
+        return ChildState("Pending", "Suspended", "waiting for admission (suspended)")
+    jobs = status.get("jobsStatus") or []
+    if any((j.get("active") or 0) + (j.get("ready") or 0) > 0 for j in jobs):
+        return ChildState("Running", "Running", "")
+    return ChildState("Pending", "Submitted", "waiting for Kubeflow Trainer to start the JobSet")
+
+
+# ------------------------------------------------------------------------------ Kueue
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """Where Kueue has a workload: waiting (why), admitted (where), evicted (why)."""
+
+    waiting: bool
+    reason: str
+    message: str
+    workload: str | None = None
+    cluster_queue: str | None = None
+    evicted: tuple[str, str] | None = None
+    """(reason, message) of the eviction that still stands (until re-admission)."""
+    readmitted: str | None = None
+    """Message of the eviction that re-admission ended (Kueue's "Previously: ...")."""
+    evictions: int = 0
+
+
+# Kueue's QuotaReserved=False reasons, in medsft's words (others are passed through).
+QUEUE_REASONS = {"Pending": "WaitingForQuota", "Inadmissible": "Inadmissible"}
+QUEUE_MESSAGE_MAX = 1024  # Kueue's messages go into status.message (at most 4096)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= QUEUE_MESSAGE_MAX else text[: QUEUE_MESSAGE_MAX - 3] + "..."
+
+
+def workload_state(workload: Mapping[str, Any] | None, local_queue: str) -> QueueState:
+    """Fold a kueue.x-k8s.io Workload (None: Kueue has not made one yet) into a QueueState."""
+    return _bounded(_workload_state(workload, local_queue))
+
+
+def _workload_state(workload: Mapping[str, Any] | None, local_queue: str) -> QueueState:
+    if workload is None:
+        return QueueState(
+            True,
+            "WaitingForWorkload",
+            f"waiting for Kueue to create the workload (LocalQueue {local_queue})",
+        )
+    name = workload["metadata"]["name"]
+    status = workload.get("status") or {}
+    conds = {c["type"]: c for c in status.get("conditions") or []}
+
+    def true(kind: str) -> Mapping[str, Any] | None:
+        c = conds.get(kind)
+        return c if c is not None and c.get("status") == "True" else None
+
+    evictions = sum(
+        int(e.get("count") or 0)
+        for e in (status.get("schedulingStats") or {}).get("evictions") or []
+    )
+    evicted = None
+    if (c := true("Evicted")) is not None:
+        reason, message = c.get("reason") or "Evicted", c.get("message") or ""
+        if (p := true("Preempted")) is not None:
+            message = f"{p.get('reason') or 'Preempted'}: {p.get('message') or message}"
+        evicted = (reason, message)
+    readmitted = None
+    if evicted is None and (c := conds.get("Evicted")) is not None:
+        readmitted = c.get("message") or "evicted earlier"
+    admission = status.get("admission") or {}
+    common: dict[str, Any] = {
+        "workload": name,
+        "evicted": evicted,
+        "readmitted": readmitted,
+        "evictions": evictions,
+    }
+    if true("Finished") is not None:
+        return QueueState(False, "Finished", "the workload finished", **common)
+    if true("Admitted") is not None and evicted is None:
+        queue = admission.get("clusterQueue")
+        return QueueState(
+            False, "Admitted", f"admitted by ClusterQueue {queue}", cluster_queue=queue, **common
+        )
+    if evicted is not None:
+        reason, message = evicted
+        return QueueState(True, reason, f"evicted by Kueue ({reason}): {message}", **common)
+    reserved = conds.get("QuotaReserved")
+    if reserved is not None and reserved.get("status") == "True":
+        return QueueState(
+            True,
+            "AdmissionChecksPending",
+            f"quota reserved, waiting for admission checks: {reserved.get('message') or ''}",
+            **common,
+        )
+    if reserved is not None:
+        kueue_reason = reserved.get("reason") or "Pending"
+        return QueueState(
+            True,
+            QUEUE_REASONS.get(kueue_reason, kueue_reason),
+            reserved.get("message") or "waiting for quota",
+            **common,
+        )
+    return QueueState(True, "WaitingForQuota", f"waiting in LocalQueue {local_queue}", **common)
+
+
+def _bounded(state: QueueState) -> QueueState:
+    evicted = state.evicted and (state.evicted[0], _short(state.evicted[1]))
+    readmitted = state.readmitted and _short(state.readmitted)
+    return replace(state, message=_short(state.message), evicted=evicted, readmitted=readmitted)
+
+
+def apply_queue(
+    status: StatusT, queue: QueueState, local_queue: str, generation: int | None
+) -> StatusT:
+    """``status`` with the Queued / Admitted / Evicted conditions and ``queue`` from Kueue."""
+    conditions = cond.set_condition(
+        status.conditions,
+        cond.QUEUED,
+        "True" if queue.waiting else "False",
+        queue.reason,
+        queue.message,
+        generation,
+    )
+    admitted = not queue.waiting and queue.reason == "Admitted"
+    if admitted or cond.get_condition(conditions, cond.ADMITTED) is not None or queue.waiting:
+        conditions = cond.set_condition(
+            conditions,
+            cond.ADMITTED,
+            "True" if admitted else "False",
+            "Admitted" if admitted else queue.reason,
+            queue.message,
+            generation,
+        )
+    if queue.evicted is not None:
+        reason, message = queue.evicted
+        conditions = cond.set_condition(
+            conditions, cond.EVICTED, "True", reason, message, generation
+        )
+    elif queue.readmitted is not None or cond.get_condition(conditions, cond.EVICTED):
+        conditions = cond.set_condition(
+            conditions,
+            cond.EVICTED,
+            "False",
+            "Readmitted",
+            queue.readmitted or "re-admitted",
+            generation,
+        )
+    previous = status.queue
+    queue_status = QueueStatus(
+        local_queue=local_queue,
+        workload=queue.workload or (previous.workload if previous else None),
+        cluster_queue=queue.cluster_queue,
+        evictions=max(queue.evictions, previous.evictions if previous else 0),
+    )
+    return status.model_copy(update={"conditions": conditions, "queue": queue_status})
+
+
 UNOBSERVED: tuple[Any, ...] = ("",)
 
 
@@ -98,9 +266,15 @@ def observed_state(child: Mapping[str, Any]) -> tuple[Any, ...]:
     if child.get("kind") == "Job":
         state = job_state(child)
         return ("Job", state.phase, state.reason, status.get("succeeded"), status.get("failed"))
+    spec = child.get("spec") or {}
     if child.get("kind") == "PyTorchJob":
         state = pytorchjob_state(child)
-        return ("PyTorchJob", state.phase, state.reason, state.restarted)
+        # Kueue admits and evicts by flipping ``suspend``: the owner's Queued status follows.
+        suspended = bool((spec.get("runPolicy") or {}).get("suspend"))
+        return ("PyTorchJob", state.phase, state.reason, state.restarted, suspended)
+    if child.get("kind") == "TrainJob":
+        state = trainjob_state(child)
+        return ("TrainJob", state.phase, state.reason, bool(spec.get("suspend")))
     return (child.get("kind"), status.get("phase"), status.get("progress"), status.get("message"))
 
 
@@ -117,7 +291,7 @@ def apply_phase(
     """``status`` with ``phase``, its message and the Ready/Progressing/Succeeded/Failed
     conditions set consistently (timestamps move only on real transitions)."""
     conditions = list(status.conditions)
-    running = phase in ("Pending", "Running")
+    running = phase in ("Pending", "Queued", "Running")
     ready_reason = reason if phase != "Succeeded" else "Succeeded"
     conditions = cond.set_condition(
         conditions,
@@ -186,13 +360,14 @@ def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType,
         reason = new.phase if new.phase != "Failed" else _reason(new, cond.FAILED) or "Failed"
         events.append((kind, reason, new.message or new.phase))
     for c in new.conditions:
-        if c.type in (cond.READY, cond.PROGRESSING, cond.SUCCEEDED, cond.FAILED):
+        if c.type in (cond.READY, cond.PROGRESSING, cond.SUCCEEDED, cond.FAILED, cond.QUEUED):
             continue  # these follow the phase, already announced
         before = cond.get_condition(old.conditions, c.type)
-        if before is None and c.status == "True":
+        if before is None and c.status == "True" and c.type != cond.EVICTED:
             continue
         if before is None or before.status != c.status or before.reason != c.reason:
-            kind = "Warning" if c.status == "False" else "Normal"
+            bad = "True" if c.type == cond.EVICTED else "False"  # Evicted=True is the problem
+            kind = "Warning" if c.status == bad else "Normal"
             events.append((kind, c.reason, c.message or f"{c.type} is {c.status}"))
     return events
 

@@ -3,7 +3,8 @@
 * spec created / changed / operator resumed -> reconcile (kopf retries TemporaryError);
 * any event on a medsft object -> the :class:`Poller` learns whether it needs polling
   (unfinished: progress folded from storage; waiting: missing inputs re-checked);
-* an owned Job, PyTorchJob or stage resource changed -> reconcile its owner at once;
+* an owned Job, PyTorchJob, TrainJob (where served) or stage resource changed -> reconcile
+  its owner at once;
 * a MedSFTRun with ``artifactPolicy: Delete`` is deleted -> the finalizer empties its prefix.
 """
 
@@ -18,7 +19,7 @@ import kopf
 from medsft_operator import names
 from medsft_operator.api.k8s import GROUP, VERSION
 from medsft_operator.controller import Controller
-from medsft_operator.kube import JOBS, PYTORCHJOBS
+from medsft_operator.kube import JOBS, PYTORCHJOBS, TRAINJOBS
 from medsft_operator.poller import Poller
 
 KINDS = ("curationjobs", "sftjobs", "evaljobs", "medsftruns")
@@ -53,9 +54,15 @@ def configure(settings: kopf.OperatorSettings, *, max_workers: int) -> None:
 
 
 def register(
-    registry: kopf.OperatorRegistry, controller: Controller, *, poller: Poller, login: Any
+    registry: kopf.OperatorRegistry,
+    controller: Controller,
+    *,
+    poller: Poller,
+    login: Any,
+    train_jobs: bool = False,
 ) -> None:
-    """Register every handler of the operator on ``registry``."""
+    """Register every handler of the operator on ``registry``; TrainJobs are watched only
+    when ``train_jobs`` (the cluster serves them: a watch on an unserved API fails)."""
     kopf.on.login(registry=registry)(login)
     backoff = controller.ctx.config.retry_backoff_s
 
@@ -86,7 +93,7 @@ def register(
             await controller.child_changed(dict(body), deleted=type == "DELETED")
 
     managed = {names.MANAGED_BY: names.OPERATOR_NAME}
-    for rt in (JOBS, PYTORCHJOBS):
+    for rt in (JOBS, PYTORCHJOBS, *((TRAINJOBS,) if train_jobs else ())):
         kopf.on.event(
             rt.group, rt.version, rt.plural, id="owner", labels=managed, registry=registry
         )(child_changed)

@@ -56,13 +56,19 @@ EVALJOBS = ResourceType(GROUP, VERSION, "evaljobs", "EvalJob")
 MEDSFTRUNS = ResourceType(GROUP, VERSION, "medsftruns", "MedSFTRun")
 JOBS = ResourceType("batch", "v1", "jobs", "Job")
 PYTORCHJOBS = ResourceType("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
+TRAINJOBS = ResourceType("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
+# Read only: Kueue's record of a queued Job / PyTorchJob / TrainJob (admission, eviction).
+WORKLOADS = ResourceType("kueue.x-k8s.io", "v1beta2", "workloads", "Workload")
 CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 SECRETS = ResourceType("", "v1", "secrets", "Secret")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 
 BY_KIND = {
     rt.kind: rt
-    for rt in (CURATIONJOBS, SFTJOBS, EVALJOBS, MEDSFTRUNS, JOBS, PYTORCHJOBS, CONFIGMAPS, SECRETS)
+    for rt in (
+        *(CURATIONJOBS, SFTJOBS, EVALJOBS, MEDSFTRUNS),
+        *(JOBS, PYTORCHJOBS, TRAINJOBS, CONFIGMAPS, SECRETS),
+    )
 }
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -180,6 +186,15 @@ class Kube:
             error_type = {404: NotFound, 409: Conflict}.get(error.status, KubeError)
             raise error_type(error.status, error.reason, error.message)
         return json.loads(response.data) if response.data else {}
+
+    async def served(self, rt: ResourceType) -> bool:
+        """Whether the apiserver serves ``rt`` (its group/version lists the resource)."""
+        base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+        try:
+            found = await self._request("discover", "GET", rt, base)
+        except NotFound:
+            return False
+        return any(r.get("name") == rt.plural for r in found.get("resources") or [])
 
     async def get(self, rt: ResourceType, namespace: str, name: str) -> Body | None:
         """The object, or None if it does not exist."""

@@ -22,6 +22,7 @@ import aiohttp
 import kopf
 from kubernetes import client
 
+from medsft_operator import compat
 from medsft_operator.artifacts import StorageAccess
 from medsft_operator.config import OperatorConfig
 from medsft_operator.controller import Controller
@@ -209,11 +210,16 @@ async def _operate(
         settings.networking.request_timeout = min(
             settings.networking.request_timeout or config.renew_deadline_s, config.renew_deadline_s
         )
+    upstreams = await compat.served(controller.ctx.kube)
+    for upstream, ok in upstreams.items():
+        if not ok:
+            log.warning("%s", upstream.missing())
     register(
         registry,
         controller,
         poller=poller,
         login=login_handler(api_client.configuration, remaining),
+        train_jobs=upstreams[compat.TRAINER],
     )
     stop_flag: asyncio.Event = asyncio.Event()
     ready_flag: asyncio.Event = asyncio.Event()

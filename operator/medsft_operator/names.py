@@ -25,6 +25,7 @@ GENERATION = f"{GROUP}/generation"
 STAGE_HASH = f"{GROUP}/stage-hash"  # first 32 hex digits of the stage's content hash
 ATTEMPT = f"{GROUP}/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"  # Kueue's label on a job's Workload
 
 # Annotations.
 STAGE_HASH_FULL = f"{GROUP}/stage-hash"
@@ -35,6 +36,9 @@ CONFIG_HASH = f"{GROUP}/config-hash"
 LABEL_MAX = 63
 # PyTorchJob pods and Services are ``<job>-worker-<index>``: keep room for that suffix.
 PYTORCHJOB_NAME_MAX = 48
+# A TrainJob's JobSet names its Jobs ``<trainjob>-node-<index>`` and their pods
+# ``<job>-<index>-<random>``; JobSet requires those to stay DNS labels.
+TRAINJOB_NAME_MAX = 40
 # Indexed Job pods' hostnames are ``<job>-<index>``.
 JOB_NAME_MAX = 56
 
@@ -86,6 +90,11 @@ def curation_merge_job_name(curation_job: str) -> str:
 def pytorch_job_name(sft_job: str, attempt: int) -> str:
     """The PyTorchJob of one attempt (a failed attempt is retried as the next one)."""
     return bounded_name(sft_job, f"-a{attempt}", PYTORCHJOB_NAME_MAX)
+
+
+def train_job_name(sft_job: str, attempt: int) -> str:
+    """The TrainJob of one attempt (backend ``TrainJob``)."""
+    return bounded_name(sft_job, f"-a{attempt}", TRAINJOB_NAME_MAX)
 
 
 def eval_job_name(eval_job: str) -> str:

@@ -9,8 +9,10 @@ what they do not allow. Why each rule exists:
 * their ``status``: the operator is the only writer of status;
 * their ``finalizers``: setting ``blockOwnerDeletion`` on children's ownerReferences
   (enforced by the OwnerReferencesPermissionEnforcement admission plugin where enabled);
-* batch Jobs and PyTorchJobs: create the workloads and watch them; never update or delete
-  (children go by garbage collection with their owner);
+* batch Jobs, PyTorchJobs and TrainJobs: create the workloads and watch them; never update,
+  patch or delete (children go by garbage collection with their owner; ``suspend`` is
+  Kueue's to flip);
+* Kueue's Workloads: read only, for the Queued / Admitted / Evicted status;
 * ConfigMaps: create the job configs (immutable) and read them back;
 * Secrets: read *only by name* the storage / CA / API-key Secrets a spec references —
   no list or watch, so the operator cannot enumerate a namespace's Secrets;
@@ -49,6 +51,16 @@ NAMESPACED_RULES: list[Rule] = [
         "apiGroups": ["kubeflow.org"],
         "resources": ["pytorchjobs"],
         "verbs": ["get", "list", "watch", "create"],
+    },
+    {
+        "apiGroups": ["trainer.kubeflow.org"],
+        "resources": ["trainjobs"],
+        "verbs": ["get", "list", "watch", "create"],
+    },
+    {
+        "apiGroups": ["kueue.x-k8s.io"],
+        "resources": ["workloads"],
+        "verbs": ["get", "list", "watch"],
     },
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

@@ -133,7 +133,14 @@ class _Renderer:
             manifest_uri = layout.manifest_uri(
                 self.upstream_output(doc, ref, "curation", inputs.storage)
             )
-        config_map, job = sft_children(doc, spec, inputs, dataset_manifest_uri=manifest_uri)
+        config_map, job = sft_children(
+            doc,
+            spec,
+            inputs,
+            dataset_manifest_uri=manifest_uri,
+            backend=spec.backend or self.config.default_sft_backend,
+            training_runtime=self.config.training_runtime,
+        )
         return [config_map, job]
 
     def eval(self, doc: Manifest) -> list[Manifest]:

@@ -115,6 +115,12 @@ def test_a_job_waiting_for_kueue_admission_is_suspended():
     assert health(_obj("EvalJob", status)) == ("Suspended", "waiting for admission (suspended)")
 
 
+def test_a_stage_queued_or_evicted_by_kueue_is_suspended_with_kueues_message():
+    message = "couldn't assign flavors to pod set master: insufficient quota for nvidia.com/gpu"
+    status = fold.apply_phase(SFTJobStatus(), "Queued", "WaitingForQuota", message, 1)
+    assert health(_obj("SFTJob", status)) == ("Suspended", message)
+
+
 def test_a_run_says_its_generation_stage_score_and_promotion():
     running = fold.apply_phase(MedSFTRunStatus(), "Running", "Running", "evaluating", 3)
     running = running.model_copy(

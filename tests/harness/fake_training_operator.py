@@ -15,6 +15,10 @@ status subresource. Tests steer it with annotations on the PyTorchJob:
     Restarting passes through Restarting -> Running -> Succeeded;
     Running stays Running until the annotation changes.
 ``fake.medsft.io/hold``     "true" freezes the job where it is.
+
+``runPolicy.suspend`` is honoured as the real one does: a suspended job (Kueue has not
+admitted it, or evicted it) gets ``Suspended=True`` with its pods gone and does not move;
+when unsuspended it gets ``Suspended=False`` (reason ``PyTorchJobResumed``) and runs on.
 """
 
 from __future__ import annotations
@@ -75,6 +79,25 @@ def next_status(job: dict[str, Any]) -> dict[str, Any] | None:
         conditions.append(_condition(kind, reason, message))
         return {**status, "conditions": conditions}
 
+    suspended = bool(job["spec"].get("runPolicy", {}).get("suspend"))
+    if phase in ("Succeeded", "Failed"):
+        return None  # final
+    if suspended and phase is not None and phase != "Suspended":
+        # The training operator deletes the pods and records the suspension (the latest
+        # condition of a type replaces the earlier one, at the end of the list).
+        kept = [c for c in conditions if c["type"] != "Suspended"]
+        for c in kept:
+            if c["type"] in ("Running", "Restarting") and c["status"] == "True":
+                c["status"] = "False"
+        kept.append(_condition("Suspended", "Suspended", f"PyTorchJob {name} is suspended."))
+        return {**status, "conditions": kept, "replicaStatuses": {r: {} for r in replicas}}
+    if phase == "Suspended":
+        if suspended:
+            return None
+        kept = [c for c in conditions if c["type"] != "Suspended"]
+        resumed = _condition("Suspended", "Resumed", f"PyTorchJob {name} is resumed.")
+        kept.append({**resumed, "status": "False"})
+        return {**status, "conditions": kept}
     if phase is None:
         return {
             "conditions": [_condition("Created", "Created", f"PyTorchJob {name} is created.")],

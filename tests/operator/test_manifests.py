@@ -48,3 +48,50 @@ def test_rendered_children_of_every_example_pass_server_side_validation(
         if child["kind"] == "PyTorchJob":  # nothing pruned: every field we set is in the schema
             assert created["spec"]["pytorchReplicaSpecs"] == child["spec"]["pytorchReplicaSpecs"]
             assert created["spec"]["runPolicy"] == child["spec"]["runPolicy"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_trainjob_rendered_for_the_examples_passes_server_side_validation(
+    kube, namespace, medsft_crds, trainer, helm_bin, tmp_path, example
+):
+    """The TrainJob backend: each example's SFT rendered as a TrainJob is accepted by the
+    upstream v2.3.0 CRD and by the real Trainer's admission webhooks (which resolve its
+    runtimeRef against the ClusterTrainingRuntime the chart installs), nothing pruned."""
+    from test_trainjob import chart_runtime
+
+    from medsft_operator.config import OperatorConfig
+
+    runtime = chart_runtime(helm_bin, tmp_path)
+    kube.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(runtime)
+    )
+    config = OperatorConfig.from_env().model_copy(update={"default_sft_backend": "TrainJob"})
+    jobs = []
+    for doc in yaml.safe_load_all((EXAMPLES / example).read_text()):
+        if doc:
+            doc["metadata"]["namespace"] = namespace
+            jobs += [
+                c for c in children_of(doc, generation=3, config=config) if c["kind"] == "TrainJob"
+            ]
+    if example in ("curationjob.yaml", "evaljob.yaml"):
+        assert not jobs
+        return
+    assert jobs, f"{example} renders no TrainJob"
+    for job in jobs:
+        job["metadata"].pop("uid", None)
+        result = kube.kubectl(
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input=json.dumps(job),
+            check=False,
+        )
+        assert result.returncode == 0, f"TrainJob {job['metadata']['name']}: {result.stderr}"
+        created = json.loads(result.stdout)
+        assert created["spec"]["trainer"] == job["spec"]["trainer"]
+        (patch,) = created["spec"]["runtimePatches"]
+        patch.pop("time", None)  # set by Trainer's defaulting webhook
+        assert [patch] == job["spec"]["runtimePatches"]

@@ -20,6 +20,10 @@ FAILED = "Failed"
 PROGRESSING = "Progressing"  # children exist and are working
 INPUTS_READY = "InputsReady"  # Secrets, references and upstream datasets/models are there
 PROMOTED = "Promoted"  # MedSFTRun: the current generation passed the promotion gate
+# Kueue (stages with scheduling.queueName), folded from the workload's Kueue Workload:
+QUEUED = "Queued"  # waiting for admission: reason WaitingForQuota / Inadmissible / ...
+ADMITTED = "Admitted"  # admitted; the message names the ClusterQueue
+EVICTED = "Evicted"  # taken back by Kueue (reason Preempted, ...); False once re-admitted
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -102,7 +102,9 @@ class StageRuntime(Spec):
     """Object storage; unset: the MedSFTRun's storage, else the operator's default storage."""
 
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+"""``Queued``: the workload waits for Kueue to admit it (quota, priority), also after an
+eviction until it is re-admitted."""
 
 
 class Condition(Spec):
@@ -137,11 +139,25 @@ Conditions = Annotated[
 ]
 
 
+class QueueStatus(Spec):
+    """Kueue's view of a stage's workload (stages with ``scheduling.queueName``)."""
+
+    local_queue: LabelValue
+    """The LocalQueue the workload was submitted to."""
+    workload: Annotated[str, Field(max_length=253)] | None = None
+    """Name of Kueue's Workload object for the current job."""
+    cluster_queue: Annotated[str, Field(max_length=253)] | None = None
+    """The ClusterQueue that admitted the workload (while admitted)."""
+    evictions: Annotated[int, Field(ge=0)] = 0
+    """Times Kueue evicted the workload (preemption, stopped queue, ...); each resumes
+    when re-admitted and never counts against ``backoffLimit``."""
+
+
 class StatusBase(Spec):
     """Fields every medsft status has."""
 
     phase: Phase | None = None
-    """Coarse lifecycle phase: Pending, Running, Succeeded or Failed."""
+    """Coarse lifecycle phase: Pending, Queued, Running, Succeeded or Failed."""
     conditions: Conditions = []
     """Detailed conditions (Ready, Succeeded, Failed, InputsReady, ...)."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
@@ -156,6 +172,8 @@ class StatusBase(Spec):
     """When work started."""
     completion_time: datetime | None = None
     """When work finished (succeeded or failed)."""
+    queue: QueueStatus | None = None
+    """Kueue admission of the stage's current workload (stage kinds, with a queue)."""
 
 
 class ObjectMeta(BaseModel):

@@ -22,6 +22,7 @@ from medsft_operator.api.status import (
 )
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
+    K8sName,
     ObjectRef,
     StorageSpec,
     cel,
@@ -34,6 +35,7 @@ from medsft_pipelines.specs.eval import BENCHMARK_NAMES, EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 
 CATEGORY = "medsft"
+SFTBackend = Literal["PyTorchJob", "TrainJob"]
 
 
 def immutable(field_name: str, *, optional: bool = False) -> dict:
@@ -85,11 +87,18 @@ class SFTStageSpec(StageRuntime, SFTSpec):
     """An SFT stage: the training recipe and the GPUs it runs on."""
 
     nodes: Annotated[int, Field(ge=1, le=1024)] = 1
-    """Nodes of the PyTorchJob (1 Master + nodes-1 Workers)."""
+    """Nodes of the training job (PyTorchJob: 1 Master + nodes-1 Workers; TrainJob: numNodes)."""
     gpus_per_node: Annotated[int, Field(ge=1, le=16)] = 1
     """GPUs per node (torchrun's nproc-per-node)."""
     shm_size: Quantity = "16Gi"
     """Size of the memory-backed ``/dev/shm`` of each pod (NCCL and data loaders need it)."""
+    backend: SFTBackend | None = None
+    """What runs the training: ``PyTorchJob`` (Kubeflow training-operator v1) or
+    ``TrainJob`` (Kubeflow Trainer v2, a JobSet); unset: the operator's default
+    (Helm value ``sft.defaultBackend``, itself ``PyTorchJob`` unless changed)."""
+    training_runtime: K8sName | None = None
+    """ClusterTrainingRuntime a ``TrainJob`` references; unset: the one the chart installs
+    (Helm value ``sft.trainingRuntime.name``)."""
 
     model_config = k8s_rules(
         *rules_of(SFTSpec),

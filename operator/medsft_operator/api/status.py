@@ -75,7 +75,9 @@ class SFTJobStatus(StatusBase):
     restarts: Count | None = None
     """Times the training job was restarted (each resumes from the latest checkpoint)."""
     pytorch_job_name: Name | None = None
-    """Name of the PyTorchJob doing the training."""
+    """Name of the PyTorchJob doing the training (backend ``PyTorchJob``)."""
+    train_job_name: Name | None = None
+    """Name of the TrainJob doing the training (backend ``TrainJob``)."""
 
 
 class BenchmarkResult(Spec):

@@ -16,12 +16,17 @@ from medsft_operator import names
 from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTStageSpec
 from medsft_operator.builders.pods import (
     CONFIG_DIR,
+    CONTAINER_SECURITY,
+    POD_SECURITY,
     Manifest,
     PodSettings,
     base_env,
     container,
     pod_template,
+    resources,
     storage_env,
+    volume_mounts,
+    volumes,
 )
 from medsft_pipelines.specs.jobconfig import (
     CurationJobConfig,
@@ -229,11 +234,7 @@ def pytorch_job(
     ``backoffLimit``. Every attempt reads the same job config and output location, and the
     trainer resumes from the newest checkpoint complete on every node by itself.
     """
-    env = [
-        *base_env("job.yaml"),
-        {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},  # in the trainer's summary
-        *storage_env(settings.storage),
-    ]
+    env = sft_env(settings, attempt=attempt)
     pod_settings = PodSettings(
         image=settings.image,
         storage=settings.storage,
@@ -270,8 +271,11 @@ def pytorch_job(
     run_policy: Manifest = {
         "backoffLimit": 0,  # one retry budget: the operator's attempts (see the docstring)
         "schedulingPolicy": scheduling,
-        "suspend": bool(queued),  # Kueue admits a queued job by unsuspending it
     }
+    if queued:
+        # Kueue admits a queued job by unsuspending it. Never write ``suspend: false``:
+        # only Kueue may (Kueue's rule for integrations; an eviction re-suspends).
+        run_policy["suspend"] = True
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
@@ -287,6 +291,118 @@ def pytorch_job(
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+TRAINJOB_PATCH_MANAGER = "medsft.io/operator"
+TRAINJOB_NODE = "node"  # the torch runtime's replicated job and container
+
+
+def sft_env(settings: PodSettings, *, attempt: int) -> list[Manifest]:
+    """Environment of every training process (either backend)."""
+    return [
+        *base_env("job.yaml"),
+        {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},  # in the trainer's summary
+        *storage_env(settings.storage),
+    ]
+
+
+def train_job(
+    owner: Owner,
+    spec: SFTStageSpec,
+    settings: PodSettings,
+    *,
+    attempt: int,
+    runtime: str,
+) -> Manifest:
+    """The Kubeflow Trainer v2 TrainJob of one training attempt.
+
+    The ClusterTrainingRuntime ``runtime`` (the chart's ``medsft-torch``) holds what every
+    SFT shares: the torch ML policy, the JobSet with one ``node`` replicated job and its
+    scratch and ``/dev/shm`` volumes, the pod and container hardening. What is this job's
+    own goes here: ``trainer`` (image, torchrun command, env, ``numNodes``, ``numProcPerNode``
+    = GPUs per node, resources per node) and one ``runtimePatches`` entry owned by the
+    operator (its ConfigMap, the storage CA, the shm size, labels, ServiceAccount and
+    placement). Trainer's torch plugin hands torchrun the rendezvous through ``PET_*``
+    variables, so the command is the PyTorchJob's.
+    """
+    labels = {**settings.labels, names.ATTEMPT: str(attempt)}
+    mounts = volume_mounts(settings, shm=True)
+    pod_spec: Manifest = {
+        "volumes": volumes(settings, shm_size=spec.shm_size),
+        "containers": [
+            {
+                "name": TRAINJOB_NODE,
+                "volumeMounts": mounts,
+                "securityContext": CONTAINER_SECURITY,
+            }
+        ],
+        "securityContext": POD_SECURITY,
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    scheduling = spec.scheduling
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
+        ]
+    trainer: Manifest = {
+        "image": settings.image,
+        "command": [*TRAIN_COMMAND, f"{CONFIG_DIR}/job.yaml"],
+        "env": sft_env(settings, attempt=attempt),
+        "numNodes": spec.nodes,
+        "numProcPerNode": spec.gpus_per_node,
+        "resourcesPerNode": resources(spec, spec.gpus_per_node),
+    }
+    queued = _queue(spec)
+    body: Manifest = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": owner.metadata(
+            names.train_job_name(owner.name, attempt),
+            annotations=settings.annotations,
+            **queued,
+            **{names.ATTEMPT: str(attempt)},
+        ),
+        "spec": {
+            "runtimeRef": {
+                "apiGroup": "trainer.kubeflow.org",
+                "kind": "ClusterTrainingRuntime",
+                "name": runtime,
+            },
+            "trainer": trainer,
+            "runtimePatches": [
+                {
+                    "manager": TRAINJOB_PATCH_MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "metadata": {"labels": dict(labels)},
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": TRAINJOB_NODE,
+                                        "template": {
+                                            "metadata": {"labels": dict(labels)},
+                                            "spec": {
+                                                "template": {
+                                                    "metadata": {"labels": dict(labels)},
+                                                    "spec": pod_spec,
+                                                }
+                                            },
+                                        },
+                                    }
+                                ]
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    if queued:
+        body["spec"]["suspend"] = True  # as for PyTorchJob: only Kueue unsuspends
+    return body
 
 
 # ----------------------------------------------------------------------------------- eval

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medsft_operator import layout, names
-from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTStageSpec
+from medsft_operator.api.kinds import CurationStageSpec, EvalStageSpec, SFTBackend, SFTStageSpec
 from medsft_operator.builders import children
 from medsft_operator.builders.jobconfig import (
     build_curation_config,
@@ -114,8 +114,11 @@ def sft_children(
     *,
     dataset_manifest_uri: str,
     attempt: int = 0,
+    backend: SFTBackend = "PyTorchJob",
+    training_runtime: str = "medsft-torch",
 ) -> tuple[Manifest, Manifest]:
-    """The ConfigMap and the PyTorchJob of ``attempt``."""
+    """The ConfigMap and the training job of ``attempt``: a PyTorchJob, or a TrainJob
+    referencing the ClusterTrainingRuntime ``training_runtime``."""
     owner = children.Owner(manifest, "sft")
     config = build_sft_config(
         spec,
@@ -124,7 +127,17 @@ def sft_children(
         output_uri=inputs.output_uri,
         dataset_manifest_uri=dataset_manifest_uri,
     )
-    job = children.pytorch_job(owner, spec, _settings(owner, inputs), attempt=attempt)
+    settings = _settings(owner, inputs)
+    if backend == "TrainJob":
+        job = children.train_job(
+            owner,
+            spec,
+            settings,
+            attempt=attempt,
+            runtime=spec.training_runtime or training_runtime,
+        )
+    else:
+        job = children.pytorch_job(owner, spec, settings, attempt=attempt)
     return children.sft_config_map(owner, spec, config), job
 
 

@@ -103,6 +103,9 @@ class RunReconciler(Reconciler):
             )
             state = phase or "Pending"
             message = f"generation {number}: {title} {state.lower()} ({stage.kind} {child_name})"
+            if phase == "Queued":  # waiting for Kueue: say so in the run's phase too
+                message = f"{message}: {child_status.get('message', '')}"
+                return fold.apply_phase(status, "Queued", f"{title}Queued", message, gen)
             return fold.apply_phase(status, "Running", f"{title}{state}", message, gen)
         return await self._finish_generation(
             body, run, status, plan, history, record, children, gen

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from medsft_operator import fold, layout, names
 from medsft_operator.api.hashing import spec_hash
 from medsft_operator.api.k8s import Phase, StatusBase
-from medsft_operator.api.kinds import CurationJob, EvalJob, SFTJob, SFTJobSpec
+from medsft_operator.api.kinds import CurationJob, EvalJob, SFTBackend, SFTJob, SFTJobSpec
 from medsft_operator.api.status import CurationJobStatus, EvalJobStatus, SFTJobStatus
 from medsft_operator.artifacts import InputsError
 from medsft_operator.builders.stage_children import (
@@ -31,7 +33,10 @@ from medsft_operator.kube import (
     JOBS,
     PYTORCHJOBS,
     SFTJOBS,
+    TRAINJOBS,
+    WORKLOADS,
     Body,
+    NotFound,
     ResourceType,
 )
 from medsft_operator.plan import PlanError, project, storage_key
@@ -65,6 +70,34 @@ class StageReconciler(Reconciler):
             service_account=config.job_service_account,
             propagate=tuple(config.propagate_annotation_prefixes),
         )
+
+    async def fold_queue(
+        self, status: Any, child: Body, state: fold.ChildState, gen: int | None
+    ) -> tuple[Any, fold.QueueState | None]:
+        """Kueue's view of ``child`` (a queued Job, PyTorchJob or TrainJob) folded into the
+        Queued / Admitted / Evicted conditions; (status, None) for a child without a queue
+        or already finished."""
+        meta = child["metadata"]
+        local_queue = (meta.get("labels") or {}).get(names.KUEUE_QUEUE)
+        if not local_queue or state.phase in fold.TERMINAL:
+            return status, None
+        try:
+            workloads = await self.ctx.kube.list(
+                WORKLOADS, meta["namespace"], {names.KUEUE_JOB_UID: meta.get("uid", "")}
+            )
+        except NotFound:  # the Workload API is not served: Kueue is not installed
+            queue = fold.QueueState(
+                True,
+                "KueueNotInstalled",
+                f"{child['kind']} {meta['name']} waits for Kueue (LocalQueue {local_queue}), "
+                f"but {WORKLOADS.plural}.{WORKLOADS.group}/{WORKLOADS.version} is not served",
+            )
+            return fold.apply_queue(status, queue, local_queue, gen), queue
+        newest = max(
+            workloads, key=lambda w: w["metadata"].get("creationTimestamp") or "", default=None
+        )
+        queue = fold.workload_state(newest, local_queue)
+        return fold.apply_queue(status, queue, local_queue, gen), queue
 
 
 def active_phase(status: StatusBase, state: fold.ChildState) -> Phase:
@@ -122,7 +155,7 @@ class CurationReconciler(StageReconciler):
                 "spec_hash": inputs.run.spec_hash,
             }
         )
-        state, step = fold.job_state(work), "workers"
+        state, step, current = fold.job_state(work), "workers", work
         if state.phase == "Succeeded":
             merge_name = names.curation_merge_job_name(meta["name"])
             merge = await self.ensure_child(
@@ -134,12 +167,15 @@ class CurationReconciler(StageReconciler):
                 new=body.get("status", {}).get("jobName") == work_name,
             )
             status = status.model_copy(update={"job_name": merge["metadata"]["name"]})
-            state, step = fold.job_state(merge), "merge"
+            state, step, current = fold.job_state(merge), "merge", merge
         if state.phase == "Failed":
             message = f"curation {step} failed ({state.reason}): {state.message}".rstrip(": ")
             return fold.apply_phase(status, "Failed", state.reason, message, gen)
         if state.phase == "Succeeded":  # the merge is done: the dataset must be there
             return await self._dataset_ready(status, namespace, storage, inputs.output_uri, gen)
+        status, queue = await self.fold_queue(status, current, state, gen)
+        if queue is not None and queue.waiting:
+            return fold.apply_phase(status, "Queued", queue.reason, queue.message, gen)
         if poll:
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
@@ -175,6 +211,35 @@ class CurationReconciler(StageReconciler):
         return fold.apply_phase(status, "Succeeded", "DatasetReady", message, gen)
 
 
+@dataclass(frozen=True)
+class TrainingBackend:
+    """One way of running SFT, behind what the SFT reconciler needs: the resource the
+    operator creates per attempt, where its name goes in the status, and how its status
+    reads. Retries, resume, Kueue and progress are the same for every backend."""
+
+    kind: SFTBackend
+    rt: ResourceType
+    status_field: str
+    state: Callable[[Body], fold.ChildState]
+
+
+BACKENDS: dict[str, TrainingBackend] = {
+    "PyTorchJob": TrainingBackend(
+        "PyTorchJob", PYTORCHJOBS, "pytorch_job_name", fold.pytorchjob_state
+    ),
+    "TrainJob": TrainingBackend("TrainJob", TRAINJOBS, "train_job_name", fold.trainjob_state),
+}
+
+
+def backend_of(spec: SFTJobSpec, status: SFTJobStatus, default: SFTBackend) -> TrainingBackend:
+    """The backend an SFTJob keeps once it started (so a changed default or spec never
+    starts a second training beside the first), else the spec's, else the operator's."""
+    for backend in BACKENDS.values():
+        if getattr(status, backend.status_field):
+            return backend
+    return BACKENDS[spec.backend or default]
+
+
 class SFTReconciler(StageReconciler):
     rt = SFTJOBS
     model = SFTJob
@@ -186,9 +251,10 @@ class SFTReconciler(StageReconciler):
         namespace, name, gen = meta["namespace"], meta["name"], meta.get("generation")
         if status.phase in fold.TERMINAL:
             return status.model_copy(update={"observed_generation": gen})
+        backend = backend_of(spec, status, self.ctx.config.default_sft_backend)
         try:
             storage = await self.resolve_storage(namespace, spec.storage)
-            started = status.pytorch_job_name is not None
+            started = getattr(status, backend.status_field) is not None
             manifest_uri = await self._dataset(namespace, spec, storage, checked=started)
         except (InputsError, PlanError) as error:
             return self.pending(status, error, gen)
@@ -198,11 +264,22 @@ class SFTReconciler(StageReconciler):
         inputs = self.inputs(body, "sft", storage, spec, own_hash, spec.output_uri)
         output = inputs.output_uri
 
-        attempts = await self._attempts(namespace, name, body)
+        def children(attempt: int) -> tuple[Body, Body]:
+            return sft_children(
+                body,
+                spec,
+                inputs,
+                dataset_manifest_uri=manifest_uri,
+                attempt=attempt,
+                backend=backend.kind,
+                training_runtime=self.ctx.config.training_runtime,
+            )
+
+        attempts = await self._attempts(backend, namespace, name, body)
         if not attempts:
-            config_map, first = sft_children(body, spec, inputs, dataset_manifest_uri=manifest_uri)
+            config_map, first = children(0)
             job = await self.ensure_child(
-                PYTORCHJOBS,
+                backend.rt,
                 first["metadata"]["name"],
                 body,
                 lambda: first,
@@ -212,10 +289,10 @@ class SFTReconciler(StageReconciler):
             attempts = {0: job}
         attempt = max(attempts)
         job = attempts[attempt]
-        state = fold.pytorchjob_state(job)
+        state = backend.state(job)
         status = status.model_copy(
             update={
-                "pytorch_job_name": job["metadata"]["name"],
+                backend.status_field: job["metadata"]["name"],
                 "restarts": attempt + (1 if state.restarted else 0),
                 "spec_hash": inputs.run.spec_hash,
             }
@@ -227,22 +304,16 @@ class SFTReconciler(StageReconciler):
             failed = job["metadata"]["name"]
             if attempt < spec.backoff_limit:
                 resume = status.latest_checkpoint_uri
-                config_map, retry = sft_children(
-                    body,
-                    spec,
-                    inputs,
-                    dataset_manifest_uri=manifest_uri,
-                    attempt=attempt + 1,
-                )
+                config_map, retry = children(attempt + 1)
                 self.ctx.events.post(
                     body,
                     "Warning",
                     "Retrying",
-                    f"PyTorchJob {failed} failed ({state.reason}); attempt {attempt + 2} of "
+                    f"{backend.kind} {failed} failed ({state.reason}); attempt {attempt + 2} of "
                     f"{spec.backoff_limit + 1} resumes from {resume or 'the start'}",
                 )
                 job = await self.ensure_child(
-                    PYTORCHJOBS,
+                    backend.rt,
                     retry["metadata"]["name"],
                     body,
                     lambda: retry,
@@ -250,12 +321,12 @@ class SFTReconciler(StageReconciler):
                     new=True,  # newer than every listed attempt
                 )
                 status = status.model_copy(
-                    update={"pytorch_job_name": job["metadata"]["name"], "restarts": attempt + 1}
+                    update={backend.status_field: job["metadata"]["name"], "restarts": attempt + 1}
                 )
                 return fold.apply_phase(
                     status, "Running", "Retrying", f"retrying after {state.reason}", gen
                 )
-            message = f"PyTorchJob {failed} failed ({state.reason}) after {attempt + 1} attempt(s): {state.message}"
+            message = f"{backend.kind} {failed} failed ({state.reason}) after {attempt + 1} attempt(s): {state.message}"
             return fold.apply_phase(status, "Failed", state.reason, message, gen)
         if state.phase == "Succeeded":
             model = layout.model_uri(output)
@@ -267,6 +338,15 @@ class SFTReconciler(StageReconciler):
             return fold.apply_phase(
                 status, "Succeeded", "ModelReady", f"model exported to {model}", gen
             )
+        # An eviction re-suspends this same job: no new attempt, no retry spent; when
+        # Kueue re-admits it, its pods start again and resume from the newest checkpoint.
+        status, queue = await self.fold_queue(status, job, state, gen)
+        if queue is not None and queue.waiting:
+            message = queue.message
+            if queue.evicted is not None:
+                resume = status.latest_checkpoint_uri or "the start"
+                message = f"{message}; resumes from {resume} when re-admitted"
+            return fold.apply_phase(status, "Queued", queue.reason, message, gen)
         message = state.message or "training"
         return fold.apply_phase(status, active_phase(status, state), state.reason, message, gen)
 
@@ -298,11 +378,13 @@ class SFTReconciler(StageReconciler):
             raise InputsError("DatasetNotFound", f"dataset manifest {uri} does not exist")
         return uri
 
-    async def _attempts(self, namespace: str, name: str, owner: Body) -> dict[int, Body]:
-        """This SFTJob's PyTorchJobs by attempt number (only those it owns: labels can be
-        copied by anyone)."""
+    async def _attempts(
+        self, backend: TrainingBackend, namespace: str, name: str, owner: Body
+    ) -> dict[int, Body]:
+        """This SFTJob's PyTorchJobs (or TrainJobs) by attempt number (only those it owns:
+        labels can be copied by anyone)."""
         jobs = await self.ctx.kube.list(
-            PYTORCHJOBS, namespace, {names.OWNER_KIND: "SFTJob", names.OWNER_NAME: name}
+            backend.rt, namespace, {names.OWNER_KIND: "SFTJob", names.OWNER_NAME: name}
         )
         found: dict[int, Body] = {}
         for job in jobs:
@@ -401,6 +483,9 @@ class EvalReconciler(StageReconciler):
                 else "evaluated"
             )
             return fold.apply_phase(status, "Succeeded", "Evaluated", message, gen)
+        status, queue = await self.fold_queue(status, job, state, gen)
+        if queue is not None and queue.waiting:
+            return fold.apply_phase(status, "Queued", queue.reason, queue.message, gen)
         if poll:
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
