@@ -154,6 +154,12 @@ class Manager:
     def webhooks(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def command(self, args: list[str]) -> list[str | Path]:
+        return [self.binary, *args]
+
+    def env(self) -> dict[str, str]:
+        return {}
+
     def before_start(self) -> None:
         """Install what the manager needs at start-up (its CRDs)."""
 
@@ -162,9 +168,9 @@ class Manager:
         config_file = self.root / "config.yaml"
         config_file.write_text(yaml.safe_dump(self.config(self.certificates())))
         self.proc = processes.start(
-            [self.binary, *self.args(config_file)],
+            self.command(self.args(config_file)),
             self.log,
-            env={"KUBECONFIG": str(self.plane.kubeconfig)},
+            env={"KUBECONFIG": str(self.plane.kubeconfig), **self.env()},
         )
         processes.wait_until(
             self._healthy, timeout=120, what=self.name, proc=self.proc, log=self.log, interval=0.5
@@ -265,6 +271,35 @@ class Kueue(Manager):
         # The on-demand visibility API is an aggregated apiserver of its own: not needed.
         return [*super().args(config_file), "--feature-gates=VisibilityOnDemand=false"]
 
+    def command(self, args: list[str]) -> list[str | Path]:
+        """Kueue without its internal certificate management reads the metrics server's
+        certificate from a fixed path, /etc/kueue/metrics/certs (cmd/kueue/main.go). It
+        gets one there in a private mount namespace whose /etc is an overlay of the host's:
+        nothing on the machine changes."""
+        upper, work = self.root / "etc-upper", self.root / "etc-work"
+        certs = upper / "kueue" / "metrics" / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        work.mkdir(exist_ok=True)
+        served = self.root / "certs"
+        for name in ("tls.crt", "tls.key"):
+            (certs / name).write_bytes((served / name).read_bytes())
+        script = (
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
+            ' && exec "$@"'
+        )
+        return [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "kueue",
+            self.binary,
+            *args,
+        ]
+
     def webhooks(self) -> list[dict[str, Any]]:
         manifests = upstream_dir("kueue") / "upstream/config/components/webhook/manifests.yaml"
         keep = {
@@ -335,8 +370,18 @@ class Trainer(Manager):
     def before_start(self) -> None:
         install_crds(self.plane, crd_files("trainer"))
 
+    def env(self) -> dict[str, str]:
+        # Trainer's configuration has no certDir: controller-runtime's default is
+        # $TMPDIR/k8s-webhook-server/serving-certs.
+        return {"TMPDIR": str(self.root / "tmp")}
+
     def config(self, certs: Path) -> dict[str, Any]:
+        serving = self.root / "tmp" / "k8s-webhook-server" / "serving-certs"
+        serving.mkdir(parents=True, exist_ok=True)
+        for name in ("tls.crt", "tls.key"):
+            (serving / name).write_bytes((certs / name).read_bytes())
         base = _controller_manager_config(self, certs)
+        del base["webhook"]["certDir"]
         base["metrics"]["secureServing"] = False
         return {
             "apiVersion": "config.trainer.kubeflow.org/v1alpha1",
@@ -383,5 +428,17 @@ def install_crds(plane: ControlPlane, files: list[Path], conversion: Any = None)
                 input=yaml.safe_dump(doc),
             )
             names += out.stdout.split()
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    # A CRD created a moment ago may have no status.conditions yet, which kubectl wait
+    # reports as an error rather than waiting for: ask again until it has them.
+    processes.wait_until(
+        lambda: (
+            plane.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", *names, check=False
+            ).returncode
+            == 0
+        ),
+        timeout=90,
+        what="CRDs established",
+        interval=0.5,
+    )
     return names

@@ -19,6 +19,8 @@ import yaml
 from kubernetes import client
 from operator_harness import REPO, Cluster, resource, sft_spec, wait_for
 
+from harness.testbin import pinned_versions
+
 TRAINER = ("trainer.kubeflow.org", "v1alpha1")
 JOBSET = ("jobset.x-k8s.io", "v1alpha2")
 
@@ -34,8 +36,12 @@ def chart_runtime(helm_bin: Path, tmp_path: Path) -> dict:
             str(REPO / "charts" / "medsft"),
             "--set",
             "sft.trainingRuntime.install=true",
+            "--set",
+            "storage.endpoint=minio.example:9000,storage.credentialsSecret.name=storage-creds",
             "--show-only",
             "templates/clustertrainingruntime.yaml",
+            "--kube-version",
+            pinned_versions()["K8S_VERSION"],
         ],
         capture_output=True,
         text=True,
