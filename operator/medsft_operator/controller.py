@@ -184,7 +184,7 @@ class Controller:
             return body
         patch = {
             "metadata": {"resourceVersion": meta["resourceVersion"]},
-            "status": {**{k: None for k in current if k not in wanted}, **wanted},
+            "status": merge_patch(current, wanted),
         }
         try:
             written = await self.ctx.kube.patch_status(reconciler.rt, namespace, name, patch)
@@ -261,6 +261,19 @@ class Controller:
             body, "Normal", "ArtifactsDeleted", f"deleted {deleted} objects under {root}/"
         )
         log.info("deleted %d objects under %s/ for %s/%s", deleted, root, namespace, meta["name"])
+
+
+def merge_patch(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning ``current`` into ``wanted``: keys gone from ``wanted`` are
+    set to null at every level (a nested object is merged, not replaced, by a merge patch)."""
+    patch: dict[str, Any] = {k: None for k in current if k not in wanted}
+    for key, value in wanted.items():
+        old = current.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            patch[key] = merge_patch(old, value)
+        else:
+            patch[key] = value
+    return patch
 
 
 __all__ = ["MEDSFTRUNS", "Controller"]

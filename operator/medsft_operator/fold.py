@@ -362,6 +362,8 @@ def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType,
     for c in new.conditions:
         if c.type in (cond.READY, cond.PROGRESSING, cond.SUCCEEDED, cond.FAILED, cond.QUEUED):
             continue  # these follow the phase, already announced
+        if c.type == cond.ADMITTED and c.status != "True":
+            continue  # not admitted (yet, or any more): the Queued phase says so
         before = cond.get_condition(old.conditions, c.type)
         if before is None and c.status == "True" and c.type != cond.EVICTED:
             continue

@@ -90,7 +90,12 @@ def next_status(job: dict[str, Any]) -> dict[str, Any] | None:
             if c["type"] in ("Running", "Restarting") and c["status"] == "True":
                 c["status"] = "False"
         kept.append(_condition("Suspended", "Suspended", f"PyTorchJob {name} is suspended."))
-        return {**status, "conditions": kept, "replicaStatuses": {r: {} for r in replicas}}
+        # Written as a merge patch: an explicit 0, not an absent key, clears "active".
+        return {
+            **status,
+            "conditions": kept,
+            "replicaStatuses": {r: {"active": 0} for r in replicas},
+        }
     if phase == "Suspended":
         if suspended:
             return None

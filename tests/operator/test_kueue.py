@@ -180,14 +180,25 @@ def test_a_queued_run_waits_for_quota_is_preempted_and_completes_after_readmissi
 
     # Over quota: the SFTJob (and so the run) is Queued, with Kueue's own explanation.
     status = cluster.wait_phase("SFTJob", "run-sft-g1", "Queued")
-    queued = cluster.condition("SFTJob", "run-sft-g1", "Queued")
-    assert queued["status"] == "True" and queued["reason"] == "WaitingForQuota"
+    queued = wait_for(  # first WaitingForWorkload, until Kueue has made the Workload
+        lambda: (
+            (c := cluster.condition("SFTJob", "run-sft-g1", "Queued"))
+            and c["reason"] == "WaitingForQuota"
+            and c
+        ),
+        what="Queued: WaitingForQuota",
+    )
+    assert queued["status"] == "True"
     assert "insufficient quota for nvidia.com/gpu" in queued["message"], queued
+    status = cluster.status("SFTJob", "run-sft-g1")
     assert status["queue"]["localQueue"] == "gpu" and status["queue"]["workload"]
     job = cluster.pytorchjob("run-sft-g1-a0")
     assert job["spec"]["runPolicy"]["suspend"] is True
-    run = cluster.wait_phase("MedSFTRun", "run", "Queued")
-    assert "insufficient quota" in run["message"]
+    cluster.wait_phase("MedSFTRun", "run", "Queued")
+    wait_for(
+        lambda: "insufficient quota" in cluster.status("MedSFTRun", "run")["message"],
+        what="Kueue's message in the run's status",
+    )
     table = cluster.kube.kubectl("get", "medsft", "-n", cluster.namespace).stdout
     row = next(line for line in table.splitlines() if line.startswith("medsftrun.medsft.io/run "))
     assert "Queued" in row.split(), table
@@ -237,8 +248,11 @@ def test_a_queued_run_waits_for_quota_is_preempted_and_completes_after_readmissi
     assert status["latestCheckpointUri"] == checkpoint
     assert [j["metadata"]["name"] for j in cluster.pytorchjobs()] == ["run-sft-g1-a0"]
     assert status.get("restarts", 0) == 0
-    reasons = [r for r, _ in cluster.events("run-sft-g1")]
-    assert "Retrying" not in reasons and {"Queued", "Preempted", "Readmitted"} <= set(reasons)
+    wait_for(
+        lambda: {"Queued", "Preempted"} <= {r for r, _ in cluster.events("run-sft-g1")},
+        what="the Queued and Preempted events",
+    )
+    assert "Retrying" not in {r for r, _ in cluster.events("run-sft-g1")}
 
     # The whole run completes after re-admission.
     drive.sft()
@@ -255,8 +269,15 @@ def test_a_stage_in_a_missing_local_queue_is_queued_as_inadmissible(
     spec = eval_spec(storage, model={"uri": f"s3://{storage.bucket}/models/tiny"})
     spec["scheduling"] = {"queueName": "no-such-queue"}
     cluster.create(resource("EvalJob", "ev", spec))
-    status = cluster.wait_phase("EvalJob", "ev", "Queued")
-    queued = cluster.condition("EvalJob", "ev", "Queued")
-    assert queued["reason"] == "Inadmissible", queued
+    cluster.wait_phase("EvalJob", "ev", "Queued")
+    queued = wait_for(
+        lambda: (
+            (c := cluster.condition("EvalJob", "ev", "Queued"))
+            and c["reason"] == "Inadmissible"
+            and c
+        ),
+        what="Queued: Inadmissible",
+    )
+    status = cluster.status("EvalJob", "ev")
     assert "no-such-queue" in queued["message"] and queued["message"] == status["message"]
     assert cluster.job("ev-eval").spec.suspend is True

@@ -264,3 +264,17 @@ def test_an_sftjob_keeps_the_backend_it_started_with():
     assert backend_of(unset, SFTJobStatus(), "TrainJob").kind == "TrainJob"
     started = SFTJobStatus(pytorch_job_name="ft-a0")
     assert backend_of(spec, started, "TrainJob").kind == "PyTorchJob"
+
+
+def test_the_status_patch_removes_nested_fields_that_are_gone():
+    """A JSON merge patch merges nested objects: the ClusterQueue of an evicted workload
+    must be nulled explicitly, or the status would still name it."""
+    from medsft_operator.controller import merge_patch
+
+    current = {"phase": "Running", "queue": {"localQueue": "gpu", "clusterQueue": "cq"}, "x": 1}
+    wanted = {"phase": "Queued", "queue": {"localQueue": "gpu", "evictions": 1}}
+    assert merge_patch(current, wanted) == {
+        "x": None,
+        "phase": "Queued",
+        "queue": {"clusterQueue": None, "localQueue": "gpu", "evictions": 1},
+    }

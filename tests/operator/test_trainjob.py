@@ -12,6 +12,7 @@ back up the chain — is the real controllers'.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,24 @@ def test_a_failed_trainjob_is_retried_from_the_latest_checkpoint(
     (node,) = wait_for(lambda: jobset_jobs(cluster, "tjr-a0"), what="its Jobs")
     output = f"s3://{storage.bucket}/{cluster.namespace}/tjr/g1/sft"
     checkpoint = storage.write_checkpoint(output, 4)
-    cluster.finish_job(node.metadata.name, succeeded=False)
+    # What the Job controller writes when a node's pod fails past its backoff limit.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    failed = [
+        {
+            "type": t,
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "node failed",
+            "lastTransitionTime": now,
+            "lastProbeTime": now,
+        }
+        for t in ("FailureTarget", "Failed")
+    ]
+    cluster.batch.patch_namespaced_job_status(
+        node.metadata.name,
+        cluster.namespace,
+        {"status": {"startTime": now, "failed": 1, "conditions": failed}},
+    )
 
     retry = wait_for(lambda: trainjob(cluster, "tjr-a1"), timeout=90, what="the retry")
     env = {e["name"]: e.get("value") for e in retry["spec"]["trainer"]["env"]}
