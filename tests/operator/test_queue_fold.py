@@ -191,7 +191,6 @@ def test_trainjob_carries_nodes_gpus_resources_config_and_the_queue():
         ),
         backend="TrainJob",
         attempt=2,
-        resume_from="s3://medsft/ckpt/step-000000010",
     )
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     assert job["metadata"]["name"] == "ft-a2"
@@ -212,8 +211,8 @@ def test_trainjob_carries_nodes_gpus_resources_config_and_the_queue():
     }
     assert trainer["command"][:3] == ["torchrun", "--no-python", "medsft-train"]
     env = {e["name"]: e for e in trainer["env"]}
-    assert env["MEDSFT_RESUME_FROM"]["value"] == "s3://medsft/ckpt/step-000000010"
-    assert env["MEDSFT_DEEPSPEED_CONFIG"]["value"].endswith("deepspeed.json")
+    assert env["MEDSFT_ATTEMPT"]["value"] == "2"
+    assert env["MEDSFT_S3_ENDPOINT"]["value"] == "minio:9000"
     (patch,) = spec["runtimePatches"]
     assert patch["manager"] == "medsft.io/operator"
     (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
