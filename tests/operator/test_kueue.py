@@ -180,13 +180,16 @@ def test_a_queued_run_waits_for_quota_is_preempted_and_completes_after_readmissi
 
     # Over quota: the SFTJob (and so the run) is Queued, with Kueue's own explanation.
     status = cluster.wait_phase("SFTJob", "run-sft-g1", "Queued")
-    queued = wait_for(  # first WaitingForWorkload, until Kueue has made the Workload
+    # First WaitingForWorkload, until Kueue has made the Workload; then a generic "waiting in
+    # LocalQueue" until Kueue has tried to admit it and written its own reason on the Workload.
+    queued = wait_for(
         lambda: (
             (c := cluster.condition("SFTJob", "run-sft-g1", "Queued"))
             and c["reason"] == "WaitingForQuota"
+            and "insufficient quota" in c["message"]
             and c
         ),
-        what="Queued: WaitingForQuota",
+        what="Queued: WaitingForQuota with Kueue's message",
     )
     assert queued["status"] == "True"
     assert "insufficient quota for nvidia.com/gpu" in queued["message"], queued
