@@ -99,8 +99,11 @@ def test_newcomer_clone_runs_make_demo(tmp_path):
 
     venv = Path(sys.prefix)
     stamp = f"{venv}/.installed"
+    # A newcomer's shell, not the `make test` this runs under: an inherited MAKELEVEL makes
+    # the inner make print "make[1]: Leaving directory ..." into the output read below.
+    outer_make = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in outer_make},
         "MEDSFT_S3_ENDPOINT": "",
         # The clone's code, not whatever checkout the venv's editable install points at.
         "PYTHONPATH": f"{clone / 'operator'}{os.pathsep}{clone / 'pipelines'}",
