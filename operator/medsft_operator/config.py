@@ -21,7 +21,8 @@ class OperatorConfig(Spec):
     namespaces: list[str] = []
     """Namespaces to serve; empty: every namespace (cluster-wide)."""
     kubeconfig: str | None = None
-    """Kubeconfig file; unset: in-cluster ServiceAccount, else ``$KUBECONFIG`` / ``~/.kube/config``."""
+    """Kubeconfig file; unset: ``$KUBECONFIG``, else ``~/.kube/config``, else the in-cluster
+    ServiceAccount (:func:`medsft_operator.kube.load_api_client`)."""
     default_image: Annotated[str, Field(min_length=1)] = DEFAULT_IMAGE
     """Trainer image of stages whose spec and run name none."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,21 +107,52 @@ class Conflict(KubeError):
     """409: the object exists already, or the resourceVersion precondition failed."""
 
 
-def load_api_client(kubeconfig: str | None = None, *, pool_size: int = 16) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+class NoClusterConfig(config.ConfigException):
+    """No usable way to reach a cluster; the message says which source failed and why."""
+
+
+def load_api_client(
+    kubeconfig: str | os.PathLike[str] | None = None,
+    *,
+    context: str | None = None,
+    pool_size: int = 16,
+    retries: int | None = 0,
+) -> client.ApiClient:
+    """The one way medsft reaches a cluster: the ``medsft`` CLI and the operator both call it.
+
+    The order is kubectl's (client-go's default loading rules, then in-cluster):
+
+    1. ``kubeconfig`` (the ``--kubeconfig`` flag), else ``$KUBECONFIG``, and ``context``:
+       when either is given, that file and context or :class:`NoClusterConfig` — an explicit
+       choice that fails never falls back to some other cluster;
+    2. the default kubeconfig, ``~/.kube/config``, when it exists;
+    3. the pod's ServiceAccount (in-cluster), when there is no kubeconfig at all.
+
+    ``pool_size``: connections kept per host. ``retries``: urllib3's retries inside one
+    request; the operator passes 0 (a request takes at most its timeout, which the leader's
+    term bounds; callers retry on their own terms), ``None`` keeps the client's default.
+    """
     configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
+    explicit = os.fspath(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
+    try:
+        # config_file=None: the client's default location (~/.kube/config).
+        config.load_kube_config(
+            config_file=explicit, context=context, client_configuration=configuration
+        )
+    except (config.ConfigException, OSError) as exc:
+        if explicit or context:
+            raise NoClusterConfig(
+                f"cannot use kubeconfig {explicit or ''} {context or ''}: {exc}"
+            ) from None
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+            raise NoClusterConfig(
+                "no cluster configured: pass --kubeconfig, set KUBECONFIG or create ~/.kube/config"
+            ) from None
     configuration.connection_pool_maxsize = pool_size
-    # No silent retries inside a request (urllib3 would repeat a timed-out GET or PUT with a
-    # fresh timeout each time): a request takes at most its timeout, which the leader's term
-    # bounds; callers retry on their own terms.
-    configuration.retries = 0
+    if retries is not None:
+        configuration.retries = retries
     return client.ApiClient(configuration)
 
 

@@ -303,7 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         prog="python -m medsft_operator", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
     )
     parser.add_argument(
         "--namespace",
