@@ -229,7 +229,11 @@ class StorageAccess:
     ) -> str | None:
         """URI of the newest step every node completed, or None."""
         from medsft_operator import layout
-        from medsft_pipelines.storage.checkpoints import CheckpointStore, step_prefix
+        from medsft_pipelines.storage.checkpoints import (
+            CheckpointStore,
+            newest_common_step,
+            step_prefix,
+        )
 
         stores = [
             CheckpointStore(
@@ -237,16 +241,7 @@ class StorageAccess:
             )
             for node in range(nodes)
         ]
-
-        def newest_common() -> int | None:
-            if len(stores) == 1:
-                return stores[0].latest()
-            steps = set(stores[0].steps())
-            for other in stores[1:]:
-                steps &= set(other.steps())
-            return max(steps) if steps else None
-
-        step = await self.call(newest_common)
+        step = await self.call(lambda: newest_common_step(stores))
         if step is None:
             return None
         return f"{layout.checkpoints_uri(sft_output, 0)}/{step_prefix(step).rstrip('/')}"

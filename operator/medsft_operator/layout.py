@@ -10,26 +10,30 @@
 
 A standalone stage resource is its own run (``<run>`` = its name, ``N`` = 1). Each stage
 writes ``progress.json`` and ``metrics/`` at its output root (``storage.progress``); the
-file names below mirror the data plane's layout modules (``curation.layout``,
-``sft.layout``, ``eval.report``) without importing them, because those pull in the
-training stack.
+file names below come from the data plane's layout modules ``sft.layout`` and
+``eval.layout``, which import nothing heavy; the curation ones are repeated (see below).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from medsft_pipelines.eval import layout as eval_layout
+from medsft_pipelines.sft import layout as sft_layout
 from medsft_pipelines.specs.common import StorageSpec, join_uri
 
 StageName = Literal["curation", "sft", "eval"]
 
+# Not imported, the test of the builders keeps them equal: ``storage.shards.MANIFEST_KEY``
+# (that module loads pyarrow) and ``curation.layout``'s report names (that module reaches
+# the model code).
 MANIFEST = "manifest.json"
 CURATION_REPORT = "report/report.json"
-SFT_CHECKPOINTS = "checkpoints"
-SFT_MODEL = "model"
-SFT_EXPORT_MARKER = "model/export.json"
-EVAL_SUMMARY = "summary.json"
-EVAL_REPORT = "results.json"
+SFT_CHECKPOINTS = sft_layout.CHECKPOINTS
+SFT_MODEL = sft_layout.FINAL_MODEL
+SFT_EXPORT_MARKER = f"{sft_layout.FINAL_MODEL}/{sft_layout.EXPORT_MARKER}"
+EVAL_SUMMARY = eval_layout.SUMMARY_KEY
+EVAL_REPORT = eval_layout.RESULTS_KEY
 PROMOTED_POINTER = "promoted.json"
 
 
@@ -56,12 +60,12 @@ def curation_report_uri(curation_output: str) -> str:
 
 def model_uri(sft_output: str) -> str:
     """The final Hugging Face export of an SFT job."""
-    return join_uri(sft_output, SFT_MODEL)
+    return sft_layout.final_model_uri(sft_output)
 
 
 def checkpoints_uri(sft_output: str, node: int = 0) -> str:
     """Checkpoint root of one node of an SFT job."""
-    return join_uri(sft_output, SFT_CHECKPOINTS, f"node-{node:03d}")
+    return join_uri(sft_output, sft_layout.node_checkpoints(node))
 
 
 def eval_summary_uri(eval_output: str) -> str:

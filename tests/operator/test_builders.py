@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sft_manifests import STORAGE, build_training_job, sft_job
 
 from medsft_operator import fold, names, promotion, rbac
 from medsft_operator.api.kinds import MedSFTRun, PromotionSpec, SFTJobSpec
 from medsft_operator.api.status import CurationJobStatus, EvalJobStatus
 from medsft_operator.builders import children
 from medsft_operator.builders.jobconfig import local_job_configs
-from medsft_operator.builders.stage_children import sft_children, stage_inputs
 from medsft_operator.plan import PlanError, plan_run
 from medsft_operator.render import children_of
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.jobconfig import RunInfo, parse_job_config
 
 REPO = Path(__file__).resolve().parents[2]
-STORAGE = StorageSpec(endpoint="minio:9000", bucket="medsft", secure=False)
 
 
 def run_manifest(**spec_overrides) -> dict:
@@ -179,30 +178,8 @@ def test_rendered_run_children_chain_their_inputs(tmp_path):
     assert work["metadata"]["labels"][names.GENERATION] == "2"
 
 
-def sft_job(**spec) -> dict:
-    base = {
-        "model": {"uri": "s3://medsft/m"},
-        "dataset": {"manifestUri": "s3://medsft/d/manifest.json"},
-        "training": {"globalBatchSize": 64, "microBatchSize": 1},
-    }
-    return {
-        "apiVersion": "medsft.io/v1alpha1",
-        "kind": "SFTJob",
-        "metadata": {"name": "ft", "namespace": "ns", "uid": "u-2"},
-        "spec": base | spec,
-    }
-
-
-def build_pytorchjob(manifest: dict, **kwargs) -> dict:
-    spec = SFTJobSpec.model_validate(manifest["spec"])
-    inputs = stage_inputs(manifest, "sft", storage=STORAGE, image="img:1", spec_hash="h")
-    return sft_children(
-        manifest, spec, inputs, dataset_manifest_uri="s3://medsft/d/manifest.json", **kwargs
-    )[1]
-
-
 def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
-    job = build_pytorchjob(
+    job = build_training_job(
         sft_job(
             nodes=4,
             gpusPerNode=8,
@@ -246,7 +223,7 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
     ]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
-    single = build_pytorchjob(sft_job())["spec"]
+    single = build_training_job(sft_job())["spec"]
     assert "Worker" not in single["pytorchReplicaSpecs"] and "suspend" not in single["runPolicy"]
 
 

@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sft_manifests import STORAGE, build_training_job, sft_job
 
 from medsft_operator import fold, names
 from medsft_operator.api import conditions as cond
 from medsft_operator.api.kinds import SFTJobSpec
 from medsft_operator.api.status import SFTJobStatus
-from medsft_operator.builders.stage_children import sft_children, stage_inputs
 from medsft_operator.config import OperatorConfig
 from medsft_operator.reconcilers.stages import backend_of
 from medsft_operator.render import children_of
-from medsft_pipelines.specs.common import StorageSpec
 
 REPO = Path(__file__).resolve().parents[2]
-STORAGE = StorageSpec(endpoint="minio:9000", bucket="medsft", secure=False)
 
 
 def workload(*conditions: tuple[str, str, str, str], **status) -> dict:
@@ -157,31 +155,9 @@ def test_trainjob_state_reads_its_conditions_and_jobs():
     )
 
 
-def sft_manifest(**spec) -> dict:
-    base = {
-        "model": {"uri": "s3://medsft/m"},
-        "dataset": {"manifestUri": "s3://medsft/d/manifest.json"},
-        "training": {"globalBatchSize": 64, "microBatchSize": 1},
-    }
-    return {
-        "apiVersion": "medsft.io/v1alpha1",
-        "kind": "SFTJob",
-        "metadata": {"name": "ft", "namespace": "ns", "uid": "u-2"},
-        "spec": base | spec,
-    }
-
-
-def build(manifest: dict, **kwargs) -> dict:
-    spec = SFTJobSpec.model_validate(manifest["spec"])
-    inputs = stage_inputs(manifest, "sft", storage=STORAGE, image="img:1", spec_hash="h")
-    return sft_children(
-        manifest, spec, inputs, dataset_manifest_uri="s3://medsft/d/manifest.json", **kwargs
-    )[1]
-
-
 def test_trainjob_carries_nodes_gpus_resources_config_and_the_queue():
-    job = build(
-        sft_manifest(
+    job = build_training_job(
+        sft_job(
             nodes=4,
             gpusPerNode=8,
             shmSize="64Gi",
@@ -223,7 +199,7 @@ def test_trainjob_carries_nodes_gpus_resources_config_and_the_queue():
     assert {"name": "config", "mountPath": "/etc/medsft", "readOnly": True} in pod["containers"][0][
         "volumeMounts"
     ]
-    other = build(sft_manifest(trainingRuntime="team-torch"), backend="TrainJob")
+    other = build_training_job(sft_job(trainingRuntime="team-torch"), backend="TrainJob")
     assert other["spec"]["runtimeRef"]["name"] == "team-torch" and "suspend" not in other["spec"]
 
 
@@ -257,9 +233,9 @@ def test_the_operator_never_writes_suspend_false(example, backend):
 
 
 def test_an_sftjob_keeps_the_backend_it_started_with():
-    spec = SFTJobSpec.model_validate(sft_manifest(backend="TrainJob")["spec"])
+    spec = SFTJobSpec.model_validate(sft_job(backend="TrainJob")["spec"])
     assert backend_of(spec, SFTJobStatus(), "PyTorchJob").kind == "TrainJob"
-    unset = SFTJobSpec.model_validate(sft_manifest()["spec"])
+    unset = SFTJobSpec.model_validate(sft_job()["spec"])
     assert backend_of(unset, SFTJobStatus(), "TrainJob").kind == "TrainJob"
     started = SFTJobStatus(pytorch_job_name="ft-a0")
     assert backend_of(spec, started, "TrainJob").kind == "PyTorchJob"

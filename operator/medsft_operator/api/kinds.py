@@ -24,10 +24,11 @@ from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
     K8sName,
     ObjectRef,
+    OneOf,
     StorageSpec,
     cel,
     k8s_rules,
-    require_exactly_one,
+    one_of_rule,
     rules_of,
 )
 from medsft_pipelines.specs.curation import CurationSpec
@@ -203,13 +204,13 @@ class EvalJobSpec(EvalStageSpec):
 
 
 def _one_of_ref_or_spec(what: str) -> dict:
-    return cel(
-        "has(self.ref) != has(self.spec)",
+    return one_of_rule(
+        ("ref", "spec"),
         f"exactly one of ref (an existing {what}) or spec (an inline one) must be set",
     )
 
 
-class CurationStage(Spec):
+class CurationStage(OneOf):
     """The run's curation stage: inline, or an existing CurationJob."""
 
     ref: ObjectRef | None = None
@@ -217,15 +218,11 @@ class CurationStage(Spec):
     spec: CurationStageSpec | None = None
     """Curate with this recipe; a CurationJob is created per generation (reused while unchanged)."""
 
+    one_of = ("ref", "spec")
     model_config = k8s_rules(_one_of_ref_or_spec("CurationJob"))
 
-    @model_validator(mode="after")
-    def _one(self) -> CurationStage:
-        require_exactly_one(self, "ref", "spec")
-        return self
 
-
-class SFTStage(Spec):
+class SFTStage(OneOf):
     """The run's training stage: inline, or an existing SFTJob."""
 
     ref: ObjectRef | None = None
@@ -233,15 +230,11 @@ class SFTStage(Spec):
     spec: SFTStageSpec | None = None
     """Train with this recipe; an SFTJob is created per generation (reused while unchanged)."""
 
+    one_of = ("ref", "spec")
     model_config = k8s_rules(_one_of_ref_or_spec("SFTJob"))
 
-    @model_validator(mode="after")
-    def _one(self) -> SFTStage:
-        require_exactly_one(self, "ref", "spec")
-        return self
 
-
-class EvalStage(Spec):
+class EvalStage(OneOf):
     """The run's evaluation stage (always evaluates the run's own SFT model)."""
 
     ref: ObjectRef | None = None
@@ -249,12 +242,8 @@ class EvalStage(Spec):
     spec: EvalStageSpec | None = None
     """Evaluate with these settings; an EvalJob is created per generation."""
 
+    one_of = ("ref", "spec")
     model_config = k8s_rules(_one_of_ref_or_spec("EvalJob"))
-
-    @model_validator(mode="after")
-    def _one(self) -> EvalStage:
-        require_exactly_one(self, "ref", "spec")
-        return self
 
 
 class RetrainingSpec(Spec):

@@ -257,13 +257,11 @@ def pytorch_job(
     template = pod_template(
         pod_settings, [trainer], spec, restart_policy="Never", shm_size=spec.shm_size
     )
-    replicas: Manifest = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
-    if spec.nodes > 1:
-        replicas["Worker"] = {
-            "replicas": spec.nodes - 1,
-            "restartPolicy": "Never",
-            "template": template,
-        }
+    replicas: Manifest = {
+        role: {"replicas": count, "restartPolicy": "Never", "template": template}
+        for role, count in (("Master", 1), ("Worker", spec.nodes - 1))
+        if count
+    }
     scheduling: Manifest = {"minAvailable": spec.nodes}  # all nodes or none (gang)
     if spec.scheduling.priority_class_name:
         scheduling["priorityClass"] = spec.scheduling.priority_class_name
@@ -279,11 +277,8 @@ def pytorch_job(
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": owner.metadata(
-            names.pytorch_job_name(owner.name, attempt),
-            annotations=settings.annotations,
-            **queued,
-            **{names.ATTEMPT: str(attempt)},
+        "metadata": _attempt_metadata(
+            owner, names.pytorch_job_name(owner.name, attempt), settings, queued, attempt
         ),
         "spec": {
             "nprocPerNode": str(spec.gpus_per_node),
@@ -291,6 +286,15 @@ def pytorch_job(
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def _attempt_metadata(
+    owner: Owner, name: str, settings: PodSettings, queued: dict[str, str], attempt: int
+) -> Manifest:
+    """Metadata of one training attempt's PyTorchJob or TrainJob (its queue, its number)."""
+    return owner.metadata(
+        name, annotations=settings.annotations, **queued, **{names.ATTEMPT: str(attempt)}
+    )
 
 
 TRAINJOB_PATCH_MANAGER = "medsft.io/operator"
@@ -359,11 +363,8 @@ def train_job(
     body: Manifest = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
-        "metadata": owner.metadata(
-            names.train_job_name(owner.name, attempt),
-            annotations=settings.annotations,
-            **queued,
-            **{names.ATTEMPT: str(attempt)},
+        "metadata": _attempt_metadata(
+            owner, names.train_job_name(owner.name, attempt), settings, queued, attempt
         ),
         "spec": {
             "runtimeRef": {

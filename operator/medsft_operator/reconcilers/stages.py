@@ -11,12 +11,20 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar
 
 from medsft_operator import fold, layout, names
 from medsft_operator.api.hashing import spec_hash
 from medsft_operator.api.k8s import Phase, StatusBase
-from medsft_operator.api.kinds import CurationJob, EvalJob, SFTBackend, SFTJob, SFTJobSpec
+from medsft_operator.api.kinds import (
+    CurationJob,
+    CurationJobSpec,
+    EvalJob,
+    EvalJobSpec,
+    SFTBackend,
+    SFTJob,
+    SFTJobSpec,
+)
 from medsft_operator.api.status import CurationJobStatus, EvalJobStatus, SFTJobStatus
 from medsft_operator.artifacts import InputsError
 from medsft_operator.builders.stage_children import (
@@ -41,6 +49,7 @@ from medsft_operator.kube import (
 )
 from medsft_operator.plan import PlanError, project, storage_key
 from medsft_operator.reconcilers.base import Reconciler
+from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec
@@ -49,19 +58,70 @@ from medsft_pipelines.storage.progress import METRICS_PREFIX
 
 
 class StageReconciler(Reconciler):
+    """What the three stage reconcilers share: a finished stage only records the generation
+    it saw; otherwise storage and the stage's own inputs (:meth:`upstream`) are resolved —
+    missing ones leave it Pending with a condition naming them — and :meth:`advance` moves
+    it on from there."""
+
+    stage: ClassVar[layout.StageName]
+    #: The job-config contract the stage's pods read: what its content hash covers.
+    pipeline_spec: ClassVar[type[Spec]]
+
+    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        spec = self.parse(body).spec
+        status: Any = self.status_of(body)
+        gen = body["metadata"].get("generation")
+        if status.phase in fold.TERMINAL:
+            return status.model_copy(update={"observed_generation": gen})
+        try:
+            storage = await self.resolve_storage(body["metadata"]["namespace"], spec.storage)
+            upstream = await self.upstream(body, spec, status, storage)
+        except (InputsError, PlanError) as error:
+            return self.pending(status, error, gen)
+        status = self.inputs_ready(status, gen)
+        return await self.advance(body, spec, status, storage, upstream, poll=poll)
+
+    async def upstream(self, body: Body, spec: Any, status: Any, storage: StorageSpec) -> Any:
+        """What the stage reads from elsewhere (a dataset, models): InputsError while
+        missing. Also where a stage checks its other references (Secrets)."""
+        return None
+
+    async def advance(
+        self, body: Body, spec: Any, status: Any, storage: StorageSpec, upstream: Any, *, poll: bool
+    ) -> StatusBase:
+        raise NotImplementedError
+
+    async def upstream_result(
+        self, rt: ResourceType, namespace: str, name: str, field: str, what: str
+    ) -> str:
+        """``status.<field>`` of the stage resource ``name`` once it succeeded; InputsError
+        (ReferenceNotFound, <what>Failed, <what>NotReady) until then."""
+        upstream = await self.ctx.kube.get(rt, namespace, name)
+        if upstream is None:
+            raise InputsError("ReferenceNotFound", f"{rt.kind} {name!r} does not exist")
+        found = upstream.get("status") or {}
+        if found.get("phase") == "Failed":
+            message = f"{rt.kind} {name!r} failed: {found.get('message', '')}"
+            raise InputsError(f"{what}Failed", message)
+        if found.get("phase") != "Succeeded" or not found.get(field):
+            raise InputsError(f"{what}NotReady", f"waiting for {rt.kind} {name!r} to succeed")
+        return str(found[field])
+
     def inputs(
         self,
         body: Body,
-        stage: layout.StageName,
-        storage: StorageSpec,
         spec: Any,
-        own_hash: str,
+        storage: StorageSpec,
+        *hashed: str,
         output_uri: str | None = None,
     ) -> StageInputs:
+        """The stage's inputs, with the content hash of its spec (as its pods read it), its
+        storage and ``hashed`` (the URIs of what it reads from upstream)."""
         config = self.ctx.config
+        own_hash = spec_hash(project(spec, self.pipeline_spec), storage_key(storage), *hashed)
         return stage_inputs(
             body,
-            stage,
+            self.stage,
             storage=storage,
             image=spec.image or config.default_image,
             spec_hash=own_hash,
@@ -111,27 +171,32 @@ def active_phase(status: StatusBase, state: fold.ChildState) -> Phase:
 class CurationReconciler(StageReconciler):
     rt = CURATIONJOBS
     model = CurationJob
+    stage = "curation"
+    pipeline_spec = CurationSpec
 
-    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = self.parse(body).spec
-        status = cast(CurationJobStatus, self.status_of(body))
+    async def upstream(
+        self, body: Body, spec: CurationJobSpec, status: Any, storage: StorageSpec
+    ) -> None:
+        """The teachers' API key Secrets."""
+        teachers = spec.teachers
+        for teacher in (teachers.text, teachers.image) if teachers else ():
+            if teacher is not None and teacher.api_key_secret is not None:
+                ref = teacher.api_key_secret
+                await self.ctx.storage.secret_key(body["metadata"]["namespace"], ref.name, ref.key)
+
+    async def advance(
+        self,
+        body: Body,
+        spec: CurationJobSpec,
+        status: CurationJobStatus,
+        storage: StorageSpec,
+        upstream: None,
+        *,
+        poll: bool,
+    ) -> StatusBase:
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
-        if status.phase in fold.TERMINAL:
-            return status.model_copy(update={"observed_generation": gen})
-        try:
-            storage = await self.resolve_storage(namespace, spec.storage)
-            teachers = spec.teachers
-            for teacher in (teachers.text, teachers.image) if teachers else ():
-                if teacher is not None and teacher.api_key_secret is not None:
-                    ref = teacher.api_key_secret
-                    await self.ctx.storage.secret_key(namespace, ref.name, ref.key)
-        except (InputsError, PlanError) as error:
-            return self.pending(status, error, gen)
-        status = self.inputs_ready(status, gen)
-
-        own_hash = spec_hash(project(spec, CurationSpec), storage_key(storage))
-        inputs = self.inputs(body, "curation", storage, spec, own_hash, spec.output.uri)
+        inputs = self.inputs(body, spec, storage, output_uri=spec.output.uri)
         built = functools.cache(lambda: curation_children(body, spec, inputs))
 
         def needs() -> list[tuple[ResourceType, Body]]:
@@ -243,25 +308,32 @@ def backend_of(spec: SFTJobSpec, status: SFTJobStatus, default: SFTBackend) -> T
 class SFTReconciler(StageReconciler):
     rt = SFTJOBS
     model = SFTJob
+    stage = "sft"
+    pipeline_spec = SFTSpec
 
-    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = self.parse(body).spec
-        status = cast(SFTJobStatus, self.status_of(body))
+    async def upstream(
+        self, body: Body, spec: SFTJobSpec, status: SFTJobStatus, storage: StorageSpec
+    ) -> str:
+        """The dataset manifest URI (checked once, before the first attempt)."""
+        backend = backend_of(spec, status, self.ctx.config.default_sft_backend)
+        started = getattr(status, backend.status_field) is not None
+        return await self._dataset(body["metadata"]["namespace"], spec, storage, checked=started)
+
+    async def advance(
+        self,
+        body: Body,
+        spec: SFTJobSpec,
+        status: SFTJobStatus,
+        storage: StorageSpec,
+        upstream: str,
+        *,
+        poll: bool,
+    ) -> StatusBase:
         meta = body["metadata"]
         namespace, name, gen = meta["namespace"], meta["name"], meta.get("generation")
-        if status.phase in fold.TERMINAL:
-            return status.model_copy(update={"observed_generation": gen})
         backend = backend_of(spec, status, self.ctx.config.default_sft_backend)
-        try:
-            storage = await self.resolve_storage(namespace, spec.storage)
-            started = getattr(status, backend.status_field) is not None
-            manifest_uri = await self._dataset(namespace, spec, storage, checked=started)
-        except (InputsError, PlanError) as error:
-            return self.pending(status, error, gen)
-        status = self.inputs_ready(status, gen)
-
-        own_hash = spec_hash(project(spec, SFTSpec), storage_key(storage), manifest_uri)
-        inputs = self.inputs(body, "sft", storage, spec, own_hash, spec.output_uri)
+        manifest_uri = upstream
+        inputs = self.inputs(body, spec, storage, manifest_uri, output_uri=spec.output_uri)
         output = inputs.output_uri
 
         def children(attempt: int) -> tuple[Body, Body]:
@@ -358,17 +430,9 @@ class SFTReconciler(StageReconciler):
         assert dataset is not None
         if dataset.curation_job_ref is not None:
             ref = dataset.curation_job_ref.name
-            upstream = await self.ctx.kube.get(CURATIONJOBS, namespace, ref)
-            if upstream is None:
-                raise InputsError("ReferenceNotFound", f"CurationJob {ref!r} does not exist")
-            up = upstream.get("status") or {}
-            if up.get("phase") == "Failed":
-                raise InputsError(
-                    "DatasetFailed", f"CurationJob {ref!r} failed: {up.get('message', '')}"
-                )
-            if up.get("phase") != "Succeeded" or not up.get("manifestUri"):
-                raise InputsError("DatasetNotReady", f"waiting for CurationJob {ref!r} to succeed")
-            return str(up["manifestUri"])
+            return await self.upstream_result(
+                CURATIONJOBS, namespace, ref, "manifestUri", "Dataset"
+            )
         uri = str(dataset.manifest_uri)
         if (
             not checked
@@ -421,29 +485,37 @@ class SFTReconciler(StageReconciler):
 class EvalReconciler(StageReconciler):
     rt = EVALJOBS
     model = EvalJob
+    stage = "eval"
+    pipeline_spec = EvalSpec
 
-    async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
-        spec = self.parse(body).spec
-        status = cast(EvalJobStatus, self.status_of(body))
+    async def upstream(
+        self, body: Body, spec: EvalJobSpec, status: Any, storage: StorageSpec
+    ) -> tuple[str, str | None]:
+        """The URIs of the model and of the baseline (if any)."""
+        namespace = body["metadata"]["namespace"]
+        assert spec.model is not None
+        model_uri = await self._model(namespace, spec.model.sft_job_ref, spec.model.uri)
+        baseline_uri = None
+        if spec.baseline is not None:
+            baseline_uri = await self._model(
+                namespace, spec.baseline.sft_job_ref, spec.baseline.uri
+            )
+        return model_uri, baseline_uri
+
+    async def advance(
+        self,
+        body: Body,
+        spec: EvalJobSpec,
+        status: EvalJobStatus,
+        storage: StorageSpec,
+        upstream: tuple[str, str | None],
+        *,
+        poll: bool,
+    ) -> StatusBase:
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
-        if status.phase in fold.TERMINAL:
-            return status.model_copy(update={"observed_generation": gen})
-        try:
-            storage = await self.resolve_storage(namespace, spec.storage)
-            assert spec.model is not None
-            model_uri = await self._model(namespace, spec.model.sft_job_ref, spec.model.uri)
-            baseline_uri = None
-            if spec.baseline is not None:
-                baseline_uri = await self._model(
-                    namespace, spec.baseline.sft_job_ref, spec.baseline.uri
-                )
-        except (InputsError, PlanError) as error:
-            return self.pending(status, error, gen)
-        status = self.inputs_ready(status, gen)
-
-        own_hash = spec_hash(project(spec, EvalSpec), storage_key(storage), model_uri)
-        inputs = self.inputs(body, "eval", storage, spec, own_hash)
+        model_uri, baseline_uri = upstream
+        inputs = self.inputs(body, spec, storage, model_uri)
         built = functools.cache(
             lambda: eval_children(
                 body, spec, inputs, model_uri=model_uri, baseline_uri=baseline_uri
@@ -499,12 +571,4 @@ class EvalReconciler(StageReconciler):
         if ref is None:
             assert uri is not None
             return uri
-        upstream = await self.ctx.kube.get(SFTJOBS, namespace, ref.name)
-        if upstream is None:
-            raise InputsError("ReferenceNotFound", f"SFTJob {ref.name!r} does not exist")
-        up = upstream.get("status") or {}
-        if up.get("phase") == "Failed":
-            raise InputsError("ModelFailed", f"SFTJob {ref.name!r} failed: {up.get('message', '')}")
-        if up.get("phase") != "Succeeded" or not up.get("modelUri"):
-            raise InputsError("ModelNotReady", f"waiting for SFTJob {ref.name!r} to succeed")
-        return str(up["modelUri"])
+        return await self.upstream_result(SFTJOBS, namespace, ref.name, "modelUri", "Model")

@@ -35,6 +35,9 @@ WORK_PREFIX = "_work"
 QUARANTINE_PREFIX = "quarantine"
 TEACHER_CACHE_PREFIX = "teacher-cache"
 REPORT_PREFIX = "report"
+#: The report's files in ``REPORT_PREFIX`` (besides its plots).
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
 STAGE = "curation"
 
 

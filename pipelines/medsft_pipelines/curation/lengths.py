@@ -5,6 +5,9 @@ template, special tokens, and every image expanded to its vision tokens); ``trac
 the length of the assistant turn (reasoning + final answer): the response length the recipe
 wants spread out, and what length buckets are defined on.
 
+Images are placed in the chat by :func:`medsft_pipelines.chat.template_messages`, the rule
+the SFT encoder renders with: a counted length is the length trained on.
+
 The chat template is rendered once per question, with a sentinel as the assistant content:
 the text before it (system + user turn) is the same for all the question's traces and the text
 after it closes the turn, so each trace costs one tokenizer call, not a template render.
@@ -16,22 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medsft_pipelines.chat import template_messages
 from medsft_pipelines.specs.curation import LengthBucket
 
 _SENTINEL = "\ue000medsft-assistant-content\ue000"  # private-use characters: never in data
-
-
-def template_messages(messages: Sequence[dict[str, str]], n_images: int) -> list[dict[str, Any]]:
-    """Messages in the processor's chat-template form: images lead the user turn."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if m["role"] == "user" and n_images:
-            content = [{"type": "image"} for _ in range(n_images)]
-            content.append({"type": "text", "text": m["content"]})
-            out.append({"role": "user", "content": content})
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    return out
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from .balance import length_mixture, repeats
 from .errors import CurationError
 from .layout import (
     QUARANTINE_PREFIX,
+    REPORT_MD,
     REPORT_PREFIX,
     STAGE,
     WORK_PREFIX,
@@ -335,7 +336,7 @@ def run_merge(
             "quarantined": sum(bad.values()),
         },
         manifest=out.uri_of(MANIFEST_KEY),
-        report=out.uri_of(f"{REPORT_PREFIX}/report.md"),
+        report=out.uri_of(f"{REPORT_PREFIX}/{REPORT_MD}"),
     )
     progress.flush()
     log.info(

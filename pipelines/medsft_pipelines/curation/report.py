@@ -18,6 +18,8 @@ import numpy as np
 from medsft_pipelines.specs.jobconfig import CurationJobConfig
 from medsft_pipelines.storage import ObjectStore
 
+from .layout import REPORT_JSON, REPORT_MD
+
 PUBLISHED = {
     "instances": 8_100_000,
     "image_fraction": 0.455,
@@ -338,8 +340,8 @@ def plots(report: Mapping[str, Any]) -> dict[str, bytes]:
 def write_report(store: ObjectStore, report: Mapping[str, Any]) -> list[str]:
     """Write report.json, report.md and the plots into ``store``; returns the keys written."""
     files = {
-        "report.json": json.dumps(report, indent=2, sort_keys=True).encode(),
-        "report.md": to_markdown(report).encode(),
+        REPORT_JSON: json.dumps(report, indent=2, sort_keys=True).encode(),
+        REPORT_MD: to_markdown(report).encode(),
         **plots(report),
     }
     for name, data in files.items():

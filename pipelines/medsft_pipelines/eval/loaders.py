@@ -67,6 +67,25 @@ def choice_item(
     )
 
 
+def yes_no_or_open_item(
+    item_id: Any, question: str, answer: Any, *, image: str, meta: Mapping[str, Any]
+) -> BenchItem:
+    """A radiology VQA question with one image (SLAKE, VQA-RAD): a yes/no answer makes a
+    two-option choice item, any other answer an open one."""
+    answer = str(answer).strip()
+    if answer.lower() in ("yes", "no"):
+        letter = "A" if answer.lower() == "yes" else "B"
+        return choice_item(item_id, question, YES_NO_OPTIONS, letter, images=(image,), meta=meta)
+    return BenchItem(
+        id=str(item_id),
+        question=question.strip(),
+        answer=answer,
+        kind=AnswerKind.OPEN,
+        images=(image,),
+        meta={k: str(v) for k, v in meta.items() if v},
+    )
+
+
 def image_folder_items(
     files: BenchmarkFiles, split_dir: str, labels: Mapping[str, str], question: str
 ) -> Iterator[BenchItem]:

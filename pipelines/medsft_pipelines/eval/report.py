@@ -21,13 +21,9 @@ from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore
 
 from .items import Benchmark, Family
+from .layout import ACCURACY_PLOT_KEY, LENGTH_PLOT_KEY, REPORT_KEY, RESULTS_KEY, SUMMARY_KEY
 from .metrics import BenchmarkScore, Record, group_means, group_records, score_benchmark
 
-RESULTS_KEY = "results.json"
-REPORT_KEY = "report.md"
-SUMMARY_KEY = "summary.json"
-ACCURACY_PLOT_KEY = "plots/accuracy.png"
-LENGTH_PLOT_KEY = "plots/response_length.png"
 FAMILY_ORDER = [Family.TEXT, Family.MM_REASONING, Family.CLASSIFICATION]
 TINY_MODEL_PARAMETERS = 10_000_000
 """Below this many parameters a model is a test model (the smallest real LLMs are ~100x larger)."""

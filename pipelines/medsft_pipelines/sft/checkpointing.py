@@ -27,7 +27,7 @@ import torch.distributed as dist
 from medsft_pipelines.sft.data import DataPosition, DataStats
 from medsft_pipelines.sft.layout import node_checkpoints
 from medsft_pipelines.storage import ObjectStore
-from medsft_pipelines.storage.checkpoints import CheckpointStore
+from medsft_pipelines.storage.checkpoints import CheckpointStore, newest_common_step
 
 log = logging.getLogger("medsft.sft")
 
@@ -122,10 +122,7 @@ class Checkpoints:
 
     def newest_common(self) -> int | None:
         """Newest step complete on every node: the only kind of step a job can resume from."""
-        common = set(self.stores[0].steps())
-        for store in self.stores[1:]:
-            common &= set(store.steps())
-        return max(common) if common else None
+        return newest_common_step(self.stores)
 
     def latest(self) -> int | None:
         """:meth:`newest_common`, decided by rank 0, the same for all ranks."""

@@ -52,6 +52,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from medsft_pipelines.chat import template_messages
+
 IGNORE_INDEX = -100
 """Label of tokens that do not contribute to the loss (prompt, images, padding)."""
 
@@ -105,26 +107,6 @@ class Example:
     @property
     def num_targets(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
-
-
-def _images_first(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
-    """Messages in Qwen part format, with ``n_images`` image parts placed as the row says."""
-    out: list[dict[str, Any]] = []
-    placed = 0
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
-            if message["role"] == "user" and placed == 0 and n_images:
-                parts = [{"type": "image"}] * n_images + parts
-                placed = n_images
-        else:
-            parts = [dict(p) for p in content]
-            placed += sum(1 for p in parts if p.get("type") == "image")
-        out.append({"role": message["role"], "content": parts})
-    if placed != n_images:
-        raise ValueError(f"row has {n_images} images but its messages place {placed}")
-    return out
 
 
 def decode_images(images: Sequence[bytes]) -> list[Image.Image]:
@@ -206,7 +188,7 @@ class ExampleEncoder:
 
     def _process(self, row: Mapping[str, Any]) -> Any:
         images = decode_images(row.get("images") or [])
-        messages = _images_first(list(row["messages"]), len(images))
+        messages = template_messages(row["messages"], len(images))
         text = self.processor.apply_chat_template(messages, tokenize=False)
         return self.processor(text=[text], images=images or None, return_tensors="pt")
 

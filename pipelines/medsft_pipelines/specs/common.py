@@ -7,9 +7,9 @@ which the control plane resolves and the data plane reads as env vars or files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from medsft_pipelines.contract import Spec
 
@@ -121,6 +121,29 @@ def require_exactly_one(model: Spec, *fields: str) -> None:
     if len(given) != 1:
         names = " or ".join(_camel(n) for n in fields)
         raise ValueError(f"exactly one of {names} must be set (got {len(given)})")
+
+
+class OneOf(Spec):
+    """A spec that sets exactly one of the two fields ``one_of`` names (a choice between two
+    sources). The models check it here; the apiserver checks the same with the CEL rule of
+    :func:`one_of_rule`, which the subclass puts in its ``model_config``."""
+
+    one_of: ClassVar[tuple[str, str]]
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        require_exactly_one(self, *self.one_of)
+        return self
+
+
+def one_of_rule(fields: tuple[str, str], message: str | None = None) -> dict:
+    """The CEL rule of a :class:`OneOf` (``message``: what the apiserver says, by default
+    ``exactly one of a or b must be set``)."""
+    first, second = (_camel(name) for name in fields)
+    return cel(
+        f"has(self.{first}) != has(self.{second})",
+        message or f"exactly one of {first} or {second} must be set",
+    )
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:

@@ -17,12 +17,13 @@ from medsft_pipelines.specs.common import (
     LongText,
     Modality,
     ModelLocation,
+    OneOf,
     SecretKeyRef,
     StorageUri,
     TaskType,
     cel,
     k8s_rules,
-    require_exactly_one,
+    one_of_rule,
 )
 from medsft_pipelines.specs.eval import BenchmarkSpec
 
@@ -320,7 +321,7 @@ class OutputSpec(Spec):
     """Destination folder; unset: ``<storage root>/<namespace>/<run>/g<generation>/curation``."""
 
 
-class CurationSpec(Spec):
+class CurationSpec(OneOf):
     """The data recipe: the data part of a CurationJob."""
 
     sources: Annotated[list[CurationSource], Field(min_length=1, max_length=256)]
@@ -353,11 +354,9 @@ class CurationSpec(Spec):
     output: OutputSpec = OutputSpec()
     """Destination of the dataset."""
 
+    one_of = ("teachers", "traces_from")
     model_config = k8s_rules(
-        cel(
-            "has(self.teachers) != has(self.tracesFrom)",
-            "exactly one of teachers or tracesFrom must be set",
-        ),
+        one_of_rule(one_of),
         cel(
             "self.sources.all(s, self.sources.exists_one(t, t.name == s.name))",
             "source names must be unique",
@@ -367,7 +366,6 @@ class CurationSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> CurationSpec:
-        require_exactly_one(self, "teachers", "traces_from")
         names = [s.name for s in self.sources]
         if len(names) != len(set(names)):
             raise ValueError("source names must be unique")

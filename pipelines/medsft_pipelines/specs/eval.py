@@ -17,10 +17,11 @@ from medsft_pipelines.specs.common import (
     Ident,
     ModelLocation,
     ObjectRef,
+    OneOf,
     StorageUri,
     cel,
     k8s_rules,
-    require_exactly_one,
+    one_of_rule,
 )
 
 BenchmarkFormat = Literal["auto", "jsonl", "json", "parquet", "hf"]
@@ -68,7 +69,7 @@ class BenchmarkSpec(Spec):
     """Evaluate on at most this many items (deterministic subset); unset: all."""
 
 
-class ModelSource(Spec):
+class ModelSource(OneOf):
     """A model to evaluate: an SFTJob's final export, or a model location. Exactly one."""
 
     sft_job_ref: ObjectRef | None = None
@@ -76,17 +77,8 @@ class ModelSource(Spec):
     uri: ModelLocation | None = None
     """A model location (``s3://``, ``file://`` or a local folder) in Hugging Face format."""
 
-    model_config = k8s_rules(
-        cel(
-            "has(self.sftJobRef) != has(self.uri)",
-            "exactly one of sftJobRef or uri must be set",
-        )
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSource:
-        require_exactly_one(self, "sft_job_ref", "uri")
-        return self
+    one_of = ("sft_job_ref", "uri")
+    model_config = k8s_rules(one_of_rule(one_of))
 
 
 class BaselineSpec(ModelSource):

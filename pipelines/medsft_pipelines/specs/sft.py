@@ -14,10 +14,11 @@ from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
     ModelLocation,
     ObjectRef,
+    OneOf,
     StorageUri,
     cel,
     k8s_rules,
-    require_exactly_one,
+    one_of_rule,
 )
 
 
@@ -33,7 +34,7 @@ class BaseModelSpec(Spec):
     """Keep the vision encoder frozen (the paper fine-tunes the full model)."""
 
 
-class DatasetSource(Spec):
+class DatasetSource(OneOf):
     """The training data: a CurationJob's output or an existing dataset manifest. Exactly one."""
 
     curation_job_ref: ObjectRef | None = None
@@ -41,17 +42,8 @@ class DatasetSource(Spec):
     manifest_uri: StorageUri | None = None
     """URI of a dataset ``manifest.json`` written by a curation run."""
 
-    model_config = k8s_rules(
-        cel(
-            "has(self.curationJobRef) != has(self.manifestUri)",
-            "exactly one of curationJobRef or manifestUri must be set",
-        )
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DatasetSource:
-        require_exactly_one(self, "curation_job_ref", "manifest_uri")
-        return self
+    one_of = ("curation_job_ref", "manifest_uri")
+    model_config = k8s_rules(one_of_rule(one_of))
 
 
 class TrainingSpec(Spec):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,3 +158,15 @@ class CheckpointStore:
         for step in doomed:
             self.delete(step)
         return doomed
+
+
+def newest_common_step(stores: Sequence[CheckpointStore]) -> int | None:
+    """The newest step complete in every one of ``stores`` (one per node of a job): the only
+    kind of step a multi-node job can resume from. The trainer resumes from it and keeps it
+    whatever keepLast says; the operator reports it as the latest checkpoint."""
+    if len(stores) == 1:
+        return stores[0].latest()  # reads only the newest folders
+    common = set(stores[0].steps())
+    for store in stores[1:]:
+        common &= set(store.steps())
+    return max(common) if common else None

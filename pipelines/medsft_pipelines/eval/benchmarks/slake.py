@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from medsft_pipelines.answers import AnswerKind
-
 from ..files import BenchmarkFiles
 from ..items import BenchItem, Family
-from ..loaders import YES_NO_OPTIONS, choice_item
+from ..loaders import yes_no_or_open_item
 from ..registry import BenchmarkInfo, register
 
 
@@ -22,27 +20,11 @@ def load(files: BenchmarkFiles, split: str) -> Iterator[BenchItem]:
     for row in files.read_rows(files.find(f"{split}.json", f"Slake1.0/{split}.json")):
         if row.get("q_lang", "en") != "en":
             continue
-        answer = str(row["answer"]).strip()
         image = f"imgs/{row['img_name']}"
         meta = {"answer_type": row.get("answer_type"), "modality": row.get("modality")}
-        if answer.lower() in ("yes", "no"):
-            yield choice_item(
-                row["qid"],
-                row["question"],
-                YES_NO_OPTIONS,
-                "A" if answer.lower() == "yes" else "B",
-                images=(image,),
-                meta=meta,
-            )
-        else:
-            yield BenchItem(
-                id=str(row["qid"]),
-                question=row["question"].strip(),
-                answer=answer,
-                kind=AnswerKind.OPEN,
-                images=(image,),
-                meta={k: str(v) for k, v in meta.items() if v},
-            )
+        yield yes_no_or_open_item(
+            row["qid"], row["question"], row["answer"], image=image, meta=meta
+        )
 
 
 register(

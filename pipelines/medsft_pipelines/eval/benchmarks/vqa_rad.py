@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from medsft_pipelines.answers import AnswerKind
-
 from ..files import BenchmarkFiles, BenchmarkFormatError
 from ..items import BenchItem, Family
-from ..loaders import YES_NO_OPTIONS, choice_item
+from ..loaders import yes_no_or_open_item
 from ..registry import BenchmarkInfo, register
 
 
@@ -28,31 +26,15 @@ def load(files: BenchmarkFiles, split: str) -> Iterator[BenchItem]:
     for row in rows:
         if row["phrase_type"].startswith("test") != (split == "test"):
             continue
-        answer = str(row["answer"]).strip()
         image = f"{image_dir}/{row['image_name']}"
         meta = {
             "answer_type": row["answer_type"].strip(),
             "question_type": row.get("question_type"),
             "organ": row.get("image_organ"),
         }
-        if answer.lower() in ("yes", "no"):
-            yield choice_item(
-                row["qid"],
-                row["question"],
-                YES_NO_OPTIONS,
-                "A" if answer.lower() == "yes" else "B",
-                images=(image,),
-                meta=meta,
-            )
-        else:
-            yield BenchItem(
-                id=str(row["qid"]),
-                question=row["question"].strip(),
-                answer=answer,
-                kind=AnswerKind.OPEN,
-                images=(image,),
-                meta={k: str(v) for k, v in meta.items() if v},
-            )
+        yield yes_no_or_open_item(
+            row["qid"], row["question"], row["answer"], image=image, meta=meta
+        )
 
 
 register(
