@@ -1,7 +1,9 @@
 """Curation: the structured-reasoning data recipe as small composable steps.
 
 A worker (``worker.py``) takes a deterministic slice of every source and runs the per-sample
-steps; the merge (``merge.py``) applies the global ones and writes the final dataset:
+steps; the merge (``merge.py``) applies the global ones and writes the final dataset. The
+worker's per-question steps share one interface (``steps.py``: items in, items out, counts)
+and are composed from the spec; the modules below hold what each step does:
 
 ==================  =============================================================  ==========
 step                what it does                                                   where

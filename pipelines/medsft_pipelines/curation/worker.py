@@ -12,6 +12,9 @@ Worker ``i`` of ``N`` takes rows ``[n*i/N, n*(i+1)/N)`` of every source, in two 
    images -> teacher / imported traces -> verify -> format -> lengths -> rows (per source) +
    question records. The teacher never sees a question that cannot end up in the dataset.
 
+The per-question work of both phases is a list of steps (:mod:`.steps`) built from the spec;
+this module runs them over each batch and owns the rest: slices, peers' scans, writers.
+
 The output is a small partial dataset under ``_work/<worker>/`` whose manifest is written last.
 Re-running a worker is idempotent: a finished worker with the same spec hash returns at once;
 otherwise its earlier partial output is unpublished and rewritten from scratch (the teacher
@@ -28,8 +31,8 @@ import logging
 import sys
 import tempfile
 import time
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -40,7 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medsft_pipelines.specs.common import join_uri
-from medsft_pipelines.specs.curation import CurationSource, TeacherSpec
+from medsft_pipelines.specs.curation import TeacherSpec
 from medsft_pipelines.specs.jobconfig import CurationJobConfig
 from medsft_pipelines.storage import ObjectNotFound, ObjectStore, StorageSettings, open_store
 from medsft_pipelines.storage.progress import ProgressReporter
@@ -54,7 +57,6 @@ from medsft_pipelines.storage.shards import (
 
 from .decontam import BenchmarkIndex, BenchmarkText
 from .errors import BadInput, CurationError
-from .format import render_messages
 from .images import ImageProcessor, image_hashes
 from .layout import (
     QUARANTINE_PREFIX,
@@ -67,22 +69,13 @@ from .layout import (
     storage_settings,
     worker_name,
 )
-from .lengths import QuestionTokens, TokenCounter
+from .lengths import TokenCounter
 from .quarantine import Quarantine, check_error_budget
-from .sample import QUESTION_SCHEMA, ROW_SCHEMA, ProcessedImage, Sample
+from .sample import QUESTION_SCHEMA, ROW_SCHEMA
 from .select import Candidate, select_questions
-from .sources import (
-    Fetcher,
-    RawRow,
-    SourceContext,
-    SourceReader,
-    describe_raw,
-    to_sample,
-    worker_slice,
-)
+from .sources import Fetcher, RawRow, SourceContext, SourceReader, worker_slice
+from .steps import Item, LoadSamples, Step, Tally, run_steps, scan_steps, trace_steps
 from .teacher import TeacherClient, resolve_api_key
-from .text import question_hash
-from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
 
 log = logging.getLogger("medsft.curation.worker")
 
@@ -196,7 +189,14 @@ class Worker:
         self.bench: BenchmarkIndex | None = None
         self.teachers: dict[str, TeacherClient] = {}
         self.imported: dict[str, list[str]] | None = None
-        self._by_uri: OrderedDict[str, ProcessedImage | BadInput] = OrderedDict()
+        self.loader = LoadSamples(
+            self.fetcher,
+            self.images,
+            max_images=self.spec.images.max_images_per_sample,
+            pixel_identity=self.spec.dedup.image_hash,
+        )
+        self.scan_steps: list[Step] = []
+        self.trace_steps: list[Step] = []
         self._row_writers: dict[int, ShardWriter] = {}
         self._questions: ShardWriter | None = None
 
@@ -226,6 +226,15 @@ class Worker:
             self.token_counter = load_token_counter(self.config, self.settings, self.scratch)
         self._setup_decontamination()
         self._setup_traces()
+        self.scan_steps = scan_steps(self.bench, image_hash=self.spec.decontamination.image_hash)
+        self.trace_steps = trace_steps(
+            teachers=self.teachers,
+            imported=self.imported,
+            verification=self.spec.verification,
+            fmt=self.spec.format,
+            counter=self.token_counter,
+            max_tokens=self.spec.lengths.max_tokens,
+        )
         self._lap("setup", t)
         self._questions = ShardWriter(
             self.store.child("questions"),
@@ -252,13 +261,13 @@ class Worker:
         )
         done = 0
         try:
-            own = self._scan(readers, self.index)
+            own = await self._scan(readers, self.index)
             self.counts.update(own.counts)
             self.quarantine.absorb(own.quarantine.entries)
             self._check_budget()  # bad input fails the job before the teacher is paid
             progress.update(step=0, total=total, counts=self._progress_counts(), phase="select")
             t = time.process_time()
-            chosen = self._select(readers, own)
+            chosen = await self._select(readers, own)
             self._lap("select", t)
             for source_index, (reader, (start, stop)) in enumerate(
                 zip(readers, slices, strict=True)
@@ -312,18 +321,19 @@ class Worker:
         except ObjectNotFound:
             return False
 
-    def _scan(self, readers: list[SourceReader], index: int) -> SliceScan:
+    async def _scan(self, readers: list[SourceReader], index: int) -> SliceScan:
         """Read slice ``index`` of every source into candidates (published for the peers)."""
         t = time.process_time()
         self.out.put_bytes(self._scan_key(index) + ".started", self.spec_hash.encode())
         scan = SliceScan()
+        tally = Tally(scan.counts, scan.quarantine)
         for source_index, reader in enumerate(readers):
             ctx = SourceContext(reader.source, source_index)
             start, stop = self._slice(reader, index)
             for batch in _batches(reader.rows(start, stop), self.batch_size):
                 scan.counts[key("read", reader.source.name)] += len(batch)
-                samples = [s for i, raw in batch if (s := self._load(ctx, i, raw, scan))]
-                for sample in self._decontaminate(samples, scan.counts):
+                items = await run_steps(self.scan_steps, self.loader(ctx, batch, tally), tally)
+                for sample in (item.sample for item in items):
                     scan.candidates.append(
                         Candidate(
                             source_index=source_index,
@@ -331,18 +341,16 @@ class Worker:
                             question_id=sample.id,
                             source=sample.source,
                             answer=sample.answer,
-                            question_hash=question_hash(
-                                sample.prompt_text(), self._image_ids(sample)
-                            ),
+                            question_hash=sample.question_hash,
                             prompt_text=sample.prompt_text(),
-                            image_ids=tuple(self._image_ids(sample)),
+                            image_ids=tuple(self.loader.image_ids(sample)),
                         )
                     )
         self.out.put_bytes(self._scan_key(index), scan.to_bytes(self.spec_hash))
         self._lap("scan", t)
         return scan
 
-    def _select(self, readers: list[SourceReader], own: SliceScan) -> set[tuple[int, int]]:
+    async def _select(self, readers: list[SourceReader], own: SliceScan) -> set[tuple[int, int]]:
         """The (source, row) of this slice's questions that go to the teacher; counts why the
         others do not (each worker counts its own slice, so the merge's sum is exact)."""
         scans = {self.index: own}
@@ -356,7 +364,7 @@ class Worker:
             while scan is None and self._scan_started(index) and time.monotonic() < deadline:
                 time.sleep(PEER_POLL_S)
                 scan = self._published_scan(index)
-            scans[index] = scan if scan is not None else self._scan(readers, index)
+            scans[index] = scan if scan is not None else await self._scan(readers, index)
         candidates = [c for i in sorted(scans) for c in scans[i].candidates]
         verdict = select_questions(self.spec, candidates)
         samples_per_question = {
@@ -429,25 +437,16 @@ class Worker:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    async def _process_batch(
-        self,
-        ctx: SourceContext,
-        batch: list[tuple[int, RawRow]],
-    ) -> None:
+    async def _process_batch(self, ctx: SourceContext, batch: list[tuple[int, RawRow]]) -> None:
         """Selected rows of one batch: re-read (the scan counted them), then teacher onwards."""
         t = time.process_time()
-        counted = SliceScan()  # the scan already counted and quarantined these rows
-        samples = [s for row_index, raw in batch if (s := self._load(ctx, row_index, raw, counted))]
-        for sample in samples:
-            sample.question_hash = question_hash(sample.prompt_text(), self._image_ids(sample))
-            if self.teachers:
-                self.counts[key("teacher_sent", "questions", sample.source)] += 1
-        t = self._lap("sources_images", t)
-        responses = await self._responses(samples)
-        t = self._lap("traces", t)
-        rows_by_sample = self._verify_and_format(samples, responses)
-        t = self._lap("verify_format_lengths", t)
-        self._write(ctx.index, samples, rows_by_sample)
+        items = self.loader(ctx, batch, Tally())  # the scan already counted and quarantined these
+        t = self._lap(LoadSamples.cpu, t)
+        tally = Tally(self.counts, self.quarantine)
+        for step in self.trace_steps:
+            items = await step(items, tally)
+            t = self._lap(step.cpu, t)
+        self._write(ctx.index, items)
         self._lap("write", t)
 
     def _lap(self, step: str, start: float) -> float:
@@ -455,206 +454,11 @@ class Worker:
         self.cpu_seconds[step] += now - start
         return now
 
-    def _load(
-        self, ctx: SourceContext, row_index: int, raw: RawRow, into: SliceScan
-    ) -> Sample | None:
-        src = ctx.source
-        try:
-            sample = to_sample(raw, ctx, row_index)
-            sample.images = [self._image(ref, src) for ref in sample.image_refs]
-        except BadInput as bad:
-            into.counts[key("quarantined", src.name, bad.reason)] += 1
-            into.quarantine.add(
-                bad.reason,
-                source=src.name,
-                row_index=row_index,
-                detail=bad.detail,
-                raw=describe_raw(raw) if bad.reason == "malformed_row" else None,
-            )
-            return None
-        if len(sample.images) > self.spec.images.max_images_per_sample:
-            into.counts[key("removed", "too_many_images", src.name)] += 1
-            return None
-        return sample
-
-    def _image(self, ref: bytes | str, src: CurationSource) -> ProcessedImage:
-        """One processed image; a referenced file is read and processed once per worker."""
-        if isinstance(ref, bytes):
-            return self.images(ref)
-        uri = ref if "://" in ref else join_uri(src.image_root or src.uri.rpartition("/")[0], ref)
-        hit = self._by_uri.get(uri)
-        if hit is None:
-            try:
-                hit = self.images(self.fetcher.read_bytes(uri))
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ObjectNotFound):
-                hit = BadInput("missing_image", f"image {ref!r} not found")
-            except BadInput as bad:
-                hit = bad
-            self._by_uri[uri] = hit
-            if len(self._by_uri) > self.images.cache_size:
-                self._by_uri.popitem(last=False)
-        if isinstance(hit, BadInput):
-            raise BadInput(hit.reason, hit.detail)
-        return hit
-
-    def _image_ids(self, sample: Sample) -> list[str]:
-        """Image identity in the exact-duplicate key: decoded pixels, or file bytes."""
-        if self.spec.dedup.image_hash:
-            return [im.sha256 for im in sample.images]
-        return [im.file_sha256 for im in sample.images]
-
-    def _decontaminate(self, samples: list[Sample], counts: Counter[str]) -> list[Sample]:
-        if self.bench is None or not samples:
-            return samples
-        hashes = [
-            [h for im in s.images for h in (im.file_sha256, im.sha256)]
-            if self.spec.decontamination.image_hash
-            else []
-            for s in samples
-        ]
-        found = self.bench.check_many(
-            [s.prompt_text() for s in samples], hashes, [s.question for s in samples]
-        )
-        kept = []
-        for sample, hit in zip(samples, found, strict=True):
-            if hit is None:
-                kept.append(sample)
-            else:
-                counts[key("decontam", hit.benchmark, hit.reason)] += 1
-                counts[key("removed", "decontamination", sample.source)] += 1
-        return kept
-
-    async def _responses(self, samples: list[Sample]) -> list[list[str] | BadInput]:
-        if not self.teachers:
-            out: list[list[str] | BadInput] = []
-            for s in samples:
-                traces = s.traces
-                if self.imported is not None:
-                    raw_id = s.id.split("/", 1)[1]
-                    traces = self.imported.get(s.id) or self.imported.get(raw_id) or []
-                out.append(traces if traces else BadInput("missing_traces", "no imported traces"))
-            return out
-        results: list[list[str] | BadInput] = [[] for _ in samples]
-        for modality in ("text", "image"):
-            client = self.teachers.get(modality) or self.teachers.get("image")
-            picked = [i for i, s in enumerate(samples) if s.modality == modality]
-            if not picked or client is None:
-                continue
-            answers = await client.generate_many([samples[i] for i in picked])
-            for i, answer in zip(picked, answers, strict=True):
-                results[i] = answer
-        return results
-
-    def _teacher_name(self, sample: Sample) -> str:
-        if not self.teachers:
-            return "imported"
-        client = self.teachers.get(sample.modality) or self.teachers.get("image")
-        return client.name if client else "none"
-
-    def _verify_and_format(
-        self, samples: list[Sample], responses: Sequence[list[str] | BadInput]
-    ) -> list[list[dict[str, Any]]]:
-        vspec, imported = self.spec.verification, not self.teachers
-        pending: list[tuple[int, int, Sample, list[dict[str, str]]]] = []
-        for si, (sample, answer) in enumerate(zip(samples, responses, strict=True)):
-            src = sample.source
-            if isinstance(answer, BadInput):
-                self.counts[key("quarantined", src, answer.reason)] += 1
-                self.quarantine.add(
-                    answer.reason,
-                    source=src,
-                    row_index=sample.order[1],
-                    sample_id=sample.id,
-                    detail=answer.detail,
-                )
-                continue
-            kind = verifier_kind(sample, vspec)
-            verdicts = [verify(sample, r, kind, vspec, imported=imported) for r in answer]
-            base = ("traces", src, sample.task_type)
-            self.counts[key(*base, "generated")] += len(verdicts)
-            kept = 0
-            for ti, (response, verdict) in enumerate(zip(answer, verdicts, strict=True)):
-                self.counts[key(*base, verdict.reason)] += 1
-                if verdict.reason == UNPARSEABLE:
-                    self.quarantine.add(
-                        "unparseable_response",
-                        source=src,
-                        row_index=sample.order[1],
-                        sample_id=sample.id,
-                        response=response,
-                    )
-                if verdict.reason != ACCEPTED:
-                    continue
-                if kept >= vspec.max_correct_per_question:
-                    self.counts[key(*base, "over_max_correct")] += 1
-                    continue
-                kept += 1
-                pending.append(
-                    (si, ti, sample, render_messages(sample, verdict.reasoning, self.spec.format))
-                )
-            if verdicts and all(v.reason == UNPARSEABLE for v in verdicts):
-                self.counts[key("quarantined", src, "teacher_unparseable")] += 1
-                self.quarantine.add(
-                    "teacher_unparseable",
-                    source=src,
-                    row_index=sample.order[1],
-                    sample_id=sample.id,
-                    detail=f"none of {len(verdicts)} responses has a parseable answer",
-                )
-            if kept:
-                self.counts[key("questions", src, "with_traces")] += 1
-        return self._measure(samples, pending)
-
-    def _measure(
-        self, samples: list[Sample], pending: list[tuple[int, int, Sample, list[dict[str, str]]]]
-    ) -> list[list[dict[str, Any]]]:
-        assert self.token_counter is not None
-        prompts: dict[int, QuestionTokens] = {}
-        for si, _, sample, messages in pending:
-            if si not in prompts:
-                sizes = [(im.width, im.height) for im in sample.images]
-                prompts[si] = self.token_counter.question(messages, sizes)
-        lengths = self.token_counter.count(
-            [prompts[si] for si, *_ in pending], [m[-1]["content"] for *_, m in pending]
-        )
-        rows: list[list[dict[str, Any]]] = [[] for _ in samples]
-        max_tokens = self.spec.lengths.max_tokens
-        for (si, ti, sample, messages), (n_tokens, trace_tokens) in zip(
-            pending, lengths, strict=True
-        ):
-            if n_tokens > max_tokens:
-                self.counts[key("removed", "too_long", sample.source)] += 1
-                continue
-            rows[si].append(
-                {
-                    "id": f"{sample.id}#{ti}",
-                    "question_id": sample.id,
-                    "source": sample.source,
-                    "task_type": sample.task_type,
-                    "modality": sample.modality,
-                    "images": [im.data for im in sample.images],
-                    "image_sha256": [im.sha256 for im in sample.images],
-                    "question": sample.question,
-                    "context": sample.context,
-                    "options": sample.options,
-                    "answer": sample.answer,
-                    "messages": messages,
-                    "n_tokens": n_tokens,
-                    "trace_tokens": trace_tokens,
-                    "trace_index": ti,
-                    "teacher": self._teacher_name(sample),
-                    "metadata": json.dumps(sample.metadata, sort_keys=True),
-                }
-            )
-        return rows
-
-    def _write(
-        self, source_index: int, samples: list[Sample], rows: list[list[dict[str, Any]]]
-    ) -> None:
+    def _write(self, source_index: int, items: list[Item]) -> None:
         assert self._questions is not None
         records = []
         flat = []
-        for sample, sample_rows in zip(samples, rows, strict=True):
+        for sample, sample_rows in ((item.sample, item.rows) for item in items):
             records.append(
                 {
                     "question_id": sample.id,
@@ -665,7 +469,7 @@ class Worker:
                     "answer": sample.answer,
                     "question_hash": sample.question_hash,
                     "prompt_text": sample.prompt_text(),
-                    "image_ids": self._image_ids(sample),
+                    "image_ids": self.loader.image_ids(sample),
                     "trace_index": [r["trace_index"] for r in sample_rows],
                     "n_tokens": [r["n_tokens"] for r in sample_rows],
                     "trace_tokens": [r["trace_tokens"] for r in sample_rows],
