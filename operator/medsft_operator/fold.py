@@ -293,33 +293,15 @@ def apply_phase(
     conditions = list(status.conditions)
     running = phase in ("Pending", "Queued", "Running")
     ready_reason = reason if phase != "Succeeded" else "Succeeded"
-    conditions = cond.set_condition(
-        conditions,
-        cond.READY,
-        "True" if phase == "Succeeded" else "False",
-        ready_reason,
-        message,
-        generation,
-    )
-    conditions = cond.set_condition(
-        conditions, cond.PROGRESSING, "True" if running else "False", reason, message, generation
-    )
-    conditions = cond.set_condition(
-        conditions,
-        cond.SUCCEEDED,
-        "True" if phase == "Succeeded" else "False",
-        reason,
-        message,
-        generation,
-    )
-    conditions = cond.set_condition(
-        conditions,
-        cond.FAILED,
-        "True" if phase == "Failed" else "False",
-        reason,
-        message,
-        generation,
-    )
+    for type_, true, why in (
+        (cond.READY, phase == "Succeeded", ready_reason),
+        (cond.PROGRESSING, running, reason),
+        (cond.SUCCEEDED, phase == "Succeeded", reason),
+        (cond.FAILED, phase == "Failed", reason),
+    ):
+        conditions = cond.set_condition(
+            conditions, type_, "True" if true else "False", why, message, generation
+        )
     update: dict[str, Any] = {
         "phase": phase,
         "message": message,

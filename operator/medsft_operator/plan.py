@@ -32,7 +32,7 @@ from medsft_operator.api.kinds import (
 )
 from medsft_operator.layout import StageName
 from medsft_pipelines.contract import Spec
-from medsft_pipelines.specs.common import StorageSpec
+from medsft_pipelines.specs.common import ObjectRef, StorageSpec
 from medsft_pipelines.specs.curation import CurationSpec, ProcessorSpec
 from medsft_pipelines.specs.eval import BenchmarkSpec, EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec
@@ -125,6 +125,24 @@ def _ref_hash(kind: str, name: str) -> str:
     return hashlib.sha256(f"ref\0{kind}\0{name}".encode()).hexdigest()
 
 
+def _stage_plan(
+    stage: StageName,
+    ref: ObjectRef | None,
+    spec: CurationStageSpec | SFTStageSpec | EvalStageSpec | None,
+    pipeline_spec: type[Spec],
+    run_storage: StorageSpec,
+    *inputs: str,
+) -> StagePlan:
+    """A stage of the plan: an existing resource (hashed by kind and name), or an inline spec
+    hashed as its pods read it, with its storage and ``inputs`` (the upstream hashes)."""
+    if ref is not None:
+        return StagePlan(stage, _ref_hash(STAGE_KINDS[stage], ref.name), ref=ref.name)
+    assert spec is not None
+    storage = resolve_storage(spec.storage, run_storage)
+    own_hash = spec_hash(project(spec, pipeline_spec), storage_key(storage), *inputs)
+    return StagePlan(stage, own_hash, spec=spec)
+
+
 def plan_run(
     run: MedSFTRun,
     *,
@@ -140,12 +158,8 @@ def plan_run(
 
     curation_hash = ""
     if spec.curation is not None:
-        if spec.curation.ref is not None:
-            curation_hash = _ref_hash("CurationJob", spec.curation.ref.name)
-            stages.append(StagePlan("curation", curation_hash, ref=spec.curation.ref.name))
-        else:
-            assert spec.curation.spec is not None
-            curation = spec.curation.spec
+        curation = spec.curation.spec
+        if curation is not None:
             updates: dict[str, object] = {}
             if curation.processor is None and sft_stage is not None:
                 updates["processor"] = ProcessorSpec(
@@ -159,31 +173,17 @@ def plan_run(
                 }
             )
             curation = _with(curation, **updates)
-            cur_storage = resolve_storage(curation.storage, storage)
-            curation_hash = spec_hash(project(curation, CurationSpec), storage_key(cur_storage))
-            stages.append(StagePlan("curation", curation_hash, spec=curation))
+        stages.append(_stage_plan("curation", spec.curation.ref, curation, CurationSpec, storage))
+        curation_hash = stages[-1].hash
 
-    if spec.sft.ref is not None:
-        sft_hash = _ref_hash("SFTJob", spec.sft.ref.name)
-        stages.append(StagePlan("sft", sft_hash, ref=spec.sft.ref.name))
-    else:
-        assert sft_stage is not None
-        sft_storage = resolve_storage(sft_stage.storage, storage)
-        inputs = [storage_key(sft_storage)] + ([curation_hash] if curation_hash else [])
-        sft_hash = spec_hash(project(sft_stage, SFTSpec), *inputs)
-        stages.append(StagePlan("sft", sft_hash, spec=sft_stage))
+    sft_inputs = [curation_hash] if curation_hash else []
+    stages.append(_stage_plan("sft", spec.sft.ref, sft_stage, SFTSpec, storage, *sft_inputs))
+    sft_hash = stages[-1].hash
 
-    eval_hash = ""
     if spec.eval is not None:
-        if spec.eval.ref is not None:
-            eval_hash = _ref_hash("EvalJob", spec.eval.ref.name)
-            stages.append(StagePlan("eval", eval_hash, ref=spec.eval.ref.name))
-        else:
-            assert spec.eval.spec is not None
-            ev = spec.eval.spec
-            ev_storage = resolve_storage(ev.storage, storage)
-            eval_hash = spec_hash(project(ev, EvalSpec), storage_key(ev_storage), sft_hash)
-            stages.append(StagePlan("eval", eval_hash, spec=ev))
+        stages.append(
+            _stage_plan("eval", spec.eval.ref, spec.eval.spec, EvalSpec, storage, sft_hash)
+        )
 
     return RunPlan(
         storage=storage,

@@ -9,7 +9,7 @@ pydantic validators, so ``medsft validate`` rejects what ``kubectl apply`` rejec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -57,6 +57,9 @@ def immutable(field_name: str, *, optional: bool = False) -> dict:
     )
 
 
+_STANDALONE = "for a standalone resource (only a MedSFTRun fills it in)"
+
+
 def required(field_name: str, why: str) -> dict:
     """A CEL rule requiring an optional-in-general field in this context."""
     return cel(
@@ -67,9 +70,22 @@ def required(field_name: str, why: str) -> dict:
     )
 
 
-def _require(model: Spec, field_name: str, alias: str, why: str) -> None:
-    if getattr(model, field_name) is None:
-        raise ValueError(f"{alias} is required {why}")
+class Standalone(Spec):
+    """The spec of a standalone stage resource: the field ``standalone_requires`` names, which
+    only a MedSFTRun may leave out (it fills it in), is required. The apiserver checks it with
+    :func:`standalone_rule`, which the subclass puts in its ``model_config``."""
+
+    standalone_requires: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _standalone(self) -> Self:
+        if getattr(self, self.standalone_requires) is None:
+            raise ValueError(f"{self.standalone_requires} is required {_STANDALONE}")
+        return self
+
+
+def standalone_rule(field_name: str) -> dict:
+    return required(field_name, _STANDALONE)
 
 
 # --------------------------------------------------------------------------- stage specs
@@ -143,15 +159,13 @@ class EvalStageSpec(StageRuntime, EvalSpec):
         return self
 
 
-_STANDALONE = "for a standalone resource (only a MedSFTRun fills it in)"
-
-
-class CurationJobSpec(CurationStageSpec):
+class CurationJobSpec(Standalone, CurationStageSpec):
     """Spec of a standalone CurationJob."""
 
+    standalone_requires = "processor"
     model_config = k8s_rules(
         *rules_of(CurationStageSpec),
-        required("processor", _STANDALONE),
+        standalone_rule(standalone_requires),
         *(
             immutable(name)
             for name in (
@@ -162,42 +176,29 @@ class CurationJobSpec(CurationStageSpec):
         *(immutable(name, optional=True) for name in ("teachers", "tracesFrom", "processor")),
     )
 
-    @model_validator(mode="after")
-    def _standalone(self) -> CurationJobSpec:
-        _require(self, "processor", "processor", _STANDALONE)
-        return self
 
-
-class SFTJobSpec(SFTStageSpec):
+class SFTJobSpec(Standalone, SFTStageSpec):
     """Spec of a standalone SFTJob."""
 
+    standalone_requires = "dataset"
     model_config = k8s_rules(
         *rules_of(SFTStageSpec),
-        required("dataset", _STANDALONE),
+        standalone_rule(standalone_requires),
         *(immutable(name) for name in ("model", "training", "deepspeed", "nodes", "gpusPerNode")),
         *(immutable(name, optional=True) for name in ("dataset", "outputUri")),
     )
 
-    @model_validator(mode="after")
-    def _standalone(self) -> SFTJobSpec:
-        _require(self, "dataset", "dataset", _STANDALONE)
-        return self
 
-
-class EvalJobSpec(EvalStageSpec):
+class EvalJobSpec(Standalone, EvalStageSpec):
     """Spec of a standalone EvalJob."""
 
+    standalone_requires = "model"
     model_config = k8s_rules(
         *rules_of(EvalStageSpec),
-        required("model", _STANDALONE),
+        standalone_rule(standalone_requires),
         *(immutable(name) for name in ("benchmarks", "generation")),
         *(immutable(name, optional=True) for name in ("model", "baseline")),
     )
-
-    @model_validator(mode="after")
-    def _standalone(self) -> EvalJobSpec:
-        _require(self, "model", "model", _STANDALONE)
-        return self
 
 
 # ------------------------------------------------------------------------ MedSFTRun spec

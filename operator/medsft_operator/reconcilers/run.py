@@ -9,7 +9,7 @@ run with the stage's hash (from any generation, not failed) is reused; otherwise
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from medsft_operator import fold, layout, names, promotion
 from medsft_operator.api import conditions as cond
@@ -216,29 +216,17 @@ class RunReconciler(Reconciler):
                 uri = layout.promoted_pointer_uri(plan.storage, meta["namespace"], meta["name"])
                 await self.ctx.storage.put_json(meta["namespace"], plan.storage, uri, pointer)
                 update |= {"promoted_generation": number, "promoted_model_uri": model_uri}
-                conditions = cond.set_condition(
-                    conditions,
-                    cond.PROMOTED,
-                    "True",
-                    "ThresholdsMet",
-                    f"generation {number} promoted: {verdict.message()}",
-                    gen,
-                )
-                self.ctx.events.post(
-                    body, "Normal", "Promoted", f"generation {number} promoted ({uri})"
-                )
+                promoted: Literal["True", "False"] = "True"
+                reason, said = "ThresholdsMet", f"promoted: {verdict.message()}"
+                event = ("Normal", "Promoted", f"generation {number} promoted ({uri})")
             else:
-                conditions = cond.set_condition(
-                    conditions,
-                    cond.PROMOTED,
-                    "False",
-                    "ThresholdsNotMet",
-                    f"generation {number} not promoted: {verdict.message()}",
-                    gen,
-                )
-                self.ctx.events.post(
-                    body, "Warning", "NotPromoted", f"generation {number}: {verdict.message()}"
-                )
+                promoted = "False"
+                reason, said = "ThresholdsNotMet", f"not promoted: {verdict.message()}"
+                event = ("Warning", "NotPromoted", f"generation {number}: {verdict.message()}")
+            conditions = cond.set_condition(
+                conditions, cond.PROMOTED, promoted, reason, f"generation {number} {said}", gen
+            )
+            self.ctx.events.post(body, *event)
             record = record.model_copy(update={"promoted": verdict.promoted})
             update["conditions"] = conditions
         history[0] = record

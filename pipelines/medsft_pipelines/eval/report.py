@@ -359,17 +359,7 @@ def _ordered(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def plot_accuracy(results: Mapping[str, Any]) -> bytes:
     """Grouped bars: accuracy per benchmark, one bar per model, std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = _ordered(results)
-    labels = list(results["models"])
-    x = np.arange(len(rows))
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    rows, labels, x, width, fig, ax = _bar_figure(results)
     for i, label in enumerate(labels):
         acc = [100 * r["scores"][label]["accuracy"] for r in rows]
         std = [100 * r["scores"][label]["accuracy_std"] for r in rows]
@@ -394,17 +384,7 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
 
 def plot_response_length(results: Mapping[str, Any]) -> bytes:
     """Mean response tokens per benchmark, reasoning and answer stacked (the paper's Fig. 8)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = _ordered(results)
-    labels = list(results["models"])
-    x = np.arange(len(rows))
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    rows, labels, x, width, fig, ax = _bar_figure(results)
     for i, label in enumerate(labels):
         think = [r["scores"][label]["length"]["think_mean"] for r in rows]
         answer = [r["scores"][label]["length"]["answer_mean"] for r in rows]
@@ -422,6 +402,21 @@ def plot_response_length(results: Mapping[str, Any]) -> bytes:
     ax.set_title("Response length per benchmark")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def _bar_figure(results: Mapping[str, Any]) -> tuple[list[Any], list[str], Any, float, Any, Any]:
+    """What both plots start from: the benchmarks in report order, the model labels, the
+    x position of each benchmark, the width of one model's bar, and the figure and axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = _ordered(results)
+    labels = list(results["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    return rows, labels, np.arange(len(rows)), 0.8 / len(labels), fig, ax
 
 
 def _png(fig: Any) -> bytes:

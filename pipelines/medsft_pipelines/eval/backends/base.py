@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -79,6 +79,19 @@ class Generation:
     def response_tokens(self) -> int:
         """Tokens the model generated in total."""
         return self.think_tokens + self.answer_tokens
+
+
+class TokenizerCodec:
+    """:meth:`Engine.encode` and :meth:`Engine.decode` through the engine's Hugging Face
+    tokenizer (``self.tokenizer``), the same for every backend."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 class Engine(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .base import RawOutput, Request, Sampling
+from .base import RawOutput, Request, Sampling, TokenizerCodec
 from .layout import plan_layout
 
 # Tokens a model must never generate: a vision placeholder in the response would be taken for
@@ -24,7 +24,7 @@ _VISION_TOKENS = (
 )
 
 
-class TransformersEngine:
+class TransformersEngine(TokenizerCodec):
     """A Hugging Face model (Qwen-VL family, or a text-only causal LM) behind :class:`Engine`."""
 
     def __init__(
@@ -70,12 +70,6 @@ class TransformersEngine:
         return self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     @torch.inference_mode()
     def generate_ids(

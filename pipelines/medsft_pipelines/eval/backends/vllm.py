@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import RawOutput, Request, Sampling
+from .base import RawOutput, Request, Sampling, TokenizerCodec
 from .layout import head_counts, plan_layout
 
 _VISION_TOKENS = [
@@ -25,7 +25,7 @@ _VISION_TOKENS = [
 ]
 
 
-class VLLMEngine:
+class VLLMEngine(TokenizerCodec):
     """A model served in-process by ``vllm.LLM``."""
 
     def __init__(
@@ -62,12 +62,6 @@ class VLLMEngine:
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate_ids(
         self,
