@@ -165,7 +165,16 @@ def test_service_account_without_rights_is_forbidden(kube, namespace):
             "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}],
         },
     )
-    _wait_for(lambda: as_nobody.list_namespaced_config_map(namespace) is not None)
+
+    def allowed() -> bool:
+        try:
+            return as_nobody.list_namespaced_config_map(namespace) is not None
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            return False  # the RBAC authorizer has not seen the new binding yet
+
+    _wait_for(allowed)
 
 
 def test_deleting_owner_garbage_collects_dependent(kube, namespace):
