@@ -7,7 +7,7 @@ which the control plane resolves and the data plane reads as env vars or files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -173,4 +173,6 @@ def _camel(name: str) -> str:
 def rules_of(model: type[Spec]) -> list[dict]:
     """The CEL rules attached to ``model`` (to extend them in a subclass's ``k8s_rules``)."""
     extra = model.model_config.get("json_schema_extra")
-    return list(extra.get("x-kubernetes-validations", [])) if isinstance(extra, dict) else []
+    if not isinstance(extra, dict):
+        return []
+    return list(cast("list[dict]", extra.get("x-kubernetes-validations", [])))

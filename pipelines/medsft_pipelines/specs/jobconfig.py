@@ -9,7 +9,7 @@ credentials are not in the file: they arrive as env vars (see ``specs.common``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import yaml
 from pydantic import Field, TypeAdapter
@@ -20,7 +20,7 @@ from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec
 
-JOB_CONFIG_API_VERSION = "medsft.io/v1alpha1"
+JOB_CONFIG_API_VERSION: Final = "medsft.io/v1alpha1"
 
 
 class RunInfo(Spec):
