@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from medsft_pipelines.curation.decontam import BenchmarkIndex, BenchmarkText
-from medsft_pipelines.curation.errors import BadInput
+from medsft_pipelines.curation.errors import BadInput, CurationError
 from medsft_pipelines.curation.format import render_messages
 from medsft_pipelines.curation.images import ImageProcessor
 from medsft_pipelines.curation.sample import Sample
@@ -24,12 +28,21 @@ from medsft_pipelines.curation.steps import (
     Tally,
     TeacherTraces,
     VerifyAndFormat,
+    read_traces_file,
     run_steps,
     scan_steps,
+    teacher_clients,
     trace_steps,
 )
 from medsft_pipelines.curation.text import question_hash
-from medsft_pipelines.specs.curation import CurationSource, FormatSpec, VerificationSpec
+from medsft_pipelines.specs.curation import (
+    CurationSource,
+    CurationSpec,
+    FormatSpec,
+    TracesImport,
+    VerificationSpec,
+)
+from medsft_pipelines.storage import open_store
 
 
 def run(step, items: list[Item], tally: Tally) -> list[Item]:
@@ -150,6 +163,55 @@ def test_imported_traces_by_question_id_or_raw_id_else_the_rows_own():
     assert isinstance(out[2].traces, BadInput) and out[2].traces.reason == "missing_traces"
     own = run(ImportedTraces(None), [Item(_sample("s/3", traces=["own"]))], Tally())
     assert own[0].traces == ["own"] and own[0].teacher == "imported"
+
+
+def test_a_traces_file_is_read_by_id_in_either_format(tmp_path):
+    rows = [
+        {"id": "1", "traces": ["first", "second"]},
+        {"id": 2, "traces": "only one"},
+        {"id": "1", "traces": ["third"]},  # a question's traces may be split over rows
+        {"id": None, "traces": ["no id: skipped"]},
+        {"id": "3"},  # no traces: skipped
+    ]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = {"1": ["first", "second", "third"], "2": ["only one"]}
+    jsonl = TracesImport(uri=f"file://{tmp_path}/t.jsonl")
+    assert read_traces_file(jsonl, Fetcher(tmp_path)) == expected
+
+    table = pa.table(
+        {"qid": ["1", "2"], "answers": [["first", "second"], ["only one"]], "other": [0, 1]}
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    parquet = TracesImport(
+        uri=f"file://{tmp_path}/t.parquet",
+        format="parquet",
+        id_column="qid",
+        traces_column="answers",
+    )
+    assert read_traces_file(parquet, Fetcher(tmp_path)) == {
+        "1": ["first", "second"],
+        "2": ["only one"],
+    }
+
+
+def test_image_sources_need_an_image_teacher(tmp_path):
+    spec = CurationSpec.model_validate(
+        {
+            "sources": [
+                {"name": "s", "uri": "file:///x.jsonl", "task": "open", "modality": "image"}
+            ],
+            "teachers": {"text": {"endpoint": "http://127.0.0.1:9/v1", "model": "m"}},
+        }
+    )
+    with pytest.raises(CurationError, match=r"image sources need teachers\.image"):
+        teacher_clients(spec, open_store(f"file://{tmp_path}"))
+    both = spec.model_copy(
+        update={"teachers": spec.teachers.model_copy(update={"image": spec.teachers.text})}
+    )
+    clients = teacher_clients(both, open_store(f"file://{tmp_path}"))
+    assert sorted(clients) == ["image", "text"]
+    for client in clients.values():
+        asyncio.run(client.close())
 
 
 # -- VerifyAndFormat ----------------------------------------------------------------------------

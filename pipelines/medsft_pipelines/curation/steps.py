@@ -18,12 +18,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow.parquet as pq
+
 from medsft_pipelines.specs.common import join_uri
-from medsft_pipelines.specs.curation import CurationSource, FormatSpec, VerificationSpec
-from medsft_pipelines.storage import ObjectNotFound
+from medsft_pipelines.specs.curation import (
+    CurationSource,
+    CurationSpec,
+    FormatSpec,
+    TeacherSpec,
+    TracesImport,
+    VerificationSpec,
+)
+from medsft_pipelines.storage import ObjectNotFound, ObjectStore
 
 from .decontam import BenchmarkIndex
-from .errors import BadInput
+from .errors import BadInput, CurationError
 from .format import render_messages
 from .images import ImageProcessor
 from .layout import key
@@ -31,7 +40,7 @@ from .lengths import QuestionTokens, TokenCounter
 from .quarantine import Quarantine
 from .sample import ProcessedImage, Sample
 from .sources import Fetcher, RawRow, SourceContext, describe_raw, to_sample
-from .teacher import TeacherClient
+from .teacher import TeacherClient, resolve_api_key
 from .text import question_hash
 from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
 
@@ -220,6 +229,46 @@ class TeacherTraces:
         return items
 
 
+def teacher_clients(spec: CurationSpec, cache: ObjectStore) -> dict[str, TeacherClient]:
+    """A client per teacher the spec names, by modality, answering from ``cache`` first;
+    CurationError when image sources have no image teacher."""
+    assert spec.teachers is not None
+    clients = {}
+    for modality in ("text", "image"):
+        teacher: TeacherSpec | None = getattr(spec.teachers, modality)
+        if teacher is not None:
+            clients[modality] = TeacherClient(
+                teacher,
+                api_key=resolve_api_key(modality, teacher),
+                cache=cache,
+                option_style=spec.format.option_style,
+            )
+    if "image" not in clients and any(s.modality == "image" for s in spec.sources):
+        raise CurationError("image sources need teachers.image (a multimodal teacher)")
+    return clients
+
+
+def read_traces_file(spec: TracesImport, fetcher: Fetcher) -> dict[str, list[str]]:
+    """The traces of a ``tracesFrom`` file (jsonl or parquet) by question id: a value of the
+    traces column is one trace or a list of them; rows without an id or traces are skipped."""
+    assert spec.uri is not None
+    path = fetcher.file(spec.uri)
+    if spec.format == "parquet":
+        records: list[dict[str, Any]] = pq.read_table(
+            path, columns=[spec.id_column, spec.traces_column]
+        ).to_pylist()
+    else:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    traces: dict[str, list[str]] = {}
+    for rec in records:
+        value = rec.get(spec.traces_column)
+        if rec.get(spec.id_column) is None or value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        traces.setdefault(str(rec[spec.id_column]), []).extend(str(v) for v in values)
+    return traces
+
+
 class ImportedTraces:
     """Traces that come with the data: a source's own trace column, or a traces file
     (``tracesFrom.uri``, by question id or the source's raw id)."""
@@ -399,7 +448,9 @@ __all__ = [
     "Tally",
     "TeacherTraces",
     "VerifyAndFormat",
+    "read_traces_file",
     "run_steps",
     "scan_steps",
+    "teacher_clients",
     "trace_steps",
 ]

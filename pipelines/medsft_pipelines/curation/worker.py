@@ -39,11 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medsft_pipelines.specs.common import join_uri
-from medsft_pipelines.specs.curation import TeacherSpec
 from medsft_pipelines.specs.jobconfig import CurationJobConfig
 from medsft_pipelines.storage import ObjectNotFound, ObjectStore, StorageSettings, open_store
 from medsft_pipelines.storage.progress import ProgressReporter
@@ -74,8 +72,18 @@ from .quarantine import Quarantine, check_error_budget
 from .sample import QUESTION_SCHEMA, ROW_SCHEMA
 from .select import Candidate, select_questions
 from .sources import Fetcher, RawRow, SourceContext, SourceReader, worker_slice
-from .steps import Item, LoadSamples, Step, Tally, run_steps, scan_steps, trace_steps
-from .teacher import TeacherClient, resolve_api_key
+from .steps import (
+    Item,
+    LoadSamples,
+    Step,
+    Tally,
+    read_traces_file,
+    run_steps,
+    scan_steps,
+    teacher_clients,
+    trace_steps,
+)
+from .teacher import TeacherClient
 
 log = logging.getLogger("medsft.curation.worker")
 
@@ -399,41 +407,9 @@ class Worker:
 
     def _setup_traces(self) -> None:
         if self.spec.teachers is not None:
-            cache = self.out.child(TEACHER_CACHE_PREFIX)
-            for modality in ("text", "image"):
-                teacher: TeacherSpec | None = getattr(self.spec.teachers, modality)
-                if teacher is not None:
-                    self.teachers[modality] = TeacherClient(
-                        teacher,
-                        api_key=resolve_api_key(modality, teacher),
-                        cache=cache,
-                        option_style=self.spec.format.option_style,
-                    )
-            if "image" not in self.teachers and any(
-                s.modality == "image" for s in self.spec.sources
-            ):
-                raise CurationError("image sources need teachers.image (a multimodal teacher)")
+            self.teachers = teacher_clients(self.spec, self.out.child(TEACHER_CACHE_PREFIX))
         elif self.spec.traces_from is not None and self.spec.traces_from.uri:
-            self.imported = self._load_traces_file()
-
-    def _load_traces_file(self) -> dict[str, list[str]]:
-        spec = self.spec.traces_from
-        assert spec is not None and spec.uri is not None
-        path = self.fetcher.file(spec.uri)
-        if spec.format == "parquet":
-            records: list[dict[str, Any]] = pq.read_table(
-                path, columns=[spec.id_column, spec.traces_column]
-            ).to_pylist()
-        else:
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        traces: dict[str, list[str]] = {}
-        for rec in records:
-            value = rec.get(spec.traces_column)
-            if rec.get(spec.id_column) is None or value is None:
-                continue
-            values = value if isinstance(value, list) else [value]
-            traces.setdefault(str(rec[spec.id_column]), []).extend(str(v) for v in values)
-        return traces
+            self.imported = read_traces_file(self.spec.traces_from, self.fetcher)
 
     # -- one batch ----------------------------------------------------------------------------
 
