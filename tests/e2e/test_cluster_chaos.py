@@ -1,0 +1,168 @@
+"""Faults on the real cluster path (the quickstart MedSFTRun of test_cluster_run.py, with a
+longer SFT so that there is a "mid-training" to hit):
+
+* the Worker pod is deleted mid-training → the real training operator recreates it, the job
+  restarts and training resumes from the newest checkpoint complete on both nodes — judged
+  from the trainer's own metrics: the step counter continues after that checkpoint and no
+  step up to it is trained again;
+* the medsft operator is SIGKILLed mid-run → a restarted one finds what the first created
+  (no duplicate children) and the run completes;
+* MinIO is stopped for a few seconds mid-training → the run completes (or fails with a
+  condition saying why), and no partial checkpoint, dataset or model is ever visible to a
+  reader that trusts completion markers and manifests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from cluster import ClusterRun, quickstart_on_cluster
+from kubernetes import client
+from pydantic import SecretStr
+
+from medsft_pipelines.storage import StorageSettings, open_store
+from medsft_pipelines.storage.checkpoints import CheckpointStore
+from medsft_pipelines.storage.progress import read_metrics
+
+# The first run builds the trainer image (minutes, cached afterwards) before the cluster run.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+RUN = "chaos"
+# Long enough to act while it trains; a checkpoint every 2 steps on both nodes.
+LONGER_SFT = {"training": {"maxSteps": 16}, "checkpointing": {"everySteps": 2, "keepLast": 3}}
+
+
+def store(run: ClusterRun, uri: str) -> Any:
+    minio = run.node.minio
+    settings = StorageSettings(
+        endpoint=minio.endpoint,
+        secure=False,
+        access_key=SecretStr(minio.access_key),
+        secret_key=SecretStr(minio.secret_key),
+        retry_timeout_s=5,
+    )
+    return open_store(uri, settings)
+
+
+def sft_output(run: ClusterRun) -> str:
+    return f"s3://{run.bucket}/{run.namespace}/{RUN}/g1/sft"
+
+
+def common_checkpoints(run: ClusterRun) -> list[int]:
+    """Steps checkpointed completely on both nodes (what a resume may start from)."""
+    out = store(run, sft_output(run))
+    per_node = [
+        set(CheckpointStore(out.child(f"checkpoints/node-{n:03d}")).steps()) for n in (0, 1)
+    ]
+    return sorted(per_node[0] & per_node[1])
+
+
+def pytorchjob_pod(run: ClusterRun, replica: str) -> client.V1Pod | None:
+    (job,) = run.cluster.pytorchjobs()
+    name = f"{job['metadata']['name']}-{replica}-0"
+    try:
+        return run.cluster.core.read_namespaced_pod(name, run.namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
+    cluster_run: ClusterRun,
+) -> None:
+    run = cluster_run
+    run.start_operator()
+    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=LONGER_SFT))
+    checkpoint = run.wait(
+        lambda: common_checkpoints(run), timeout=1200, what="a checkpoint on both nodes"
+    )[-1]
+    worker = pytorchjob_pod(run, "worker")
+    assert worker is not None and worker.status.phase == "Running"
+    run.cluster.core.delete_namespaced_pod(worker.metadata.name, run.namespace)
+
+    # The training operator puts a new Worker in its place.
+    replacement = run.wait(
+        lambda: (
+            (p := pytorchjob_pod(run, "worker")) and p.metadata.uid != worker.metadata.uid and p
+        ),
+        timeout=120,
+        what="a new Worker pod",
+    )
+    assert replacement.metadata.name == worker.metadata.name
+    status = run.finish(RUN)
+    assert status["phase"] == "Succeeded", run.describe()
+
+    summary = run.store_json(f"{run.namespace}/{RUN}/g1/sft/train_summary.json")
+    resumed = summary["resumed_from"]
+    assert resumed is not None and resumed >= checkpoint and summary["steps"] == 16
+    # The trainer's own record of the steps it trained, in order, across both runs of it.
+    steps = [r["step"] for r in read_metrics(store(run, sft_output(run))) if "loss" in r]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    before, after = steps[:restart], steps[restart:]
+    assert before == list(range(1, len(before) + 1))  # the first run, from step 1
+    assert after == list(range(resumed + 1, 17))  # continues after the checkpoint, to the end
+    assert not set(after) & set(range(1, resumed + 1))  # nothing up to it trained twice
+
+
+def test_operator_killed_mid_run_restarts_without_duplicates(cluster_run: ClusterRun) -> None:
+    run = cluster_run
+    first = run.start_operator("operator-a")
+    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint))
+    # Mid-run: curation is done and the training pods exist.
+    run.wait(
+        lambda: run.cluster.pytorchjobs() and pytorchjob_pod(run, "master"),
+        timeout=900,
+        what="the training pods",
+    )
+    first.kill()
+    run.start_operator("operator-b")
+    status = run.finish(RUN)
+    assert status["phase"] == "Succeeded", run.describe()
+    assert run.cluster.condition("MedSFTRun", RUN, "Promoted")["status"] == "True"
+
+    for kind in ("CurationJob", "SFTJob", "EvalJob"):
+        assert len(run.cluster.list(kind)) == 1, kind
+    assert len(run.cluster.pytorchjobs()) == 1
+    assert run.cluster.jobs() == sorted(
+        [f"{RUN}-curation-g1-work", f"{RUN}-curation-g1-merge", f"{RUN}-eval-g1-eval"]
+    )
+    summary = run.store_json(f"{run.namespace}/{RUN}/g1/sft/train_summary.json")
+    assert summary["resumed_from"] is None  # the training itself never noticed
+
+
+def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: ClusterRun) -> None:
+    run = cluster_run
+    run.start_operator()
+    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=LONGER_SFT))
+    run.wait(lambda: common_checkpoints(run), timeout=1200, what="a checkpoint on both nodes")
+    run.node.minio.stop()
+    time.sleep(5)  # the outage itself
+    run.node.minio.start()
+
+    status = run.finish(RUN)
+    if status["phase"] == "Failed":
+        failed = run.cluster.condition("MedSFTRun", RUN, "Failed") or {}
+        assert failed.get("message"), status  # it says why
+    else:
+        assert run.cluster.condition("MedSFTRun", RUN, "Promoted")["status"] == "True"
+
+    # Whatever is published is whole: every checkpoint with a completion marker has all the
+    # files (and sizes) the marker lists; every shard the dataset manifest lists is there.
+    out = store(run, sft_output(run))
+    for node in (0, 1):
+        checkpoints = CheckpointStore(out.child(f"checkpoints/node-{node:03d}"))
+        for step in checkpoints.steps():
+            files = checkpoints.info(step)["files"]
+            prefix = f"step-{step:09d}/"
+            for name, size in files.items():
+                assert checkpoints.store.size(prefix + name) == size
+    root = f"{run.namespace}/{RUN}/g1"
+    dataset = store(run, f"s3://{run.bucket}/{root}/curation")
+    for shard in dataset.get_json("manifest.json")["shards"]:
+        assert dataset.size(shard["key"]) == shard["numBytes"]
+    model = store(run, f"{sft_output(run)}/model")
+    if model.exists("export.json"):
+        for name, size in model.get_json("export.json")["files"].items():
+            assert model.size(name) == size

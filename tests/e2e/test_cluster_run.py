@@ -1,0 +1,97 @@
+"""``kubectl apply`` of the quickstart as a MedSFTRun on the real node, to ``Promoted``.
+
+Everything a user's first apply depends on runs for real: the trainer image built here,
+the operator (a real process, as its ServiceAccount), curation as an Indexed Job with
+2 workers + merge, SFT as a PyTorchJob with 2 nodes (Master + 1 Worker, one process each,
+gloo, rendezvous through the real training operator's headless Service), eval as a Job;
+artifacts in the node's MinIO, status folded from what the pods wrote, and what
+``kubectl get medsft``, ``medsft status`` and ``medsft report`` show. The namespace
+enforces the ``restricted`` Pod Security profile.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from cluster import ClusterRun, quickstart_on_cluster
+from typer.testing import CliRunner
+
+from medsft_operator.cli import app
+
+# The first run builds the trainer image (minutes, cached afterwards) before the cluster run.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+RUN = "quickstart"
+
+
+def test_quickstart_applied_to_the_cluster_is_promoted(cluster_run: ClusterRun) -> None:
+    run = cluster_run
+    ns, bucket = run.namespace, run.bucket
+    run.start_operator()
+    out = run.apply(quickstart_on_cluster(RUN, bucket, run.node.minio.endpoint))
+    assert "medsftrun.medsft.io/quickstart created" in out
+
+    status = run.finish(RUN)
+    assert status["phase"] == "Succeeded", run.describe()
+    promoted = run.cluster.condition("MedSFTRun", RUN, "Promoted")
+    assert promoted is not None and promoted["status"] == "True"
+    (record,) = status["history"]
+    assert record["promoted"] is True and record["generation"] == 1
+
+    # The children ran as real pods: 2 curation workers (Indexed) + merge, Master + Worker,
+    # one eval pod — all Succeeded, on the node.
+    pods = {p.metadata.name: p for p in run.pods()}
+    work = run.cluster.job(f"{RUN}-curation-g1-work")
+    assert work.spec.completion_mode == "Indexed" and work.spec.completions == 2
+    assert work.status.succeeded == 2
+    assert run.cluster.job(f"{RUN}-curation-g1-merge").status.succeeded == 1
+    assert run.cluster.job(f"{RUN}-eval-g1-eval").status.succeeded == 1
+    (ptj,) = run.cluster.pytorchjobs()
+    assert set(ptj["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    assert {c["type"]: c["status"] for c in ptj["status"]["conditions"]}["Succeeded"] == "True"
+    master, worker = f"{ptj['metadata']['name']}-master-0", f"{ptj['metadata']['name']}-worker-0"
+    assert pods[master].status.phase == pods[worker].status.phase == "Succeeded"
+    assert {p.spec.node_name for p in pods.values()} == {"medsft-node"}
+
+    # Artifacts in MinIO, as the pods wrote them.
+    root = f"{ns}/{RUN}/g1"
+    manifest = run.store_json(f"{root}/curation/manifest.json")
+    assert manifest["numRows"] == 96
+    summary = run.store_json(f"{root}/sft/train_summary.json")
+    assert summary["steps"] == 8
+    results = run.store_json(f"{root}/eval/results.json")
+    assert [b["name"] for b in results["benchmarks"]] == ["pubmedqa", "vqa-rad"]
+    assert run.keys(f"{root}/sft/model/")
+
+    # Status folded from the pods' progress.json / summary.json.
+    sft = run.cluster.status("SFTJob", f"{RUN}-sft-g1")
+    assert sft["step"] == sft["totalSteps"] == 8
+    curation = run.cluster.status("CurationJob", f"{RUN}-curation-g1")
+    assert curation["phase"] == "Succeeded"
+    evaluation = run.cluster.status("EvalJob", f"{RUN}-eval-g1")
+    assert 0.0 <= evaluation["meanAccuracy"] <= 1.0
+
+    # What a person sees.
+    table = run.kubectl("get", "medsft").stdout
+    row = next(
+        line for line in table.splitlines() if line.startswith(f"medsftrun.medsft.io/{RUN} ")
+    )
+    assert "Succeeded" in row
+    cli = CliRunner()
+    kube = ["--kubeconfig", str(run.node.plane.kubeconfig), "-n", ns]
+    shown = cli.invoke(app, ["status", *kube, "-o", "json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {(r["kind"], r["name"]): r for r in json.loads(shown.output)}
+    assert rows[("MedSFTRun", RUN)]["phase"] == "Succeeded"
+    report = cli.invoke(
+        app,
+        ["report", RUN, *kube],
+        env={
+            "AWS_ACCESS_KEY_ID": run.node.minio.access_key,
+            "AWS_SECRET_ACCESS_KEY": run.node.minio.secret_key,
+        },
+    )
+    assert report.exit_code == 0, report.output
+    assert "pubmedqa" in report.output and "vqa-rad" in report.output
+    print(table, file=sys.stderr)
