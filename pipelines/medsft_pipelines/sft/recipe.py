@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import queue
+import shutil
 import socket
 import sys
 import tempfile
@@ -86,6 +87,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def skip_shm_allreduce_without_compiler() -> None:
+    """On CPU, DeepSpeed compiles its shared-memory allreduce (``deepspeed_shm_comm``) on every
+    process-group start, and fails where there is no C++ compiler: the trainer image ships
+    none (GPU nodes never take this path). The op only speeds up allreduce between ranks on
+    one machine; without it DeepSpeed uses gloo, so mark it unavailable instead of failing.
+    (DeepSpeed keeps its compatible-op table in one module dict so that edits persist.)"""
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed() -> tuple[Topology, torch.device]:
     """Join the process group torchrun describes (or a group of one when run directly)."""
     if "WORLD_SIZE" not in os.environ:  # run directly, not by torchrun: a group of one
@@ -104,6 +115,7 @@ def init_distributed() -> tuple[Topology, torch.device]:
         device = torch.device("cuda", topo.local_rank)
     else:
         device = torch.device("cpu")
+        skip_shm_allreduce_without_compiler()
     deepspeed.init_distributed(
         dist_backend="nccl" if device.type == "cuda" else "gloo",
         auto_mpi_discovery=False,
