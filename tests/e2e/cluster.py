@@ -74,6 +74,9 @@ def quickstart_on_cluster(
     curation["sources"][0]["uri"] = f"{s3}/data/pubmedqa/ori_pqal.json"
     curation["processor"]["model"] = f"{s3}/{MODEL}"
     training = spec["sft"]["spec"]
+    # The recipe's own path: whole epochs (the demo's step budget is for its 5-minute limit).
+    del training["training"]["maxSteps"]
+    training["training"]["epochs"] = 1
     training["model"]["uri"] = f"{s3}/{MODEL}"
     training["nodes"] = 2
     training["gpusPerNode"] = 1  # the node advertises nvidia.com/gpu; the trainer uses CPU
@@ -81,6 +84,7 @@ def quickstart_on_cluster(
         training[key] = (
             {**training[key], **value} if isinstance(value, dict) and key in training else value
         )
+    spec["eval"]["spec"]["baseline"]["uri"] = f"{s3}/{MODEL}"
     for bench in spec["eval"]["spec"]["benchmarks"]:
         bench["uri"] = f"{s3}/data/{bench['name']}"
     return copy.deepcopy(run)

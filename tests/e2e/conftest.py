@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cluster import ClusterRun, stage_inputs
+from operator_harness import install_medsft_crds
 
 from harness.fixtures import unique
 from harness.node import Node
@@ -38,9 +39,20 @@ def trainer_image(node: Node) -> str:
     return node.import_image(build())
 
 
+@pytest.fixture(scope="session")
+def medsft_crds(node: Node) -> None:
+    """medsft's CRDs on the node's apiserver, as `kubectl apply -f crds/` installs them."""
+    install_medsft_crds(node.plane)
+
+
 @pytest.fixture
 def cluster_run(
-    node: Node, node_namespace: str, trainer_image: str, tiny_model: Path, tmp_path: Path
+    node: Node,
+    node_namespace: str,
+    medsft_crds: None,
+    trainer_image: str,
+    tiny_model: Path,
+    tmp_path: Path,
 ) -> Iterator[ClusterRun]:
     bucket = unique("e2e")
     node.minio.start()  # a fault test may have left it stopped

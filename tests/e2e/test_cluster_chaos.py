@@ -30,7 +30,7 @@ from medsft_pipelines.storage.progress import read_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 RUN = "chaos"
 # Long enough to act while it trains; a checkpoint every 2 steps on both nodes.
-LONGER_SFT = {"training": {"maxSteps": 16}, "checkpointing": {"everySteps": 2, "keepLast": 3}}
+LONGER_SFT = {"training": {"epochs": 2}, "checkpointing": {"everySteps": 8, "keepLast": 3}}
 
 
 def store(run: ClusterRun, uri: str) -> Any:

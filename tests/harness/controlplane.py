@@ -38,6 +38,13 @@ AUDIT_POLICY = {
 }
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl, with what kubectl said (CalledProcessError alone hides it)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr}"
+
+
 class ControlPlane:
     """``host``/``node_authorization``/``controllers`` are what a real node needs
     (tests/harness/node.py): an apiserver its pods can reach on the node's bridge address,
@@ -290,7 +297,5 @@ class ControlPlane:
             timeout=120,
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, result.args, result.stdout, result.stderr
-            )
+            raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
         return result

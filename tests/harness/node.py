@@ -116,9 +116,11 @@ INIT_CONTAINER_TEMPLATE = """
 """
 
 
-def sh(*args: str | Path, check: bool = True, input: str | None = None) -> str:
+def sh(
+    *args: str | Path, check: bool = True, input: str | None = None, timeout: float = 120
+) -> str:
     result = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, input=input, timeout=120
+        [str(a) for a in args], capture_output=True, text=True, input=input, timeout=timeout
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, args))}: {result.stderr.strip()}")
@@ -408,16 +410,22 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             interval=0.25,
         )
 
-    def ctr(self, *args: str | Path, check: bool = True) -> str:
+    def ctr(self, *args: str | Path, check: bool = True, timeout: float = 120) -> str:
         return sh(
-            binary("ctr"), f"--address={self.socket}", "--namespace=k8s.io", *args, check=check
+            binary("ctr"),
+            f"--address={self.socket}",
+            "--namespace=k8s.io",
+            *args,
+            check=check,
+            timeout=timeout,
         )
 
     def import_image(self, image: BuiltImage) -> str:
         """Imports an image archive into the node's containerd (once per session) and
         returns its reference, which pods use with ``imagePullPolicy: IfNotPresent``."""
         if image.ref not in self.images:
-            self.ctr("images", "import", image.archive)
+            # The trainer's ~7 GB unpack at ~13 s/GB on an idle machine: minutes on a busy one.
+            self.ctr("images", "import", image.archive, timeout=1200)
             if image.ref not in self.ctr("images", "list", "--quiet").split():
                 raise RuntimeError(f"{image.archive} imported, but not as {image.ref}")
             self.images[image.ref] = image
