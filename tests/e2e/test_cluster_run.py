@@ -15,7 +15,7 @@ import json
 import sys
 
 import pytest
-from cluster import ClusterRun, quickstart_on_cluster
+from cluster import EPOCHS, PROMOTION_MIN_PUBMEDQA, ClusterRun, quickstart_on_cluster
 from typer.testing import CliRunner
 
 from medsft_operator.cli import app
@@ -53,24 +53,40 @@ def test_quickstart_applied_to_the_cluster_is_promoted(cluster_run: ClusterRun) 
     master, worker = f"{ptj['metadata']['name']}-master-0", f"{ptj['metadata']['name']}-worker-0"
     assert pods[master].status.phase == pods[worker].status.phase == "Succeeded"
     assert {p.spec.node_name for p in pods.values()} == {"medsft-node"}
+    # The rendezvous is the training operator's: it told the Worker where the Master is (its
+    # headless Service) and which node it is.
+    worker_env = {e.name: e.value for e in pods[worker].spec.containers[0].env}
+    assert worker_env["MASTER_ADDR"] == master and worker_env["PET_NODE_RANK"] == "1"
 
-    # Artifacts in MinIO, as the pods wrote them.
+    # Artifacts in MinIO, as the pods wrote them; status folded from what the pods reported.
     root = f"{ns}/{RUN}/g1"
+    curation = run.cluster.status("CurationJob", f"{RUN}-curation-g1")
     manifest = run.store_json(f"{root}/curation/manifest.json")
-    assert manifest["numRows"] == 96
+    assert curation["phase"] == "Succeeded"
+    assert manifest["numRows"] == curation["keptSamples"] > 0
+    assert curation["workersSucceeded"] == 2
+
+    # Whole epochs, the recipe's path: the trainer planned them from the data and ran them all.
     summary = run.store_json(f"{root}/sft/train_summary.json")
-    assert summary["steps"] == 8
+    sft = run.cluster.status("SFTJob", f"{RUN}-sft-g1")
+    assert summary["epochs_completed"] == EPOCHS and summary["resumed_from"] is None
+    assert summary["steps"] == sum(summary["steps_per_epoch"]) == sft["totalSteps"]
+    assert sft["step"] == sft["totalSteps"] and sft["restarts"] == 0
+    # one sample per rank per step: 2 ranks shared each epoch's samples, all of them
+    assert all(
+        manifest["numRows"] / 2 <= n < manifest["numRows"] for n in summary["steps_per_epoch"]
+    )
+    assert run.keys(f"{root}/sft/model/export.json")
+
+    # The fine-tuned model beat its untrained self on real generations: that is why it was
+    # promoted.
     results = run.store_json(f"{root}/eval/results.json")
     assert [b["name"] for b in results["benchmarks"]] == ["pubmedqa", "vqa-rad"]
-    assert run.keys(f"{root}/sft/model/")
-
-    # Status folded from the pods' progress.json / summary.json.
-    sft = run.cluster.status("SFTJob", f"{RUN}-sft-g1")
-    assert sft["step"] == sft["totalSteps"] == 8
-    curation = run.cluster.status("CurationJob", f"{RUN}-curation-g1")
-    assert curation["phase"] == "Succeeded"
+    pubmedqa = results["benchmarks"][0]["scores"]
+    assert pubmedqa["model"]["accuracy"] >= PROMOTION_MIN_PUBMEDQA
+    assert pubmedqa["model"]["accuracy"] > pubmedqa["untrained"]["accuracy"]
     evaluation = run.cluster.status("EvalJob", f"{RUN}-eval-g1")
-    assert 0.0 <= evaluation["meanAccuracy"] <= 1.0
+    assert evaluation["phase"] == "Succeeded" and evaluation["meanAccuracy"] > 0
 
     # What a person sees.
     table = run.kubectl("get", "medsft").stdout
