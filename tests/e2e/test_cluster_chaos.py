@@ -1,8 +1,9 @@
 """Faults on the real cluster path (the quickstart MedSFTRun of test_cluster_run.py, with a
-longer SFT so that there is a "mid-training" to hit):
+checkpoint every 20 steps, so that there is a checkpoint to resume from mid-training):
 
-* the Worker pod is deleted mid-training → the real training operator recreates it, the job
-  restarts and training resumes from the newest checkpoint complete on both nodes — judged
+* the Worker pod is deleted mid-training → the PyTorchJob fails (retries are the operator's:
+  ``restartPolicy: Never``, ``backoffLimit: 0``), the operator starts its next attempt and
+  training resumes from the newest checkpoint complete on both nodes — judged
   from the trainer's own metrics: the step counter continues after that checkpoint and no
   step up to it is trained again;
 * the medsft operator is SIGKILLed mid-run → a restarted one finds what the first created
@@ -29,8 +30,9 @@ from medsft_pipelines.storage.progress import read_metrics
 # The first run builds the trainer image (minutes, cached afterwards) before the cluster run.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 RUN = "chaos"
-# Long enough to act while it trains; a checkpoint every 2 steps on both nodes.
-LONGER_SFT = {"training": {"epochs": 2}, "checkpointing": {"everySteps": 8, "keepLast": 3}}
+# The run of test_cluster_run.py (4 epochs, ~200 steps: there is a "mid-training" to hit),
+# with a checkpoint every 20 steps on both nodes.
+CHECKPOINTED = {"checkpointing": {"everySteps": 20, "keepLast": 3}}
 
 
 def store(run: ClusterRun, uri: str) -> Any:
@@ -77,9 +79,9 @@ def pytorchjob_pod(run: ClusterRun, replica: str) -> client.V1Pod | None:
         raise
 
 
-def trained_steps(run: ClusterRun) -> list[int]:
-    """The steps the trainer logged a loss for, in the order it logged them (all attempts)."""
-    return [r["step"] for r in read_metrics(store(run, sft_output(run))) if "loss" in r]
+def trained_records(run: ClusterRun) -> list[dict[str, Any]]:
+    """The trainer's metrics of each step it trained, in the order it logged them."""
+    return [r for r in read_metrics(store(run, sft_output(run))) if "loss" in r]
 
 
 def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
@@ -87,7 +89,7 @@ def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
 ) -> None:
     run = cluster_run
     run.start_operator()
-    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=LONGER_SFT))
+    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=CHECKPOINTED))
     checkpoint = run.wait(
         lambda: common_checkpoints(run), timeout=1200, what="a checkpoint on both nodes"
     )[-1]
@@ -108,15 +110,21 @@ def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
     assert resumed is not None and resumed >= checkpoint, summary
     assert summary["attempt"] >= 1 and summary["steps"] == sft["totalSteps"]
 
-    # The trainer's own record of the steps it trained, in order, across its attempts: the
-    # last attempt starts right after the checkpoint it resumed from and runs to the end,
-    # and no step up to that checkpoint is trained again.
-    steps = trained_steps(run)
-    last_start = max(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    before, after = steps[:last_start], steps[last_start:]
-    assert before[:resumed] == list(range(1, resumed + 1))  # the first attempt, from step 1
-    assert after == list(range(resumed + 1, summary["steps"] + 1))
-    assert not set(after) & set(range(1, resumed + 1))
+    # The trainer's own record of the steps it trained (its metrics, every attempt's, in
+    # order): the last attempt starts right after the checkpoint it resumed from and runs to
+    # the end; the first ran from step 1 until it died past that checkpoint; where both
+    # trained a step, they trained the very same batch (the resume is exact).
+    records = trained_records(run)
+    total = summary["steps"]
+    last = records[len(records) - (total - resumed) :]
+    first = records[: len(records) - (total - resumed)]
+    assert [r["step"] for r in last] == list(range(resumed + 1, total + 1))
+    assert [r["step"] for r in first] == list(range(1, len(first) + 1))
+    assert len(first) >= resumed  # kept up to its death, beyond the checkpoint
+    batches = {r["step"]: r["batch_fingerprint"] for r in first}
+    for record in last:
+        if record["step"] in batches:
+            assert record["batch_fingerprint"] == batches[record["step"]], record["step"]
 
 
 def test_operator_killed_mid_run_restarts_without_duplicates(cluster_run: ClusterRun) -> None:
@@ -148,7 +156,7 @@ def test_operator_killed_mid_run_restarts_without_duplicates(cluster_run: Cluste
 def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: ClusterRun) -> None:
     run = cluster_run
     run.start_operator()
-    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=LONGER_SFT))
+    run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=CHECKPOINTED))
     run.wait(lambda: common_checkpoints(run), timeout=1200, what="a checkpoint on both nodes")
     run.node.minio.stop()
     time.sleep(5)  # the outage itself

@@ -1,7 +1,8 @@
 """A small stand-in for the Kubeflow training operator, for tests only.
 
 Where a PyTorchJob must really run, tests use the real training operator on the
-harness's node (tests/harness/node.py; tests/node/test_training_operator.py).
+harness's node (tests/harness/node.py; tests/node/test_training_operator.py, and the whole
+cluster path in tests/e2e/test_cluster_run.py and test_cluster_chaos.py).
 This stand-in stays for the operator tests that must put a PyTorchJob into a state
 of their choosing, at once and on cue (Failed, Restarting, Running held for as long
 as the test needs, several at a time), which real pods cannot be steered into

@@ -2,7 +2,7 @@
 stand-ins for what cannot run here.
 
 These tests check the operator's decisions, stage by stage and under faults, with no pod
-running (real pods and the real training operator: tests/node): what
+running (real pods and the real training operator: tests/node, tests/e2e): what
 the pods would do is played by the test, with the real components, so that each state is
 reached at once and on cue: a Job's outcome is written
 through the real apiserver's status subresource (as the Job controller would), the

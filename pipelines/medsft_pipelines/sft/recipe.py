@@ -12,6 +12,7 @@ checkpoints -> Hugging Face export and the end-of-run report.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import logging
@@ -562,6 +563,10 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
     t, topo = config.spec.training, job.topo
     is_main = topo.rank == 0
     progress = ProgressReporter(job.telemetry, PROGRESS_STAGE) if is_main else None
+    if progress:
+        # An attempt that dies (a lost peer, a failed collective) keeps the metrics it logged
+        # since the last throttled flush; the next attempt's records follow them.
+        atexit.register(progress.flush)
     peak = peak_flops(job.device)
     make = make_collator(job)
     bar = tqdm(
