@@ -22,9 +22,7 @@ print("joined", topo.world_size, device.type, value.item())
 def test_a_cpu_rank_joins_its_group_without_a_compiler(tmp_path: Path) -> None:
     venv_bin = Path(sys.executable).parent
     assert not (venv_bin / "c++").exists()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "WORLD_SIZE", "RANK")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "WORLD_SIZE", "RANK")}
     env.update(
         PATH=str(venv_bin),  # python and pip's ninja, as in the image; no c++
         TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"),  # nothing prebuilt
