@@ -15,6 +15,19 @@ from medsft_operator.render import children_of
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def server_dry_run(kube, manifest: dict) -> dict:  # type: ignore[no-untyped-def]
+    """``kubectl create --dry-run=server`` of ``manifest``: what the apiserver (schemas,
+    webhooks, defaults) would store; fails with the apiserver's message."""
+    manifest["metadata"].pop("uid", None)  # render's placeholder; the apiserver assigns one
+    result = kube.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-",
+        input=json.dumps(manifest), check=False,
+    )  # fmt: skip
+    what = f"{manifest['kind']} {manifest['metadata']['name']}"
+    assert result.returncode == 0, f"{what}: {result.stderr}"
+    return json.loads(result.stdout)
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
 def test_rendered_children_of_every_example_pass_server_side_validation(
     kube, namespace, medsft_crds, kubeflow_crds, example
@@ -29,21 +42,7 @@ def test_rendered_children_of_every_example_pass_server_side_validation(
     kinds = {c["kind"] for c in children}
     assert kinds & {"Job", "PyTorchJob"}, kinds
     for child in children:
-        child["metadata"].pop("uid", None)  # render's placeholder; the apiserver assigns one
-        result = kube.kubectl(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-            input=json.dumps(child),
-            check=False,
-        )
-        assert result.returncode == 0, (
-            f"{child['kind']} {child['metadata']['name']}: {result.stderr}"
-        )
-        created = json.loads(result.stdout)
+        created = server_dry_run(kube, child)
         assert created["metadata"]["name"] == child["metadata"]["name"]
         if child["kind"] == "PyTorchJob":  # nothing pruned: every field we set is in the schema
             assert created["spec"]["pytorchReplicaSpecs"] == child["spec"]["pytorchReplicaSpecs"]
@@ -82,19 +81,7 @@ def test_every_trainjob_rendered_for_the_examples_passes_server_side_validation(
         return
     assert jobs, f"{example} renders no TrainJob"
     for job in jobs:
-        job["metadata"].pop("uid", None)
-        result = kube.kubectl(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-            input=json.dumps(job),
-            check=False,
-        )
-        assert result.returncode == 0, f"TrainJob {job['metadata']['name']}: {result.stderr}"
-        created = json.loads(result.stdout)
+        created = server_dry_run(kube, job)
         assert created["spec"]["trainer"] == job["spec"]["trainer"]
         (patch,) = created["spec"]["runtimePatches"]
         patch.pop("time", None)  # set by Trainer's defaulting webhook
