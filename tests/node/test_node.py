@@ -160,9 +160,11 @@ def test_pods_reach_only_the_bridge(node: Node, node_namespace: str) -> None:
         "ip route; echo ---;"
         # The harness's MinIO on the gateway answers ...
         f"printf 'GET /minio/health/live HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n'"
-        f" | nc -w 3 {host} {port} | head -1;"
-        # ... an address outside the bridge is unreachable (no route: nothing is sent) ...
-        "echo | nc -w 2 192.0.2.1 80 && echo OUTSIDE-REACHED; echo ---;"
+        f" | nc -w 3 {host} {port} 2>&1 | head -1;"
+        # ... an address outside the bridge is unreachable (no route: nothing is sent).
+        # nc's complaint goes to stdout: the kubelet merges the two streams by arrival,
+        # so on stderr it could land after the next separator.
+        "echo | nc -w 2 192.0.2.1 80 2>&1 && echo OUTSIDE-REACHED; echo ---;"
         # ... and CoreDNS answers cluster names only (it has no upstream).
         "nslookup example.com >/dev/null 2>&1 && echo UPSTREAM-RESOLVED;"
         "nslookup kubernetes.default.svc.cluster.local >/dev/null && echo cluster-dns-ok"
@@ -172,6 +174,7 @@ def test_pods_reach_only_the_bridge(node: Node, node_namespace: str) -> None:
     routes, answers, dns = logs(core, node_namespace, "net").split("---")
     assert "default" not in routes and "10.244.0.0/24" in routes
     assert "200 OK" in answers and "OUTSIDE-REACHED" not in answers
+    assert "Network is unreachable" in answers
     assert dns.split() == ["cluster-dns-ok"]
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
     assert host == GATEWAY
