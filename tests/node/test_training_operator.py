@@ -46,10 +46,12 @@ MASTER = (
     'echo "master rank=$RANK world=$WORLD_SIZE";'
     'msg=$(nc -l -p "$MASTER_PORT"); echo "master got: $msg"; [ "$msg" = "rank 1 of 2" ]'
 )
+# nc's retries complain on stdout: the kubelet merges stdout and stderr by arrival, so
+# a complaint on stderr could come before the first line that the test reads.
 WORKER = (
     'echo "worker rank=$RANK world=$WORLD_SIZE master=$MASTER_ADDR";'
     "for i in $(seq 60); do"
-    ' echo "rank $RANK of $WORLD_SIZE" | nc -w 2 "$MASTER_ADDR" "$MASTER_PORT" && exit 0; sleep 1;'
+    ' echo "rank $RANK of $WORLD_SIZE" | nc -w 2 "$MASTER_ADDR" "$MASTER_PORT" 2>&1 && exit 0; sleep 1;'
     " done; exit 1"
 )
 
