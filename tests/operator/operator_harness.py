@@ -210,6 +210,20 @@ class Cluster:
         ).items
         return [(e.reason, e.message) for e in items]
 
+    def wait_events(self, name: str, *reasons: str, mentioning: str = "") -> list[tuple[str, str]]:
+        """The object's events once each reason is there (with ``mentioning`` in its message).
+
+        kopf posts events from a background queue, so they can arrive after the status
+        write a test has just waited for.
+        """
+
+        def arrived() -> list[tuple[str, str]] | None:
+            events = self.events(name)
+            seen = {r for r, m in events if mentioning in m}
+            return events if set(reasons) <= seen else None
+
+        return wait_for(arrived, what=f"{', '.join(reasons)} events on {name}")
+
     def secret(self, name: str, data: dict[str, str]) -> None:
         self.core.create_namespaced_secret(
             self.namespace,

@@ -134,7 +134,6 @@ def test_a_runs_prefix_is_deleted_only_after_its_writing_pods_are_gone(
     assert sum(t > deleted_at for t in writes) >= 10
     # ...and still nothing is left: the prefix went after the pod did.
     assert storage.keys(f"{ns}/d/") == []
-    events = [(r, m) for r, m in cluster.events("d")]
-    assert any(r == "ArtifactsDeleted" for r, _ in events), events
+    cluster.wait_events("d", "ArtifactsDeleted")
     for kind in ("CurationJob", "SFTJob", "EvalJob"):
         assert cluster.list(kind) == []

@@ -251,10 +251,7 @@ def test_a_queued_run_waits_for_quota_is_preempted_and_completes_after_readmissi
     assert status["latestCheckpointUri"] == checkpoint
     assert [j["metadata"]["name"] for j in cluster.pytorchjobs()] == ["run-sft-g1-a0"]
     assert status.get("restarts", 0) == 0
-    wait_for(
-        lambda: {"Queued", "Preempted"} <= {r for r, _ in cluster.events("run-sft-g1")},
-        what="the Queued and Preempted events",
-    )
+    cluster.wait_events("run-sft-g1", "Queued", "Preempted")
     assert "Retrying" not in {r for r, _ in cluster.events("run-sft-g1")}
 
     # The whole run completes after re-admission.

@@ -77,8 +77,7 @@ def test_full_run_succeeds_stage_by_stage_and_promotes(cluster, storage, operato
         "curationjob.medsft.io/run-curation-g1" in table
         and "evaljob.medsft.io/run-eval-g1" in table
     )
-    reasons = {r for r, _ in cluster.events("run")}
-    assert {"Created", "Promoted", "Succeeded"} <= reasons
+    cluster.wait_events("run", "Created", "Promoted", "Succeeded")
     assert operator.metric("medsft_resources", kind="MedSFTRun", phase="Succeeded") == 1
     assert operator.metric("medsft_reconcile_duration_seconds_count", kind="MedSFTRun") > 0
 
@@ -124,8 +123,7 @@ def test_spec_edits_start_generations_that_reuse_unchanged_stages(cluster, stora
     assert status["history"][0]["evalJob"] == "git-eval-g2"
     assert status["history"][1].get("phase") is None  # superseded before it finished
     assert cluster.find("EvalJob", "git-eval-g1") is None
-    reasons = {r for r, _ in cluster.events("git")}
-    assert {"GenerationStarted", "StageReused"} <= reasons
+    cluster.wait_events("git", "GenerationStarted", "StageReused")
 
     # A new learning rate re-trains and re-evaluates, and still reuses the dataset.
     cluster.patch(
@@ -195,7 +193,7 @@ def test_deletion_applies_the_artifact_policy(cluster, storage, operator):
     assert storage.keys(f"{cluster.namespace}/keeper-of-secrets/") == [
         f"{cluster.namespace}/keeper-of-secrets/x.json"
     ]
-    assert any(r == "ArtifactsDeleted" for r, _ in cluster.events("wipe"))
+    cluster.wait_events("wipe", "ArtifactsDeleted")
 
 
 def _next_release(tmp_path: Path) -> Path:

@@ -51,8 +51,7 @@ def test_curation_job_runs_workers_then_merge_and_reports_the_dataset(cluster, s
     assert status["totalTokens"] == 1000 and status["questions"] == 12
     ready = cluster.condition("CurationJob", "cur", "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 1
-    reasons = [r for r, _ in cluster.events("cur")]
-    assert "Created" in reasons and "Succeeded" in reasons
+    cluster.wait_events("cur", "Created", "Succeeded")
 
 
 def test_curation_job_failure_is_reported_with_the_jobs_reason(cluster, storage, operator):
@@ -156,7 +155,7 @@ def test_sft_job_builds_a_valid_pytorchjob_retries_a_failure_and_resumes(
     )
     assert status["latestCheckpointUri"] == checkpoint
     assert status["phase"] == "Running"
-    assert any(r == "Retrying" and "ft-a0" in m for r, m in cluster.events("ft"))
+    cluster.wait_events("ft", "Retrying", mentioning="ft-a0")
 
     storage.write_model(output)
     cluster.steer("ft-a1", "Succeeded")

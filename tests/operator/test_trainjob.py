@@ -182,5 +182,4 @@ def test_a_failed_trainjob_is_retried_from_the_latest_checkpoint(
         what="the retry in status",
     )
     assert status["restarts"] == 1 and status["latestCheckpointUri"] == checkpoint
-    # Events are posted in the background: the status may be written first.
-    wait_for(lambda: "Retrying" in [r for r, _ in cluster.events("tjr")], what="the Retrying event")
+    cluster.wait_events("tjr", "Retrying")
