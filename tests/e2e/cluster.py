@@ -32,6 +32,7 @@ from operator_harness import (
     STORAGE_SECRET,
     Cluster,
     OperatorProcess,
+    Storage,
     grant_operator,
     service_account_kubeconfig,
 )
@@ -205,6 +206,12 @@ class ClusterRun:
                 log = self.pod_log(pod.metadata.name)
                 out.append(f"--- {pod.metadata.name} ({phase})\n" + log[-3000:])
         return "\n".join(out)
+
+    @property
+    def storage(self) -> Storage:
+        """The run's bucket on the node's MinIO, as the data plane reads it."""
+        minio = self.node.minio
+        return Storage(minio.endpoint, self.bucket, minio.access_key, minio.secret_key)
 
     def store_json(self, key: str) -> Any:
         return json.loads(self.node.minio.client().get_object(self.bucket, key).read())

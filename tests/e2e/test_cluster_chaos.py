@@ -21,9 +21,7 @@ from typing import Any
 import pytest
 from cluster import ClusterRun, quickstart_on_cluster
 from kubernetes import client
-from pydantic import SecretStr
 
-from medsft_pipelines.storage import StorageSettings, open_store
 from medsft_pipelines.storage.checkpoints import CheckpointStore
 from medsft_pipelines.storage.progress import read_metrics
 
@@ -35,25 +33,13 @@ RUN = "chaos"
 CHECKPOINTED = {"checkpointing": {"everySteps": 20, "keepLast": 3}}
 
 
-def store(run: ClusterRun, uri: str) -> Any:
-    minio = run.node.minio
-    settings = StorageSettings(
-        endpoint=minio.endpoint,
-        secure=False,
-        access_key=SecretStr(minio.access_key),
-        secret_key=SecretStr(minio.secret_key),
-        retry_timeout_s=5,
-    )
-    return open_store(uri, settings)
-
-
 def sft_output(run: ClusterRun) -> str:
     return f"s3://{run.bucket}/{run.namespace}/{RUN}/g1/sft"
 
 
 def common_checkpoints(run: ClusterRun) -> list[int]:
     """Steps checkpointed completely on both nodes (what a resume may start from)."""
-    out = store(run, sft_output(run))
+    out = run.storage.store(sft_output(run))
     per_node = [
         set(CheckpointStore(out.child(f"checkpoints/node-{n:03d}")).steps()) for n in (0, 1)
     ]
@@ -81,7 +67,7 @@ def pytorchjob_pod(run: ClusterRun, replica: str) -> client.V1Pod | None:
 
 def trained_records(run: ClusterRun) -> list[dict[str, Any]]:
     """The trainer's metrics of each step it trained, in the order it logged them."""
-    return [r for r in read_metrics(store(run, sft_output(run))) if "loss" in r]
+    return [r for r in read_metrics(run.storage.store(sft_output(run))) if "loss" in r]
 
 
 def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
@@ -171,7 +157,7 @@ def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: Cl
 
     # Whatever is published is whole: every checkpoint with a completion marker has all the
     # files (and sizes) the marker lists; every shard the dataset manifest lists is there.
-    out = store(run, sft_output(run))
+    out = run.storage.store(sft_output(run))
     for node in (0, 1):
         checkpoints = CheckpointStore(out.child(f"checkpoints/node-{node:03d}"))
         for step in checkpoints.steps():
@@ -180,10 +166,10 @@ def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: Cl
             for name, size in files.items():
                 assert checkpoints.store.size(prefix + name) == size
     root = f"{run.namespace}/{RUN}/g1"
-    dataset = store(run, f"s3://{run.bucket}/{root}/curation")
+    dataset = run.storage.store(f"s3://{run.bucket}/{root}/curation")
     for shard in dataset.get_json("manifest.json")["shards"]:
         assert dataset.size(shard["key"]) == shard["numBytes"]
-    model = store(run, f"{sft_output(run)}/model")
+    model = run.storage.store(f"{sft_output(run)}/model")
     if model.exists("export.json"):
         for name, size in model.get_json("export.json")["files"].items():
             assert model.size(name) == size
