@@ -4,8 +4,8 @@ Every rank calls :meth:`Checkpoints.save` (DeepSpeed's save is collective). Each
 local rank 0 uploads that node's files in a background thread (training goes on) to its
 own folder, ``checkpoints/node-NNN/step-…`` (see :mod:`.layout`), with the storage layer's
 completion marker last. A step counts as complete when all nodes' markers exist, and a node's
-pruning never deletes the newest such step (another node may still be uploading a newer
-one). On resume
+pruning deletes only steps older than the newest such step (another node may still be
+uploading a newer one; see :func:`~medsft_pipelines.storage.checkpoints.prune_node`). On resume
 each node downloads node 0's files (the model states DeepSpeed writes on rank 0) and its
 own (its ranks' optimizer partitions and trainer states).
 """
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from medsft_pipelines.sft.data import DataPosition, DataStats
 from medsft_pipelines.sft.layout import node_checkpoints
 from medsft_pipelines.storage import ObjectStore
-from medsft_pipelines.storage.checkpoints import CheckpointStore, newest_common_step
+from medsft_pipelines.storage.checkpoints import CheckpointStore, newest_common_step, prune_node
 
 log = logging.getLogger("medsft.sft")
 
@@ -150,11 +150,9 @@ class Checkpoints:
         folder = self.local_root / tag(step)
         self.mine.upload(folder, step, metadata=metadata)
         # Nodes upload at their own pace: this node's newest steps may not be complete on
-        # the others yet. Whatever keepLast says, the newest step complete on every node
-        # stays, or a crash now could leave no step to resume from.
-        common = self.newest_common()
-        keep = self.protect | {step} | ({common} if common is not None else set())
-        self.mine.prune(self.keep_last, protect=keep)
+        # the others yet. Whatever keepLast says, nothing at or after the newest step
+        # complete on every node goes, or a crash now could leave no step to resume from.
+        prune_node(self.stores, self.topo.node, self.keep_last, protect=self.protect | {step})
         # Older local copies are no longer needed once a newer one is safely in storage.
         for old in self.local_root.glob("step-*"):
             if old.name < folder.name:

@@ -136,16 +136,21 @@ class CheckpointStore:
         self.store.delete(prefix + COMPLETE_MARKER)
         self.store.delete_prefix(prefix)
 
-    def prune(self, keep_last: int, protect: Iterable[int] = ()) -> list[int]:
-        """Keep the newest ``keep_last`` complete checkpoints and every step in ``protect`` (the
-        one a job resumed from); delete the other complete ones and the leftovers of failed
-        uploads older than the newest complete one. Returns the deleted steps."""
+    def prune(
+        self, keep_last: int, protect: Iterable[int] = (), keep_from: int | None = None
+    ) -> list[int]:
+        """Keep the newest ``keep_last`` complete checkpoints, every step in ``protect`` (the
+        one a job resumed from) and, with ``keep_from``, every complete step at or after it;
+        delete the other complete ones and the leftovers of failed uploads older than the
+        newest complete one. Returns the deleted steps."""
         if keep_last < 0:
             raise ValueError("keep_last must be >= 0")
         protected = set(protect)
         folders = self._step_folders()
         complete = [s for s in folders if self.is_complete(s)]
         keep = set(complete[len(complete) - keep_last :]) if keep_last else set()
+        if keep_from is not None:
+            keep |= {s for s in complete if s >= keep_from}
         newest = complete[-1] if complete else None
         doomed = [
             s
@@ -170,3 +175,23 @@ def newest_common_step(stores: Sequence[CheckpointStore]) -> int | None:
     for store in stores[1:]:
         common &= set(store.steps())
     return max(common) if common else None
+
+
+def prune_node(
+    stores: Sequence[CheckpointStore], node: int, keep_last: int, protect: Iterable[int] = ()
+) -> list[int]:
+    """Prune node ``node``'s checkpoints (``stores[node]``; one store per node of a job) below
+    the newest step complete on every node, never at or above it.
+
+    Nodes upload and prune at their own pace, and each reads the others' folders at a moment
+    of its own. Keeping only "the newest common step I saw" is not enough: node A, seeing
+    common step 100, would delete its 200 while node B, having just completed 200 and seeing
+    it common, deletes 100 — no step left on both. A node that deletes only below the common
+    step it saw keeps the invariant: the largest common step any node has acted on was
+    complete everywhere when it was read, and no node deletes it, since that needs a larger
+    common step. Until some step is common nothing complete is deleted (keepLast is exceeded
+    by at most the steps the slowest node has not completed yet)."""
+    common = newest_common_step(stores)
+    return stores[node].prune(
+        keep_last, protect=protect, keep_from=common if common is not None else 0
+    )
