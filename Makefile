@@ -53,6 +53,7 @@ crds: $(STAMP)
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable --exclude medsft | sort > constraints.txt
+	$(BIN)/python hack/lock-trainer-image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,6 @@ without extras) installs into a clean venv and works without torch."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ IMAGES = REPO / "trainer-image"
 TRAINER = IMAGES / "Dockerfile"
 OPERATOR = IMAGES / "Dockerfile.operator"
 OPERATOR_INSTALL = "pip install -c constraints.txt ."
+FREEZE_OMITS = {"pip", "setuptools", "wheel", "distribute"}  # `pip freeze` leaves them out
 
 
 def _hadolint() -> str | None:
@@ -152,29 +152,26 @@ def test_operator_dependency_set_installs_into_a_clean_venv_without_torch(tmp_pa
 
 
 @pytest.mark.slow
-def test_trainer_dependency_set_resolves_with_its_pins(tmp_path):
-    """The trainer image's `pip install` (pins + `.[train]` + constraints.txt) resolves: pip
-    reads every package's metadata without installing (the .venv is that set, installed)."""
-    args = _build_args(TRAINER)
-    pins = {
-        "torch": args["TORCH_VERSION"],
-        "transformers": args["TRANSFORMERS_VERSION"],
-        "deepspeed": args["DEEPSPEED_VERSION"],
-    }
-    report = tmp_path / "report.json"
+def test_trainer_dependency_set_resolves_to_its_lock(tmp_path):
+    """The trainer image's training stack (pins + `.[train]` + constraints.txt) resolves —
+    pip reads every package's metadata without installing (the .venv is that set,
+    installed) — to exactly trainer-image/requirements.lock, the file the heavy layer is
+    built from: `make lock` left it current."""
+    lock = tmp_path / "requirements.lock"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-         "--report", str(report), "-c", "constraints.txt",
-         *(f"{name}=={version}" for name, version in pins.items()), ".[train]"],
+        [sys.executable, str(REPO / "hack" / "lock-trainer-image.py"), "--output", str(lock)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    resolved = {
-        item["metadata"]["name"].lower(): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
-    for name, version in pins.items():
-        assert resolved[name].split("+")[0] == version
+    resolved = _pinned(lock)
+    args = _build_args(TRAINER)
+    for name in ("torch", "transformers", "deepspeed"):
+        assert resolved[name].split("+")[0] == args[f"{name.upper()}_VERSION"]
     train_extra = ("accelerate", "datasketch", "openai", "matplotlib", "safetensors")
     assert all(name in resolved for name in train_extra), sorted(resolved)
-    assert "medsft" in resolved
+    assert "medsft" not in resolved and "pytest" not in resolved  # the stack, not the tools
+    committed = (IMAGES / "requirements.lock").read_text()
+    assert lock.read_text() == committed, "trainer-image/requirements.lock is stale: `make lock`"
+    locked = _pinned(REPO / "constraints.txt")
+    frozen = {n: v for n, v in resolved.items() if n not in FREEZE_OMITS}
+    assert {n: locked.get(n) for n in frozen} == frozen
