@@ -52,7 +52,7 @@ crds: $(STAMP)
 	$(BIN)/python -m medsft_operator.api.docs > docs/api.md
 
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable --exclude medsft | sort > constraints.txt
+	$(BIN)/pip freeze --exclude-editable --exclude medsft | LC_ALL=C sort -f > constraints.txt
 	$(BIN)/python hack/lock-trainer-image.py
 
 clean:

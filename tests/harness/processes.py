@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +21,31 @@ from pathlib import Path
 _live: set[subprocess.Popen] = set()
 
 
+PORTS_PER_WORKER = 4000
+FIRST_WORKER_PORT = 16000  # below Linux's ephemeral range (32768-60999), where bind(0) draws
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now. Under pytest-xdist each worker draws from a range of
+    its own: with bind(0), two workers could be handed the same port between one's check
+    and its server's start."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    first = FIRST_WORKER_PORT + int(worker[2:]) * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = first + next(_draws) % PORTS_PER_WORKER
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + PORTS_PER_WORKER - 1}")
+
+
+# Ports are handed out in turn from a random start, so a port is reused only after the
+# whole range: a server that released it long ago, not one still shutting down.
+_draws = itertools.count(random.randrange(PORTS_PER_WORKER))
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
