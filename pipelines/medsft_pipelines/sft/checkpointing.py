@@ -25,9 +25,15 @@ import torch
 import torch.distributed as dist
 
 from medsft_pipelines.sft.data import DataPosition, DataStats
-from medsft_pipelines.sft.layout import node_checkpoints
+from medsft_pipelines.sft.layout import CHECKPOINTS, node_checkpoints
 from medsft_pipelines.storage import ObjectStore
-from medsft_pipelines.storage.checkpoints import CheckpointStore, newest_common_step, prune_node
+from medsft_pipelines.storage.checkpoints import (
+    CheckpointStore,
+    Shape,
+    newest_common_step,
+    prune_node,
+    shape_conflict,
+)
 
 log = logging.getLogger("medsft.sft")
 
@@ -99,6 +105,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class TopologyChanged(ValueError):
+    """The output's checkpoints were written by a job with other nodes or processes per node."""
+
+
 def tag(step: int) -> str:
     return f"step-{step:09d}"
 
@@ -110,6 +120,7 @@ class Checkpoints:
         self.topo = topo
         self.keep_last = keep_last
         self.local_root = local_root
+        self.root = output.child(CHECKPOINTS)
         self.stores = [
             CheckpointStore(output.child(node_checkpoints(n))) for n in range(topo.nodes)
         ]
@@ -124,13 +135,24 @@ class Checkpoints:
         """Newest step complete on every node: the only kind of step a job can resume from."""
         return newest_common_step(self.stores)
 
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.topo.nodes, self.topo.local_world_size)
+
     def latest(self) -> int | None:
-        """:meth:`newest_common`, decided by rank 0, the same for all ranks."""
-        found: list[int | None] = [None]
+        """:meth:`newest_common`, decided by rank 0, the same for all ranks.
+
+        Raises :class:`TopologyChanged` on every rank when the checkpoints were written by a job
+        of another shape: resuming them would silently start over (or load another split)."""
+        found: list[tuple[int | None, str | None]] = [(None, None)]
         if self.topo.rank == 0:
-            found = [self.newest_common()]
+            conflict = shape_conflict(self.root, self.shape)
+            found = [(None if conflict else self.newest_common(), conflict)]
         dist.broadcast_object_list(found, src=0)
-        return found[0]
+        step, conflict = found[0]
+        if conflict is not None:
+            raise TopologyChanged(conflict)
+        return step
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -144,6 +166,7 @@ class Checkpoints:
         dist.barrier()  # every rank's files are on the node's disk
         if self.topo.local_rank == 0:
             self.wait()  # at most one upload in flight: bounded local disk
+            metadata = {**metadata, **self.shape.record()}
             self._pending = self._uploader.submit(self._upload, state.step, metadata)
 
     def _upload(self, step: int, metadata: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ log = logging.getLogger("medsft.storage")
 
 COMPLETE_MARKER = "COMPLETE"
 STEP_FOLDER = re.compile(r"step-(\d{9})/")
+NODE_FOLDER = re.compile(r"node-(\d{3,})/")  # one node's root under a job's checkpoints/
+SHAPE_KEY = "shape"  # in a marker's metadata: the shape of the job that wrote it
 
 
 def step_prefix(step: int) -> str:
@@ -194,4 +197,65 @@ def prune_node(
     common = newest_common_step(stores)
     return stores[node].prune(
         keep_last, protect=protect, keep_from=common if common is not None else 0
+    )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a multi-node job is cut: its checkpoints hold one folder per node, each with the
+    DeepSpeed partitions and data positions of that node's ranks, so they resume only a job
+    of the same shape."""
+
+    nodes: int
+    per_node: int | None
+    """Processes (GPUs) per node; None for checkpoints from before the shape was recorded."""
+
+    def __str__(self) -> str:
+        if self.per_node is None:
+            return f"{self.nodes} node(s)"
+        world = self.nodes * self.per_node
+        return f"{self.nodes} node(s) x {self.per_node} process(es) (world size {world})"
+
+    def record(self) -> dict[str, Any]:
+        """The marker metadata that records this shape."""
+        return {SHAPE_KEY: {"nodes": self.nodes, "per_node": self.per_node}}
+
+
+def written_shape(root: ObjectStore) -> Shape | None:
+    """The shape of the job whose checkpoints are under ``root`` (a job's ``checkpoints/``,
+    holding ``node-NNN/`` folders): as its newest marker records it, else as many nodes as
+    there are node folders with a complete checkpoint. None without complete checkpoints."""
+    folders = (NODE_FOLDER.fullmatch(entry) for entry in root.list("node-", recursive=False))
+    stores = {int(m.group(1)): CheckpointStore(root.child(m.group(0))) for m in folders if m}
+    latest = {node: step for node, store in stores.items() if (step := store.latest()) is not None}
+    if not latest:
+        return None
+    first = min(latest)
+    recorded = (stores[first].info(latest[first]).get("metadata") or {}).get(SHAPE_KEY)
+    if isinstance(recorded, dict) and isinstance(recorded.get("nodes"), int):
+        per_node = recorded.get("per_node")
+        return Shape(recorded["nodes"], per_node if isinstance(per_node, int) else None)
+    return Shape(max(latest) + 1, None)
+
+
+def shape_conflict(root: ObjectStore, mine: Shape) -> str | None:
+    """Why a job of shape ``mine`` cannot resume the checkpoints under ``root``, or None.
+
+    A job of another shape would find no step complete on all of its nodes and silently
+    train from step 0 (more nodes), or load a fraction of the partitions and the data
+    positions of another split (fewer): it must refuse instead."""
+    written = written_shape(root)
+    if written is None:
+        return None
+    if written.per_node is None:
+        # Not recorded (older checkpoints): only node folders beyond ours prove another
+        # shape; fewer may be a first step not every node completed before a crash.
+        if written.nodes <= mine.nodes:
+            return None
+    elif written == mine:
+        return None
+    return (
+        f"the checkpoints under {root.uri} were written by a job of {written}; this job runs "
+        f"{mine} and cannot resume them. Run it with the shape that wrote them, or train into "
+        "a new output location"
     )
