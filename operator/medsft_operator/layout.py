@@ -4,6 +4,8 @@
 
     <storage root>/<namespace>/<run>/                      everything of one run (ArtifactPolicy)
     <storage root>/<namespace>/<run>/promoted.json         pointer to the promoted model
+    <storage root>/<namespace>/<run>/teacher-cache/        teacher responses, every generation
+    <storage root>/teacher-cache/                          the same, teachers.cache.scope: Bucket
     <storage root>/<namespace>/<run>/g<N>/curation/        manifest.json, shards/, report/
     <storage root>/<namespace>/<run>/g<N>/sft/             checkpoints/, model/, metrics
     <storage root>/<namespace>/<run>/g<N>/eval/            summary.json, results.json, ...
@@ -35,6 +37,7 @@ SFT_EXPORT_MARKER = f"{sft_layout.FINAL_MODEL}/{sft_layout.EXPORT_MARKER}"
 EVAL_SUMMARY = eval_layout.SUMMARY_KEY
 EVAL_REPORT = eval_layout.RESULTS_KEY
 PROMOTED_POINTER = "promoted.json"
+TEACHER_CACHE = "teacher-cache"
 
 
 def run_root(storage: StorageSpec, namespace: str, run: str) -> str:
@@ -47,6 +50,16 @@ def stage_output(
 ) -> str:
     """Default output URI of a stage of a run's generation."""
     return join_uri(run_root(storage, namespace, run), f"g{generation}", stage)
+
+
+def teacher_cache_uri(
+    storage: StorageSpec, namespace: str, run: str, scope: Literal["Run", "Bucket"] = "Run"
+) -> str:
+    """The teacher response cache: outside every generation's folder, so that a later
+    generation (or, with ``Bucket``, another run) never pays for a response again."""
+    if scope == "Bucket":
+        return join_uri(storage.root_uri(), TEACHER_CACHE)
+    return join_uri(run_root(storage, namespace, run), TEACHER_CACHE)
 
 
 def manifest_uri(curation_output: str) -> str:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from medsft_pipelines.answers import grade_response
 from medsft_pipelines.curation.cli import main
+from medsft_pipelines.curation.errors import CurationError
 from medsft_pipelines.curation.lengths import TokenCounter
 from medsft_pipelines.curation.merge import run_merge
 from medsft_pipelines.curation.worker import run_worker
@@ -148,7 +149,7 @@ def make_config(
         "endpoint": teacher_url,
         "model": "teacher-x",
         "samplesPerQuestion": 4,
-        "maxRetries": 2,
+        "retry": {"attempts": 3, "backoffSeconds": 0.1},
     }
     spec = {
         "sources": [
@@ -638,10 +639,17 @@ def test_the_teacher_sees_only_questions_that_can_be_kept(
             "blue": 2,
         }
         report = json.loads((out / "report/report.json").read_text())
-        assert report["teacher_budget"] == {
+        budget = report["teacher_budget"]
+        assert budget["prompt_tokens"] > 0 and budget["completion_tokens"] > 0
+        assert {k: v for k, v in budget.items() if not k.endswith("_tokens")} == {
             "requests_made": surviving,
+            "http_attempts": surviving,
+            "retries": 0,
+            "timeouts": 0,
             "samples_requested": surviving * samples_per_question,
             "cache_hits": 0,
+            "cache_misses": surviving,
+            "cached_samples": 0,
             "questions_sent": surviving,
             "questions_saved": 3 + 2 + 10 + 6,  # exact, near, over the cap, class balance
             "samples_saved": (3 + 2 + 10 + 6) * samples_per_question,
@@ -649,3 +657,138 @@ def test_the_teacher_sees_only_questions_that_can_be_kept(
         assert "## Teacher budget" in (out / "report/report.md").read_text()
         outputs[workers] = _rows(f"file://{out}")
     assert outputs[1] == outputs[3] and outputs[1]  # N workers select what one does
+
+
+# -- never pay twice ------------------------------------------------------------------------------
+
+
+def _generation_config(
+    data: dict[str, Any],
+    storage: Any,
+    generation: int,
+    teacher_url: str,
+    shared: Path,
+    processor: Path,
+    **edits: Any,
+) -> CurationJobConfig:
+    """The config the operator (and ``medsft run --local``) gives generation ``generation``
+    of run ``budget``: built by its own builder, so the cache location is the product's."""
+    from medsft_operator import layout
+    from medsft_operator.api.kinds import CurationStageSpec
+    from medsft_operator.builders.jobconfig import build_curation_config
+    from medsft_pipelines.specs.jobconfig import RunInfo
+
+    base = budget_config(data, Path("/unused"), teacher_url, shared, processor, workers=1)
+    spec = CurationStageSpec.model_validate({**base.spec.to_wire(), **edits, "output": {}})
+    run = RunInfo(name="budget", namespace="team", generation=generation)
+    output = layout.stage_output(storage, "team", "budget", generation, "curation")
+    return build_curation_config(spec, run=run, storage=storage, output_uri=output)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"verification": {"f1Threshold": 0.9, "requireThink": True}},
+        {"lengths": {"maxTokens": 4000}},
+    ],
+    ids=["verification", "lengths"],
+)
+def test_a_new_generation_that_asks_the_same_requests_pays_nothing(
+    edit: dict[str, Any],
+    tmp_path: Path,
+    shared_data: Path,
+    tiny_model_dir: Path,
+    token_counter: TokenCounter,
+) -> None:
+    """Generation 1, then an edit of the curation spec that changes no teacher request: a
+    new generation (another output folder) whose teacher receives 0 requests and whose rows
+    are those of generation 1. On the old code the cache lived in the generation's folder,
+    so generation 2 paid for every request again."""
+    from medsft_pipelines.specs.common import StorageSpec
+
+    data = budget_inputs(tmp_path, shared_data)
+    storage = StorageSpec(local_path=str(tmp_path / "store"))
+    outputs = []
+    with TeacherServer(gold_responder(data["gold"], data["wrong"])) as server:
+        for generation, edits in ((1, {}), (2, edit)):
+            config = _generation_config(
+                data, storage, generation, server.url, shared_data, tiny_model_dir, **edits
+            )
+            before = server.requests
+            run_worker(config, 0, token_counter=token_counter, show_progress=False)
+            run_merge(config, show_progress=False)
+            report = json.loads(open_store(config.output_uri).get_bytes("report/report.json"))
+            outputs.append((server.requests - before, report["teacher_budget"], config))
+        (paid, first, g1), (repaid, second, g2) = outputs
+    assert g1.output_uri != g2.output_uri and g1.spec != g2.spec
+    assert paid == 16 and repaid == 0
+    assert g1.teacher_cache_uri == g2.teacher_cache_uri
+    assert g1.teacher_cache_uri == (tmp_path / "store/medsft/team/budget/teacher-cache").as_uri()
+    assert first["cache_misses"] == 16 and first["http_attempts"] == 16
+    assert second["cache_hits"] == 16 and second["cache_misses"] == 0
+    assert second["http_attempts"] == 0 and second["completion_tokens"] == 0
+    assert _rows(g1.output_uri) == _rows(g2.output_uri)
+    markdown = open_store(g2.output_uri).get_bytes("report/report.md").decode()
+    assert "16 answered from the response cache" in markdown
+
+
+def _id_config(root: Path, out: Path, teacher_url: str, processor: Path, sources: list) -> Any:
+    spec = {
+        "sources": [
+            {
+                "name": name,
+                "uri": f"file://{root / f'{name}.jsonl'}",
+                "task": "open",
+                "fields": {"options": None, "images": None},
+            }
+            for name in sources
+        ],
+        "teachers": {"text": {"endpoint": teacher_url, "model": "t", "samplesPerQuestion": 4}},
+        "lengths": {"maxTokens": 4096},
+        "processor": {"model": str(processor)},
+        "decontamination": {"enabled": False},
+        "dedup": {"exact": False, "nearDuplicate": False},
+    }
+    return CurationJobConfig.model_validate(
+        {"run": {"name": "ids"}, "outputUri": f"file://{out}", "workers": 2, "spec": spec}
+    )
+
+
+def test_duplicate_ids_stop_the_job_before_the_first_teacher_request(
+    tmp_path: Path, tiny_model_dir: Path, token_counter: TokenCounter
+) -> None:
+    """Two rows with one id (here in different workers' slices, with different questions):
+    the old code sent both to the teacher, balanced them as one question and then failed the
+    merge with "partial output changed". Now the job stops at selection, naming the ids, with
+    no teacher request made. Across sources, ids never collide: the source name is part of
+    the question id, so two sources with the same row ids make distinct questions."""
+    rng = random.Random(3)
+    rows = [{"id": f"r{i}", "question": _long_question(rng), "answer": "x"} for i in range(6)]
+    rows[5]["id"] = "r1"  # a second r1, in the second worker's slice
+    rows[4]["id"] = "r0"
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = {r["question"]: "x" for r in rows}
+    with TeacherServer(gold_responder(gold, dict.fromkeys(gold, "y"))) as server:
+        config = _id_config(tmp_path, tmp_path / "out", server.url, tiny_model_dir, ["notes"])
+        with pytest.raises(CurationError, match="2 question ids occur more than once") as err:
+            run_worker(config, 0, token_counter=token_counter, show_progress=False)
+        assert "notes/r0 (x2)" in str(err.value) and "notes/r1 (x2)" in str(err.value)
+        assert len(server.arrivals) == 0
+
+        # The same row ids in two sources: two questions each, both kept, no error.
+        unique = [{**r, "id": f"r{i}"} for i, r in enumerate(rows[:3])]
+        other = [
+            {**r, "id": f"r{i}", "question": _long_question(rng)} for i, r in enumerate(rows[:3])
+        ]
+        for name, part in (("a", unique), ("b", other)):
+            (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        server.respond = gold_responder(
+            {r["question"]: "x" for r in unique + other},
+            {r["question"]: "y" for r in unique + other},
+        )
+        config = _id_config(tmp_path, tmp_path / "out2", server.url, tiny_model_dir, ["a", "b"])
+        for index in range(2):
+            run_worker(config, index, token_counter=token_counter, show_progress=False)
+        run_merge(config, show_progress=False)
+    ids = {row["question_id"] for row in _rows(config.output_uri)}
+    assert ids == {f"{s}/r{i}" for s in "ab" for i in range(3)}

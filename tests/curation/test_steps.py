@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from medsft_pipelines.curation.balance import (
     capped,
@@ -414,10 +415,17 @@ def test_render_messages_template() -> None:
         == "Which drug?\n\nOptions:\nA. aspirin\nB. heparin\nC. warfarin"
     )
     assert msgs[2]["content"] == "<think>\nbecause heparin\n</think>\n\nFinal: B"
-    numbered = render_messages(_mcq(), "x", FormatSpec(option_style="numbers"))
-    assert "2. heparin" in numbered[1]["content"] and numbered[2]["content"].endswith(
-        "The answer is 2."
-    )
+
+
+def test_numbered_options_are_refused_at_validation() -> None:
+    """``optionStyle: numbers`` trained "The answer is 2." while the teacher was told to
+    answer with a letter, the verifier read letters only and eval scores letters: a correct
+    numbered trace was paid for, then graded unparseable. One convention remains, letters,
+    and the spec says so before anything runs (this test fails on the code that accepted
+    numbers)."""
+    with pytest.raises(ValidationError, match="optionStyle 'numbers' is not supported"):
+        FormatSpec.model_validate({"optionStyle": "numbers"})
+    assert FormatSpec.model_validate({"optionStyle": "letters"}).option_style == "letters"
 
 
 def test_token_counts_equal_the_processor_with_images(token_counter, tiny_model_dir: Path) -> None:

@@ -46,6 +46,13 @@ def recorded_defaults() -> dict[str, Any]:
 
 _NO_DEFAULT = object()
 
+NOT_HASHED = frozenset({"TeacherSpec.retry", "TeachersSpec.cache"})
+"""Fields a stage reads that cannot change its result: how often a teacher request is sent
+and where its responses are cached (the responses are the same either way). Editing them
+must not start a new generation, which would re-run SFT for an identical dataset. (Fields of
+this kind that shipped hashed, such as ``concurrency``, stay hashed: leaving them out now
+would change the hash of every run that sets them on an operator upgrade.)"""
+
 
 def _field_default(cls: type[BaseModel], name: str) -> Any:
     """The wire value a field's value is compared against (``_NO_DEFAULT``: required)."""
@@ -67,6 +74,8 @@ def canonical_data(value: Any) -> Any:
         cls = type(value)
         out: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
+            if f"{cls.__name__}.{name}" in NOT_HASHED:
+                continue
             item = getattr(value, name)
             data = None if item is None else canonical_data(item)
             if data == _field_default(cls, name):

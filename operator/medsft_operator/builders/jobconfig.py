@@ -37,6 +37,7 @@ def build_curation_config(
     """Config of the curation workers (``work``), the merge step, or both in one process."""
     data = project(spec, CurationSpec)
     data = data.model_copy(update={"output": data.output.model_copy(update={"uri": output_uri})})
+    scope = data.teachers.cache.scope if data.teachers is not None else "Run"
     return CurationJobConfig(
         run=run,
         storage=storage,
@@ -44,6 +45,7 @@ def build_curation_config(
         spec=data,
         workers=spec.workers,
         step=step,
+        teacher_cache_uri=layout.teacher_cache_uri(storage, run.namespace, run.name, scope),
     )
 
 

@@ -18,28 +18,17 @@ from medsft_pipelines.specs.curation import FormatSpec
 from .sample import Sample
 
 
-def option_label(index: int, option_style: str) -> str:
-    """``A``/``B``/… or ``1``/``2``/… for the option at ``index``."""
-    return str(index + 1) if option_style == "numbers" else OPTION_LETTERS[index]
-
-
-def render_question(sample: Sample, option_style: str = "letters") -> str:
-    """The user-turn text: context, question and labelled options."""
+def render_question(sample: Sample) -> str:
+    """The user-turn text: context, question and options labelled ``A.``, ``B.`` ... (the
+    labels the teacher answers with, the verifier and the eval harness read)."""
     parts = []
     if sample.context:
         parts.append(sample.context)
     parts.append(sample.question)
     if sample.options:
-        lines = [f"{option_label(i, option_style)}. {o}" for i, o in enumerate(sample.options)]
+        lines = [f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(sample.options)]
         parts.append("Options:\n" + "\n".join(lines))
     return "\n\n".join(parts)
-
-
-def display_answer(sample: Sample, option_style: str = "letters") -> str:
-    """The verified answer as the final answer states it."""
-    if sample.task_type == "mcq" and sample.answer in OPTION_LETTERS:
-        return option_label(OPTION_LETTERS.index(sample.answer), option_style)
-    return sample.answer
 
 
 def reasoning_of(response: str) -> str:
@@ -51,11 +40,11 @@ def reasoning_of(response: str) -> str:
 
 def render_messages(sample: Sample, reasoning: str, spec: FormatSpec) -> list[dict[str, str]]:
     """System, user and assistant messages of one training sample."""
-    answer = spec.answer_template.replace("{answer}", display_answer(sample, spec.option_style))
+    answer = spec.answer_template.replace("{answer}", sample.answer)
     assistant = f"{spec.think_start}\n{reasoning.strip()}\n{spec.think_end}\n\n{answer}"
     messages = []
     if spec.system_prompt:
         messages.append({"role": "system", "content": spec.system_prompt})
-    messages.append({"role": "user", "content": render_question(sample, spec.option_style)})
+    messages.append({"role": "user", "content": render_question(sample)})
     messages.append({"role": "assistant", "content": assistant})
     return messages

@@ -6,11 +6,17 @@ Under the job's output URI::
     shards/shard-NNNNN.parquet            final rows (sample.ROW_SCHEMA)
     report/report.{json,md} report/*.png  the report (written before the manifest)
     quarantine/<worker>.jsonl             bad input, by reason
-    teacher-cache/xx/<sha256>.json        one object per finished teacher request
+    teacher-cache/xx/<sha256>.json        teacher responses, only when the config names no
+                                          teacherCacheUri (the operator and ``medsft run
+                                          --local`` put it at the run level: see below)
     _scan/<worker>.json.gz                one slice's candidate questions (before the teacher)
     _work/<worker>/questions/...          per-worker question records (a small dataset)
     _work/<worker>/rows/sNNNNN/...        per-worker rows, one shard run per source
     _work/<worker>/manifest.json          the worker is done once this exists (written last)
+
+The teacher response cache outlives generations: ``<storage root>/<namespace>/<run>/
+teacher-cache/`` (``teachers.cache.scope: Run``) or ``<storage root>/teacher-cache/``
+(``Bucket``), one object per distinct request (:func:`.teacher.request_identity`).
 """
 
 from __future__ import annotations

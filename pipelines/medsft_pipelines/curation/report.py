@@ -74,16 +74,25 @@ def _group(counts: Mapping[str, int], prefix: str) -> dict[str, Any]:
 
 
 def teacher_budget(counts: Mapping[str, int]) -> dict[str, int]:
-    """Requests made and saved: every question dropped without needing a trace (dedup, class
-    balance, caps, weights) was dropped before the teacher, never sent."""
+    """What the teacher cost and what was saved: every HTTP attempt (retries and timeouts
+    included: a timed-out attempt may be billed, its tokens unknown), the tokens billed, the
+    questions answered from the response cache (hits) or not (misses), and every question
+    dropped without needing a trace (dedup, class balance, caps, weights), never sent."""
 
     def total(prefix: str, suffix: str = "") -> int:
         return sum(v for k, v in counts.items() if k.startswith(prefix) and k.endswith(suffix))
 
     return {
         "requests_made": total("teacher/", "/requests"),
+        "http_attempts": total("teacher/", "/attempts"),
+        "retries": total("teacher/", "/retries"),
+        "timeouts": total("teacher/", "/timeouts"),
         "samples_requested": total("teacher/", "/samples"),
+        "prompt_tokens": total("teacher/", "/prompt_tokens"),
+        "completion_tokens": total("teacher/", "/completion_tokens"),
         "cache_hits": total("teacher/", "/cache_hits"),
+        "cache_misses": total("teacher/", "/cache_misses"),
+        "cached_samples": total("teacher/", "/cached_samples"),
         "questions_sent": total("teacher_sent/questions/"),
         "questions_saved": total("teacher_saved/questions/"),
         "samples_saved": total("teacher_saved/samples/"),
@@ -225,8 +234,17 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "## Teacher budget",
         "",
         f"{budget['questions_sent']:,} questions sent to the teacher: "
-        f"{budget['requests_made']:,} requests for {budget['samples_requested']:,} samples "
-        f"({budget['cache_hits']:,} requests answered from the cache). "
+        f"{budget['cache_hits']:,} answered from the response cache "
+        f"({budget['cached_samples']:,} cached samples), {budget['cache_misses']:,} "
+        f"needed the endpoint: {budget['requests_made']:,} requests answered for "
+        f"{budget['samples_requested']:,} samples.",
+        "",
+        "| HTTP attempts | retries | timed out | prompt tokens | completion tokens |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        f"| {budget['http_attempts']:,} | {budget['retries']:,} | {budget['timeouts']:,} | "
+        f"{budget['prompt_tokens']:,} | {budget['completion_tokens']:,} |",
+        "",
+        "Every attempt may be billed; a timed-out one has no token count. "
         f"Saved: {budget['questions_saved']:,} questions ({budget['samples_saved']:,} samples) "
         "dropped before the teacher by dedup, class balance, caps and weights.",
     ]

@@ -10,7 +10,8 @@ same candidates, so N workers select exactly what one does), in canonical order
 4. per source, a weight below 1 subsamples questions (a weight above 1 repeats rows at the
    merge, which costs no teacher call).
 
-Decontamination is per row and happens while the candidates are read. What is left is sent
+Question ids must be unique (:func:`check_unique_ids`): duplicates stop the job here, before
+any teacher request. Decontamination is per row and happens while the candidates are read. What is left is sent
 to the teacher; the length mixture (which needs trace lengths) stays at the merge. A cap or a
 class balance therefore counts *questions sent*: a question whose every trace is rejected
 leaves its source (or class) that much short, which the report shows.
@@ -18,6 +19,7 @@ leaves its source (or class) that much short, which the report shows.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from medsft_pipelines.specs.curation import CurationSpec
 
 from .balance import capped, class_balanced, rank
 from .dedup import DEFAULT_BACKEND, Backend, near_duplicates
+from .errors import CurationError
 from .text import shingles, words
 
 #: Why a candidate is not sent to the teacher (the report's ``removed/<reason>`` keys).
@@ -62,11 +65,33 @@ class Candidate:
         return cls(**{**data, "image_ids": tuple(data["image_ids"])})
 
 
+def check_unique_ids(candidates: list[Candidate], shown: int = 10) -> None:
+    """CurationError naming the question ids that occur more than once.
+
+    A question id (``<source>/<row id>``) names a question everywhere downstream: class
+    balance and caps pick ids, the merge joins rows to questions by id, imported traces are
+    found by id. Two rows with one id would be balanced as one question and then fail the
+    merge after the teacher was paid for both, so the job stops here, before any request.
+    Ids of different sources never collide (the source name is part of the id)."""
+    seen: Counter[str] = Counter(c.question_id for c in candidates)
+    dupes = sorted(qid for qid, n in seen.items() if n > 1)
+    if not dupes:
+        return
+    listed = ", ".join(f"{qid} (x{seen[qid]})" for qid in dupes[:shown])
+    more = f" and {len(dupes) - shown} more" if len(dupes) > shown else ""
+    raise CurationError(
+        f"{len(dupes)} question ids occur more than once: {listed}{more}. Row ids must be "
+        "unique within a source: fix the data, or map fields.id to a unique column (unset "
+        "fields.id numbers the rows). Nothing was sent to the teacher."
+    )
+
+
 def select_questions(
     spec: CurationSpec, candidates: list[Candidate], backend: Backend = DEFAULT_BACKEND
 ) -> dict[tuple[int, int], str | None]:
     """``{(source, row): reason}`` for every candidate: ``None`` for those sent to the teacher,
     else the :data:`PRE_TEACHER_REASONS` entry that dropped it."""
+    check_unique_ids(candidates)
     ordered = sorted(candidates, key=lambda c: c.order)
     verdict: dict[tuple[int, int], str | None] = {}
     live = ordered

@@ -241,7 +241,6 @@ def teacher_clients(spec: CurationSpec, cache: ObjectStore) -> dict[str, Teacher
                 teacher,
                 api_key=resolve_api_key(modality, teacher),
                 cache=cache,
-                option_style=spec.format.option_style,
             )
     if "image" not in clients and any(s.modality == "image" for s in spec.sources):
         raise CurationError("image sources need teachers.image (a multimodal teacher)")

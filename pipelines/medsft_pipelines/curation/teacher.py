@@ -3,11 +3,13 @@
 * :class:`TeacherClient` wraps ``openai.AsyncOpenAI`` (a vLLM server in the cluster or a hosted
   API): images go as data URLs, ``n`` samples per request (a server that returns fewer choices
   than asked is asked again for the rest), in-flight requests bounded by a semaphore, an optional
-  client-side requests-per-minute limit, and the SDK's retries with exponential backoff (it
-  honours ``Retry-After`` on 429/5xx).
-* Every finished response is stored in a **request cache** in object storage, keyed by the sha256
-  of the request body, *as soon as it arrives*: a restarted worker finds it and never pays for it
-  again. The cache holds the raw choices, so a changed verifier re-uses them too.
+  client-side requests-per-minute limit, and an explicit retry policy (``retry``: attempts,
+  timeout, backoff, ``Retry-After`` honoured) whose every attempt is counted.
+* Every response is stored in a **response cache** in object storage *as soon as it arrives*,
+  keyed by what determines it (:func:`request_identity`) and holding its samples by index.
+  The cache lives at the run level (``<run>/teacher-cache/``, or the bucket's), not in a
+  generation's folder: a restarted worker, and every later generation whose requests did not
+  change (a fixed verifier, other length buckets), find it and never pay again.
 * :func:`imported_traces` is the other way to get traces: a column of pre-generated responses.
 
 Responses from reasoning servers carry the reasoning apart from the answer
@@ -89,9 +91,9 @@ def image_mime(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def teacher_messages(sample: Sample, option_style: str = "letters") -> list[dict[str, Any]]:
+def teacher_messages(sample: Sample) -> list[dict[str, Any]]:
     """The chat messages sent to the teacher: images as data URLs, question, instruction."""
-    text = f"{render_question(sample, option_style)}\n\n{TEACHER_INSTRUCTIONS[sample.task_type]}"
+    text = f"{render_question(sample)}\n\n{TEACHER_INSTRUCTIONS[sample.task_type]}"
     if not sample.images:
         return [{"role": "user", "content": text}]
     parts: list[dict[str, Any]] = [
@@ -112,6 +114,27 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
+
+
+def request_identity(spec: TeacherSpec, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """What determines a teacher's responses, and nothing else: the endpoint and model, the
+    sampling parameters and the exact messages. Not the API key, the retry policy, the
+    concurrency, nor anything of the curation spec that acts after the response (verifiers,
+    format, lengths, dedup): editing those asks the same requests again, and the cache
+    answers them."""
+    return {
+        "endpoint": spec.endpoint.rstrip("/"),
+        "model": spec.model,
+        "messages": messages,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "max_tokens": spec.max_tokens,
+    }
+
+
+def cache_object(key: str) -> str:
+    """Object key of a cache entry (fanned out by the key's first two hex digits)."""
+    return f"{key[:2]}/{key}.json"
 
 
 def _choice_text(choice: dict[str, Any]) -> str:
@@ -144,23 +167,66 @@ class _RateLimiter:
 
 @dataclass
 class TeacherStats:
-    """Counts for the report."""
+    """Counts for the report's "Teacher budget": every HTTP attempt and every token billed."""
 
     requests: int = 0
-    """Requests sent to the endpoint (cache misses)."""
+    """Requests the endpoint answered (one per response; its attempts are counted apart)."""
+    attempts: int = 0
+    """HTTP attempts sent: requests, retries and attempts that failed or timed out."""
+    retries: int = 0
+    """Attempts that repeated an earlier one (after an error, a rate limit or a timeout)."""
+    timeouts: int = 0
+    """Attempts abandoned after ``retry.timeoutSeconds``: the provider may bill them all the
+    same, and their tokens are not known."""
     samples: int = 0
-    """Samples (``n``) asked for in the requests sent."""
-    cache_hits: int = 0
-    """Requests answered from the cache."""
-    failures: int = 0
-    """Questions whose requests failed after all retries."""
+    """Samples (``n``) asked for in the requests answered."""
+    prompt_tokens: int = 0
+    """Prompt tokens the endpoint reported (billed) for the requests answered."""
     completion_tokens: int = 0
-    """Completion tokens the endpoint reported for the requests sent."""
+    """Completion tokens the endpoint reported (billed) for the requests answered."""
+    cache_hits: int = 0
+    """Questions whose samples all came from the cache (no request)."""
+    cache_misses: int = 0
+    """Questions that needed at least one request."""
+    cached_samples: int = 0
+    """Samples answered from the cache (a partial hit counts its samples too)."""
+    failures: int = 0
+    """Questions whose requests failed after every attempt the policy allows."""
     extra: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """The counters by name (the worker's ``teacher/<model>/<name>`` keys)."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "requests",
+                "attempts",
+                "retries",
+                "timeouts",
+                "samples",
+                "prompt_tokens",
+                "completion_tokens",
+                "cache_hits",
+                "cache_misses",
+                "cached_samples",
+                "failures",
+            )
+        }
+
+
+_RETRIED_STATUS = frozenset({408, 409, 429})
+"""Client-error statuses worth another attempt (timeout, conflict, rate limit); every 5xx is
+too. Other 4xx (bad key, bad request) would fail the same way again."""
 
 
 class TeacherClient:
-    """k samples per question from one teacher, with a request cache in ``cache``."""
+    """k samples per question from one teacher, with a response cache in ``cache``.
+
+    Retries are this class's, never the SDK's (``max_retries=0``): the SDK's retries are
+    invisible to the caller, so a request that timed out could be sent again and again, paid
+    each time, while the report counted one. Here every attempt is counted and the spec's
+    :class:`RetryPolicy` bounds them.
+    """
 
     def __init__(
         self,
@@ -168,19 +234,17 @@ class TeacherClient:
         *,
         api_key: str,
         cache: ObjectStore | None,
-        option_style: str = "letters",
     ) -> None:
         from openai import AsyncOpenAI
 
         self.spec = spec
         self.cache = cache
-        self.option_style = option_style
         self.stats = TeacherStats()
         self._client = AsyncOpenAI(
             base_url=spec.endpoint,
             api_key=api_key,
-            timeout=spec.timeout_seconds,
-            max_retries=spec.max_retries,
+            timeout=spec.retry.timeout_seconds,
+            max_retries=0,
         )
         self._semaphore: asyncio.Semaphore | None = None
         self._limiter: _RateLimiter | None = None
@@ -202,45 +266,103 @@ class TeacherClient:
         return self._semaphore, self._limiter
 
     async def generate(self, sample: Sample) -> list[str]:
-        """``samplesPerQuestion`` responses for one question (from the cache where possible)."""
-        messages = teacher_messages(sample, self.option_style)
+        """``samplesPerQuestion`` responses for one question: samples ``0..k-1`` of its
+        request, from the cache where it has them, from the endpoint for the rest."""
+        messages = teacher_messages(sample)
         wanted = self.spec.samples_per_question
-        texts: list[str] = []
-        chunk = 0
-        while len(texts) < wanted:
+        key = request_key(request_identity(self.spec, messages))
+        choices = await self._cached(key)
+        self.stats.cached_samples += min(len(choices), wanted)
+        if len(choices) >= wanted:
+            self.stats.cache_hits += 1
+            return [_choice_text(c) for c in choices[:wanted]]
+        self.stats.cache_misses += 1
+        while len(choices) < wanted:
             body = {
                 "model": self.spec.model,
                 "messages": messages,
-                "n": wanted - len(texts),
+                "n": wanted - len(choices),
                 "temperature": self.spec.temperature,
                 "top_p": self.spec.top_p,
                 "max_tokens": self.spec.max_tokens,
             }
-            # The chunk number is part of the key: the follow-up request for the missing
-            # samples must not hit the cache entry of the first one.
-            choices = await self._cached(request_key({**body, "chunk": chunk}), body)
-            if not choices:
+            # A server without ``n`` support returns fewer choices: asked again for the rest.
+            more = await self._request(body)
+            if not more:
                 raise BadInput("teacher_empty", "the teacher returned no choices")
-            texts.extend(_choice_text(c) for c in choices[: wanted - len(texts)])
-            chunk += 1
-        return texts
+            choices = [*choices, *more]
+            # Stored as soon as it arrives: a restarted worker never pays for it again.
+            await self._store(key, choices)
+        return [_choice_text(c) for c in choices[:wanted]]
 
-    async def _cached(self, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        cache_key = f"{key[:2]}/{key}.json"
-        if self.cache is not None:
-            try:
-                raw = await asyncio.to_thread(self.cache.get_bytes, cache_key)
-                self.stats.cache_hits += 1
-                return json.loads(raw)["choices"]
-            except ObjectNotFound:
-                pass
+    async def _cached(self, key: str) -> list[dict[str, Any]]:
+        """The samples the cache holds for ``key``, in sample-index order (none: [])."""
+        if self.cache is None:
+            return []
+        try:
+            raw = await asyncio.to_thread(self.cache.get_bytes, cache_object(key))
+        except ObjectNotFound:
+            return []
+        try:
+            return list(json.loads(raw)["choices"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("teacher cache entry %s is unreadable; asking the teacher", key[:12])
+            return []
+
+    async def _store(self, key: str, choices: list[dict[str, Any]]) -> None:
+        if self.cache is None:
+            return
+        record = {"model": self.spec.model, "endpoint": self.spec.endpoint, "choices": choices}
+        # put_bytes is atomic (a temp object renamed, or one S3 PUT): a reader sees the old
+        # entry or the new one, never half of one.
+        await asyncio.to_thread(
+            self.cache.put_bytes, cache_object(key), json.dumps(record).encode()
+        )
+
+    async def _request(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """One request, sent at most ``retry.attempts`` times; its choices by index."""
+        from openai import APIConnectionError, APIStatusError, APITimeoutError
+
+        policy = self.spec.retry
         semaphore, limiter = self._loop_state()
-        async with semaphore:
-            await limiter.wait()
-            self.stats.requests += 1
-            self.stats.samples += body["n"]
-            response = await self._client.chat.completions.create(**body)
-        choices = [
+        for attempt in range(1, policy.attempts + 1):
+            retry_after: float | None = None
+            async with semaphore:
+                await limiter.wait()
+                self.stats.attempts += 1
+                if attempt > 1:
+                    self.stats.retries += 1
+                try:
+                    response = await self._client.chat.completions.create(**body)
+                except APITimeoutError:  # (a subclass of APIConnectionError)
+                    self.stats.timeouts += 1
+                    if not policy.retry_on_timeout or attempt == policy.attempts:
+                        raise
+                except APIConnectionError:
+                    if attempt == policy.attempts:
+                        raise
+                except APIStatusError as exc:
+                    status = exc.status_code
+                    if (status < 500 and status not in _RETRIED_STATUS) or (
+                        attempt == policy.attempts
+                    ):
+                        raise
+                    retry_after = _retry_after(exc.response.headers.get("retry-after"))
+                else:
+                    return self._accepted(body, response)
+            delay = policy.backoff_seconds * 2 ** (attempt - 1)
+            if retry_after is not None:
+                delay = retry_after
+            await asyncio.sleep(min(delay, policy.max_backoff_seconds))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _accepted(self, body: dict[str, Any], response: Any) -> list[dict[str, Any]]:
+        self.stats.requests += 1
+        self.stats.samples += body["n"]
+        if response.usage is not None:
+            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
+            self.stats.completion_tokens += response.usage.completion_tokens or 0
+        return [
             {
                 "content": c.message.content,
                 "reasoning": _reasoning_of(c.message),
@@ -248,12 +370,6 @@ class TeacherClient:
             }
             for c in sorted(response.choices, key=lambda c: c.index)
         ]
-        if response.usage is not None:
-            self.stats.completion_tokens += response.usage.completion_tokens or 0
-        if self.cache is not None and choices:
-            record = {"model": response.model, "choices": choices}
-            await asyncio.to_thread(self.cache.put_bytes, cache_key, json.dumps(record).encode())
-        return choices
 
     async def generate_many(self, samples: Sequence[Sample]) -> list[list[str] | BadInput]:
         """Responses per question; a question whose requests failed gets a :class:`BadInput`."""
@@ -273,6 +389,14 @@ class TeacherClient:
             else:
                 out.append(result)
         return out
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header given in seconds (an HTTP date is not honoured)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _reasoning_of(message: Any) -> str | None:

@@ -18,7 +18,8 @@ this module runs them over each batch and owns the rest: slices, peers' scans, w
 The output is a small partial dataset under ``_work/<worker>/`` whose manifest is written last.
 Re-running a worker is idempotent: a finished worker with the same spec hash returns at once;
 otherwise its earlier partial output is unpublished and rewritten from scratch (the teacher
-cache makes the rewrite free of API cost).
+cache, at the run level, makes the rewrite, and any later generation that asks the same
+requests, free of API cost).
 """
 
 from __future__ import annotations
@@ -407,9 +408,14 @@ class Worker:
 
     def _setup_traces(self) -> None:
         if self.spec.teachers is not None:
-            self.teachers = teacher_clients(self.spec, self.out.child(TEACHER_CACHE_PREFIX))
+            self.teachers = teacher_clients(self.spec, self._teacher_cache())
         elif self.spec.traces_from is not None and self.spec.traces_from.uri:
             self.imported = read_traces_file(self.spec.traces_from, self.fetcher)
+
+    def _teacher_cache(self) -> ObjectStore:
+        """The run-level response cache the control plane named, else one next to the output."""
+        uri = self.config.teacher_cache_uri
+        return open_store(uri, self.settings) if uri else self.out.child(TEACHER_CACHE_PREFIX)
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -516,13 +522,7 @@ class Worker:
         teacher_stats = {
             key("teacher", c.name, stat): value
             for c in self.teachers.values()
-            for stat, value in (
-                ("requests", c.stats.requests),
-                ("samples", c.stats.samples),
-                ("cache_hits", c.stats.cache_hits),
-                ("failures", c.stats.failures),
-                ("completion_tokens", c.stats.completion_tokens),
-            )
+            for stat, value in c.stats.counts().items()
         }
         self.counts.update(teacher_stats)
         self.counts["images/decoded"] += self.images.decoded

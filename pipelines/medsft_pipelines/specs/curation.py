@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import (
@@ -89,6 +89,25 @@ class CurationSource(Spec):
     """Split to read, for formats that hold several (``hf``)."""
 
 
+class RetryPolicy(Spec):
+    """Attempts of one teacher request. Sized for long-reasoning teachers: a DeepSeek-R1
+    request for 16 samples of up to 16,384 tokens can take many minutes, and every attempt
+    that reaches the server may be billed, so a request is sent at most ``attempts`` times."""
+
+    attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    """Sends of one request at most, the first included (1: never retried)."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=7200)] = 1800
+    """Time one attempt may take before it is abandoned (and, if attempts remain, sent again)."""
+    retry_on_timeout: bool = True
+    """Send a timed-out request again. A timed-out request may have been generated (and billed)
+    all the same; false: a timeout fails the question at once."""
+    backoff_seconds: Annotated[float, Field(ge=0, le=600)] = 5
+    """Wait before the first retry; doubled before each further one. A server's
+    ``Retry-After`` (429/503) is honoured instead, up to ``maxBackoffSeconds``."""
+    max_backoff_seconds: Annotated[float, Field(ge=0, le=3600)] = 120
+    """Longest wait between two attempts."""
+
+
 class TeacherSpec(Spec):
     """A teacher model behind an OpenAI-compatible chat-completions endpoint."""
 
@@ -110,10 +129,21 @@ class TeacherSpec(Spec):
     """Requests in flight at once, per worker."""
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
     """Client-side rate limit per worker; unset: none."""
-    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 600
-    """Timeout of one request."""
-    max_retries: Annotated[int, Field(ge=0, le=100)] = 6
-    """Retries with exponential backoff on errors and rate limits."""
+    retry: RetryPolicy = RetryPolicy()
+    """How often one request is sent, and how long each attempt may take. Every attempt is
+    counted (a timed-out attempt may still be billed by the provider)."""
+
+
+class TeacherCacheSpec(Spec):
+    """The teacher response cache: one entry per distinct request (endpoint, model, sampling
+    parameters, the exact messages), holding its samples by index. It lives outside any
+    generation's folder, so a later generation (a fixed verifier, other length buckets,
+    another dedup threshold) finds every response an earlier one paid for."""
+
+    scope: Literal["Run", "Bucket"] = "Run"
+    """``Run``: ``<storage root>/<namespace>/<run>/teacher-cache/``, shared by every generation
+    of the run; ``Bucket``: ``<storage root>/teacher-cache/``, shared by every run in the
+    storage (opt-in: runs of other teams then reuse each other's responses)."""
 
 
 class TeachersSpec(Spec):
@@ -124,6 +154,9 @@ class TeachersSpec(Spec):
     """Teacher for text-only questions."""
     image: TeacherSpec | None = None
     """Teacher for questions with images."""
+
+    cache: TeacherCacheSpec = TeacherCacheSpec()
+    """Where responses are kept so that no request is paid twice."""
 
     model_config = k8s_rules(
         cel("has(self.text) || has(self.image)", "at least one of text or image must be set")
@@ -195,8 +228,21 @@ class FormatSpec(Spec):
         "The answer is {answer}."
     )
     """Final answer after the reasoning; ``{answer}`` is replaced by the verified answer."""
-    option_style: Literal["letters", "numbers"] = "letters"
-    """How options are labelled in the user turn (``A.``, ``B.`` ... or ``1.``, ``2.`` ...)."""
+    option_style: Literal["letters"] = "letters"
+    """How options are labelled in the user turn: ``A.``, ``B.`` ... — the labels the teacher
+    answers with, the verifier and the eval harness read, and the trained answer states.
+    (``numbers`` was removed: eval prompts and scores letters, so numbered training data would
+    teach answers the eval cannot score.)"""
+
+    @field_validator("option_style", mode="before")
+    @classmethod
+    def _letters_only(cls, value: object) -> object:
+        if value == "numbers":
+            raise ValueError(
+                "optionStyle 'numbers' is not supported: the teacher, the verifier and the "
+                "eval harness label options with letters (use 'letters')"
+            )
+        return value
 
 
 class LengthBucket(Spec):

@@ -68,6 +68,10 @@ class CurationJobConfig(_JobConfigBase):
     """This worker's index; unset: taken from ``JOB_COMPLETION_INDEX`` (Indexed Job)."""
     step: Literal["work", "merge", "all"] = "all"
     """``work``: process a slice; ``merge``: combine the slices; ``all``: both, in one process."""
+    teacher_cache_uri: StorageUri | None = None
+    """Folder of the teacher response cache; unset: ``<outputUri>/teacher-cache``. The control
+    plane sets it outside the generation's folder (``spec.teachers.cache.scope``), so every
+    generation of a run finds the responses an earlier one paid for."""
 
 
 class SFTJobConfig(_JobConfigBase):
