@@ -11,17 +11,23 @@ Two effective-spec rules a user should know:
 * curation's ``processor`` defaults to the SFT base model (tokens are counted with the
   processor of the model that trains on them);
 * curation decontaminates against its own ``decontamination.benchmarks`` *and* every eval
-  benchmark, by identity (name, split, uri, format) and whole (not ``maxItems``). Editing
-  eval settings, or dropping or adding a benchmark that curation already protects, re-runs
-  only eval; adding a benchmark curation did not protect re-runs curation too, because the
-  old dataset was never checked against it.
+  benchmark, by identity (name, split, uri: which data; not ``format``, which decontamination
+  never reads) and whole (not ``maxItems``). Data decontaminated against a set of benchmarks
+  is clean for any subset of it, so the planner is given the set the run's current dataset
+  was checked against (:class:`PreviousCuration`, read from the last generation's
+  CurationJob): when every benchmark now required is in it, and keeping it leaves the
+  curation hash as it was, that set is kept. Editing eval settings, or dropping or adding a
+  benchmark that curation already protects, therefore re-runs only eval; adding a benchmark
+  the data was not checked against re-runs curation (and SFT), because the old dataset was
+  never checked against it. When curation re-runs anyway, it protects exactly what is
+  required now.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from medsft_operator.api.hashing import canonical_json, spec_hash
 from medsft_operator.api.kinds import (
@@ -105,10 +111,14 @@ def resolve_storage(*candidates: StorageSpec | None) -> StorageSpec:
 
 
 def benchmark_identity(benchmark: BenchmarkSpec) -> BenchmarkSpec:
-    """The benchmark as decontamination sees it: which data, not how much of it is scored."""
-    return BenchmarkSpec(
-        name=benchmark.name, uri=benchmark.uri, format=benchmark.format, split=benchmark.split
-    )
+    """The benchmark as decontamination reads it: which data (name, split, uri). Not how much
+    of it is scored (``maxItems``), its role (``distribution``) nor its ``format``: the
+    decontamination loader reads none of them, so they must not reach curation's hash."""
+    return BenchmarkSpec(name=benchmark.name, uri=benchmark.uri, split=benchmark.split)
+
+
+def _identity_key(benchmark: BenchmarkSpec) -> tuple[str, str, str]:
+    return (benchmark.name, benchmark.split, benchmark.uri or "")
 
 
 def protected_benchmarks(
@@ -118,6 +128,43 @@ def protected_benchmarks(
     unique: dict[tuple[str, str], BenchmarkSpec] = {}
     for benchmark in [*explicit, *evaluated]:
         unique.setdefault((benchmark.name, benchmark.split), benchmark_identity(benchmark))
+    return [unique[key] for key in sorted(unique)]
+
+
+@dataclass(frozen=True)
+class PreviousCuration:
+    """The curation stage a run's latest generation used: the hash it was made for and the
+    benchmarks its data was decontaminated against."""
+
+    hash: str
+    benchmarks: tuple[BenchmarkSpec, ...]
+
+    @classmethod
+    def of_child(cls, child: dict[str, Any], stage_hash: str | None) -> PreviousCuration | None:
+        """From a CurationJob manifest (its spec holds the effective benchmark list) and the
+        stage hash it was created for; None when either is missing or unreadable."""
+        spec = child.get("spec") or {}
+        listed = (spec.get("decontamination") or {}).get("benchmarks")
+        if not stage_hash or not isinstance(listed, list):
+            return None
+        try:
+            benchmarks = tuple(benchmark_identity(BenchmarkSpec.model_validate(b)) for b in listed)
+        except ValueError:
+            return None
+        return cls(stage_hash, benchmarks)
+
+
+def _kept_decontamination(
+    required: list[BenchmarkSpec], previous: PreviousCuration | None
+) -> list[BenchmarkSpec] | None:
+    """The previous dataset's benchmark set when it covers every ``required`` one (a subset
+    of what the data was checked against needs no new check); else None."""
+    if previous is None:
+        return None
+    covered = {_identity_key(b) for b in previous.benchmarks}
+    if not all(_identity_key(b) in covered for b in required):
+        return None
+    unique = {_identity_key(b): b for b in previous.benchmarks}
     return [unique[key] for key in sorted(unique)]
 
 
@@ -147,8 +194,10 @@ def plan_run(
     run: MedSFTRun,
     *,
     default_storage: StorageSpec | None = None,
+    previous: PreviousCuration | None = None,
 ) -> RunPlan:
-    """Effective stage specs and hashes of ``run``'s next generation."""
+    """Effective stage specs and hashes of ``run``'s next generation; ``previous``: the
+    curation stage of the run's latest generation (see the module docstring)."""
     spec = run.spec
     storage = resolve_storage(spec.storage, default_storage)
     stages: list[StagePlan] = []
@@ -165,14 +214,15 @@ def plan_run(
                 updates["processor"] = ProcessorSpec(
                     model=sft_stage.model.processor_uri or sft_stage.model.uri
                 )
-            updates["decontamination"] = curation.decontamination.model_copy(
-                update={
-                    "benchmarks": protected_benchmarks(
-                        curation.decontamination.benchmarks, eval_benchmarks
-                    )
-                }
-            )
-            curation = _with(curation, **updates)
+            required = protected_benchmarks(curation.decontamination.benchmarks, eval_benchmarks)
+            base = curation
+            curation = _with(base, **updates, decontamination=_benchmarks(base, required))
+            kept = _kept_decontamination(required, previous)
+            if kept is not None and kept != required:
+                unchanged = _with(base, **updates, decontamination=_benchmarks(base, kept))
+                plan = _stage_plan("curation", None, unchanged, CurationSpec, storage)
+                if previous is not None and plan.hash == previous.hash:
+                    curation = unchanged  # the dataset in use stays valid: nothing re-runs
         stages.append(_stage_plan("curation", spec.curation.ref, curation, CurationSpec, storage))
         curation_hash = stages[-1].hash
 
@@ -202,6 +252,10 @@ def generation_key(run: MedSFTRun, stage_hashes: list[str]) -> str:
     if retraining.policy == "OnSpecChange":
         parts += stage_hashes
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _benchmarks(curation: CurationStageSpec, benchmarks: list[BenchmarkSpec]) -> object:
+    return curation.decontamination.model_copy(update={"benchmarks": benchmarks})
 
 
 def _with(model: S, **updates: object) -> S:

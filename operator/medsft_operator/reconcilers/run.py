@@ -19,7 +19,14 @@ from medsft_operator.api.status import EvalJobStatus, GenerationRecord, MedSFTRu
 from medsft_operator.artifacts import InputsError
 from medsft_operator.builders.stages import stage_resource
 from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body
-from medsft_operator.plan import STAGES, PlanError, RunPlan, StagePlan, plan_run
+from medsft_operator.plan import (
+    STAGES,
+    PlanError,
+    PreviousCuration,
+    RunPlan,
+    StagePlan,
+    plan_run,
+)
 from medsft_operator.reconcilers.base import Reconciler
 
 STAGE_TITLES = {"curation": "Curation", "sft": "SFT", "eval": "Eval"}
@@ -36,7 +43,8 @@ class RunReconciler(Reconciler):
         meta = body["metadata"]
         namespace, gen = meta["namespace"], meta.get("generation")
         try:
-            plan = plan_run(run, default_storage=self.ctx.config.default_storage)
+            previous = await self._previous_curation(body, status)
+            plan = plan_run(run, default_storage=self.ctx.config.default_storage, previous=previous)
             await self.ctx.storage.settings(namespace, plan.storage)
         except (InputsError, PlanError) as error:
             return self.pending(status, error, gen)
@@ -239,6 +247,19 @@ class RunReconciler(Reconciler):
         return fold.apply_phase(status, "Succeeded", "GenerationSucceeded", message, gen)
 
     # -- stage children ---------------------------------------------------------------------
+
+    async def _previous_curation(
+        self, run: Body, status: MedSFTRunStatus
+    ) -> PreviousCuration | None:
+        """The curation stage of the latest generation (the benchmarks its data was
+        decontaminated against), so that an edit that only drops a benchmark reuses it."""
+        name = status.history[0].curation_job if status.history else None
+        if not name:
+            return None
+        child = await self.read_child(BY_KIND["CurationJob"], run["metadata"]["namespace"], name)
+        if child is None or not names.owned_by(child, run):
+            return None
+        return PreviousCuration.of_child(child, _hash_of(child))
 
     async def _stage_child(
         self,
