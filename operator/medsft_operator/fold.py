@@ -398,6 +398,14 @@ def fold_curation_counts(status: CurationJobStatus, counts: Mapping[str, Any]) -
         update["traces_generated"] = generated
     if accepted:
         update["traces_accepted"] = accepted
+    for stat in ("attempts", "cache_hits", "cache_misses"):
+        # ``teacher/<model>/<stat>`` in a manifest, ``teacher_<stat>`` in a worker's progress
+        total = sum(
+            int(v) for k, v in counts.items() if k.startswith("teacher/") and k.endswith(f"/{stat}")
+        )
+        total = total or _count(counts, f"teacher_{stat}") or 0
+        if total:
+            update[f"teacher_{stat}"] = total
     removed: dict[str, int] = {}
     for k, v in counts.items():
         parts = k.split("/")

@@ -730,6 +730,18 @@ def test_a_new_generation_that_asks_the_same_requests_pays_nothing(
     assert _rows(g1.output_uri) == _rows(g2.output_uri)
     markdown = open_store(g2.output_uri).get_bytes("report/report.md").decode()
     assert "16 answered from the response cache" in markdown
+    # The CurationJob's status, folded by the operator from each generation's manifest.
+    from medsft_operator.api.status import CurationJobStatus
+    from medsft_operator.artifacts import ManifestView
+    from medsft_operator.fold import fold_manifest
+
+    for config, (attempts, hits, misses) in ((g1, (16, 0, 16)), (g2, (0, 16, 0))):
+        manifest = ManifestView.model_validate(
+            open_store(config.output_uri).get_json("manifest.json")
+        )
+        status = fold_manifest(CurationJobStatus(), manifest, None)
+        assert (status.teacher_attempts or 0, status.teacher_cache_hits or 0) == (attempts, hits)
+        assert (status.teacher_cache_misses or 0) == misses
 
 
 def _id_config(root: Path, out: Path, teacher_url: str, processor: Path, sources: list) -> Any:

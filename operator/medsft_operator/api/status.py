@@ -39,6 +39,12 @@ class CurationJobStatus(StatusBase):
     """Tokens of the final dataset (prompt, images and response)."""
     response_tokens: Count | None = None
     """Response (trace + answer) tokens of the final dataset."""
+    teacher_attempts: Count | None = None
+    """HTTP attempts sent to the teachers (retries and timed-out attempts included)."""
+    teacher_cache_hits: Count | None = None
+    """Questions answered from the teacher response cache, without a request."""
+    teacher_cache_misses: Count | None = None
+    """Questions that needed at least one teacher request."""
     removed: Annotated[
         dict[Annotated[str, Field(max_length=128)], Count], Field(max_length=64)
     ] = {}

@@ -482,10 +482,15 @@ class Worker:
 
     def _progress_counts(self) -> dict[str, int]:
         c = self.counts
+        teachers = [client.stats for client in self.teachers.values()]
         return {
             "rows_read": sum(v for k, v in c.items() if k.startswith("read/")),
             "quarantined": self.quarantine.bad_rows,
             "rows_written": sum(v for k, v in c.items() if k.startswith("rows/")),
+            # The status shows what the teacher costs while the job runs, not only at the end.
+            "teacher_attempts": sum(t.attempts for t in teachers),
+            "teacher_cache_hits": sum(t.cache_hits for t in teachers),
+            "teacher_cache_misses": sum(t.cache_misses for t in teachers),
         }
 
     def _rows_read(self) -> int:
