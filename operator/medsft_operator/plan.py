@@ -266,3 +266,52 @@ def _with(model: S, **updates: object) -> S:
 
 
 StageKindName = Literal["CurationJob", "SFTJob", "EvalJob"]
+
+
+# ------------------------------------------------------------------ what an edit re-runs
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """Whether applying an edit re-runs a stage, and why (``medsft plan``)."""
+
+    stage: StageName
+    reruns: bool
+    why: str
+
+
+def stage_changes(new: RunPlan, current: dict[StageName, str]) -> list[StageChange]:
+    """Each stage of ``new`` against the stage hashes of the generation in use (``current``;
+    a stage absent from it has never run): reused, or re-run because of its own spec or of an
+    upstream stage that re-runs."""
+    changes: list[StageChange] = []
+    rerun_upstream: StageName | None = None
+    for stage in new.stages:
+        old = current.get(stage.stage)
+        if old == stage.hash:
+            changes.append(StageChange(stage.stage, False, "unchanged: reused"))
+            continue
+        if old is None:
+            why = "not run yet"
+        elif rerun_upstream is not None:
+            why = f"{rerun_upstream} re-runs (or its spec changed too)"
+        else:
+            why = "its spec changed"
+        changes.append(StageChange(stage.stage, True, why))
+        rerun_upstream = rerun_upstream or stage.stage
+    return changes
+
+
+def compare_runs(
+    new: MedSFTRun, old: MedSFTRun, *, default_storage: StorageSpec | None = None
+) -> list[StageChange]:
+    """What applying ``new`` over ``old`` re-runs, as if ``old``'s generation had run: its
+    curation's benchmark set is what the data was decontaminated against."""
+    before = plan_run(old, default_storage=default_storage)
+    curation = before.get("curation")
+    previous = None
+    if curation is not None and isinstance(curation.spec, CurationStageSpec):
+        benchmarks = tuple(curation.spec.decontamination.benchmarks)
+        previous = PreviousCuration(curation.hash, benchmarks)
+    after = plan_run(new, default_storage=default_storage, previous=previous)
+    return stage_changes(after, {s.stage: s.hash for s in before.stages})

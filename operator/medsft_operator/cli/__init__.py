@@ -1,9 +1,9 @@
-"""The ``medsft`` command line: validate, render, run, status, report, crds, rbac, operator.
+"""The ``medsft`` command line: validate, render, plan, run, status, report, crds, rbac, operator.
 
 One module per command group, each command a thin shell around pure functions tested on
 their own: :mod:`.validation` (``validate``), :mod:`.manifests` (``render``, ``crds``,
-``rbac``), :mod:`.local_run` (``run --local``), :mod:`.status`, :mod:`.report` and
-:mod:`.operator`; what they share is in :mod:`.common` (consoles, kinds, manifest files,
+``rbac``), :mod:`.plan` (``plan``), :mod:`.local_run` (``run --local``), :mod:`.status`,
+:mod:`.report` and :mod:`.operator`; what they share is in :mod:`.common` (consoles, kinds, manifest files,
 options) and :mod:`.cluster` (reading the cluster). Nothing here imports torch: the CLI ships
 in the slim operator image.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from medsft_operator.cli import local_run, manifests, report, status, validation
+from medsft_operator.cli import local_run, manifests, plan, report, status, validation
 from medsft_operator.cli import operator as operator_command
 from medsft_operator.cli.common import load_documents
 from medsft_operator.cli.manifests import LEASE_NAME_PLACEHOLDER, rbac_document
@@ -32,6 +32,7 @@ app = typer.Typer(
 for command in (
     validation.validate,
     manifests.render,
+    plan.plan,
     local_run.run,
     status.status,
     report.report,
