@@ -247,3 +247,16 @@ def test_the_cache_is_keyed_by_what_determines_a_response(tmp_path: Path) -> Non
             moved = TeacherClient(_spec(elsewhere), api_key="a", cache=cache)
             _run(moved, samples[:1])
             assert elsewhere.requests == 1
+
+
+def test_the_same_request_in_flight_twice_is_paid_once(tmp_path: Path) -> None:
+    """Two rows with the same text (dedup off) in one batch: the second waits for the first
+    request instead of sending its own (the old cache was only read before sending, so both
+    were paid)."""
+    twin = Sample(**{**_sample(11).__dict__, "id": "s/twin"})
+    with TeacherServer(gold_responder(QUESTIONS, WRONG), delay_s=0.2) as server:
+        client = TeacherClient(_spec(server), api_key="k", cache=open_store(str(tmp_path)))
+        first, second = _run(client, [_sample(11), twin])
+        assert len(server.arrivals) == 1
+    assert first == second and len(first) == 4
+    assert (client.stats.cache_misses, client.stats.cache_hits) == (1, 1)

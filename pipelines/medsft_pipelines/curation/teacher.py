@@ -248,6 +248,7 @@ class TeacherClient:
         )
         self._semaphore: asyncio.Semaphore | None = None
         self._limiter: _RateLimiter | None = None
+        self._inflight: dict[str, asyncio.Future[list[str]]] = {}
 
     @property
     def name(self) -> str:
@@ -267,10 +268,26 @@ class TeacherClient:
 
     async def generate(self, sample: Sample) -> list[str]:
         """``samplesPerQuestion`` responses for one question: samples ``0..k-1`` of its
-        request, from the cache where it has them, from the endpoint for the rest."""
+        request, from the cache where it has them, from the endpoint for the rest. A question
+        whose request is already in flight (the same text under another id, with dedup off)
+        waits for that one instead of paying for it again."""
         messages = teacher_messages(sample)
-        wanted = self.spec.samples_per_question
         key = request_key(request_identity(self.spec, messages))
+        pending = self._inflight.get(key)
+        if pending is not None:
+            texts = await asyncio.shield(pending)
+            self.stats.cache_hits += 1
+            self.stats.cached_samples += len(texts)
+            return texts
+        pending = asyncio.ensure_future(self._generate(key, messages))
+        self._inflight[key] = pending
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _generate(self, key: str, messages: list[dict[str, Any]]) -> list[str]:
+        wanted = self.spec.samples_per_question
         choices = await self._cached(key)
         self.stats.cached_samples += min(len(choices), wanted)
         if len(choices) >= wanted:
