@@ -100,3 +100,32 @@ def test_seeds_give_different_samples(tiny_engine) -> None:
         for s in range(3)
     }
     assert len(texts) == 3
+
+
+def test_the_checkpoints_generation_config_is_not_inherited(tiny_model, tmp_path) -> None:
+    # Qwen's checkpoints ship a generation_config.json with a repetition penalty and top-k; the
+    # protocol is the spec's settings only, on either backend. The same weights with a
+    # penalising generation_config must generate exactly what they generate without one.
+    import json
+    import shutil
+
+    from medsft_pipelines.eval.backends import open_engine
+
+    penalised = tmp_path / "penalised"
+    shutil.copytree(tiny_model, penalised)
+    config = json.loads((penalised / "generation_config.json").read_text())
+    config.update(repetition_penalty=50.0, no_repeat_ngram_size=1, top_k=1, temperature=1.7)
+    (penalised / "generation_config.json").write_text(json.dumps(config))
+    texts = []
+    for path in (tiny_model, penalised):
+        engine = open_engine(
+            "transformers", str(path), batch_size=2, max_pixels=65536, max_images=1
+        )
+        requests = vqa_requests(engine, 2, with_images=False)
+        sampling = Sampling(temperature=0.0, max_new_tokens=24, forced_exit=False)
+        texts.append([g.text for g in generate(engine, requests, sampling)])
+    # The premise: the greedy output repeats tokens, which the penalty would have prevented.
+    plain = texts[0]
+    assert any(len(set(engine.encode(t))) < len(engine.encode(t)) for t in plain)
+    assert texts[1] == plain
+    assert engine.model.generation_config.repetition_penalty in (None, 1.0)

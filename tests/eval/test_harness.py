@@ -107,7 +107,7 @@ def recompute(out: Path, label: str) -> dict[str, dict]:
         for seed in range(SEEDS):
             rows = [
                 json.loads(x)
-                for x in (out / f"generations/{label}/{name}/seed-{seed}.jsonl")
+                for x in (out / f"generations/{label}/{name}/test/seed-{seed}.jsonl")
                 .read_text()
                 .splitlines()
             ]
@@ -245,7 +245,9 @@ def test_majority_vote_and_unparsed_ids_are_reported(evaluated) -> None:
             ids = set()
             for seed in range(SEEDS):
                 for line in (
-                    (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines()
+                    (out / f"generations/{label}/{name}/test/seed-{seed}.jsonl")
+                    .read_text()
+                    .splitlines()
                 ):
                     row = json.loads(line)
                     if row["prediction"] is None:
@@ -273,7 +275,7 @@ def test_unparseable_answers_are_wrong_and_logged_by_id(tmp_path, tiny_model, ca
     out = tmp_path / "out"
     rows = [
         json.loads(x)
-        for x in (out / "generations/model/pubmedqa/seed-0.jsonl").read_text().splitlines()
+        for x in (out / "generations/model/pubmedqa/test/seed-0.jsonl").read_text().splitlines()
     ]
     unparsed = [r for r in rows if r["prediction"] is None]
     assert unparsed, "an open reasoning block without forced exit leaves no answer"
@@ -371,7 +373,7 @@ def test_eval_job_against_minio(minio, minio_bucket, tiny_model, tmp_path, monke
     assert summary["results"][0]["name"] == "pubmedqa" and summary["results"][0]["items"] == 3
     assert summary["reportUri"] == f"s3://{minio_bucket}/team/runs/r1/eval/results.json"
     assert out.get_json("results.json")["benchmarks"] == results["benchmarks"]
-    assert len(out.get_bytes("generations/model/pubmedqa/seed-0.jsonl").splitlines()) == 3
+    assert len(out.get_bytes("generations/model/pubmedqa/test/seed-0.jsonl").splitlines()) == 3
     assert out.get_bytes("plots/response_length.png")[:4] == b"\x89PNG"
     progress = read_progress(out)
     assert progress is not None and progress["step"] == progress["total"] == 3
@@ -381,7 +383,9 @@ def _generations(out: Path, label: str, name: str) -> list[dict]:
     return [
         json.loads(line)
         for seed in range(SEEDS)
-        for line in (out / f"generations/{label}/{name}/seed-{seed}.jsonl").read_text().splitlines()
+        for line in (out / f"generations/{label}/{name}/test/seed-{seed}.jsonl")
+        .read_text()
+        .splitlines()
     ]
 
 
@@ -429,3 +433,25 @@ def test_report_sets_the_baseline_beside_the_model_with_the_label_prior(
     assert "## base vs model" in report and "How to read these numbers" in report
     # Both are ~0.45M-parameter models: the report says what such numbers can and cannot mean.
     assert "test-sized models (at most 0.45M parameters" in report
+
+
+def test_the_sampling_protocol_is_recorded(evaluated) -> None:
+    # Exactly the spec's settings, nothing from the checkpoint (the same on either backend).
+    config, results, out = evaluated
+    gen = config.spec.generation
+    assert results["sampling"] == {
+        "backend": "transformers",
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "top_k": None,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_new_tokens": MAX_NEW,
+        "forced_exit_tokens": EXIT_TOKENS,
+        "from_checkpoint": None,
+        "seeds": list(range(SEEDS)),
+    }
+    report = (out / "report.md").read_text()
+    assert "nothing taken from the checkpoint's generation_config" in report

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from medsft_pipelines.answers import THINK_END, THINK_START, AnswerKind
 from medsft_pipelines.specs.curation import DEFAULT_SYSTEM_PROMPT
+from medsft_pipelines.specs.eval import GenerationSpec
 
+from .backends.base import Sampling
 from .items import BenchItem
 
 Mode = Literal["cot", "direct"]
@@ -140,3 +142,21 @@ def generation_prefix(template: PromptTemplate, mode: Mode) -> str:
     if mode == "cot":
         return f"{template.think_start}\n"
     return f"{template.think_start}\n\n{template.think_end}\n\n"
+
+
+def sampling_of(gen: GenerationSpec, template: PromptTemplate | None, seed: int) -> Sampling:
+    """The decoding settings of one pass: the spec's and nothing else (the protocol both
+    backends apply, see :func:`~.backends.base.sampling_protocol`); ``template`` decides
+    where the reasoning starts and ends (None: the defaults, for the report)."""
+    template = template or TEMPLATES["medsft"]
+    return Sampling(
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        max_new_tokens=gen.max_new_tokens,
+        seed=seed,
+        forced_exit=gen.forced_think_exit,
+        forced_exit_tokens=gen.forced_exit_tokens,
+        think_opened=template.opens_think and gen.mode == "cot",
+        think_start=template.think_start,
+        think_end=template.think_end,
+    )

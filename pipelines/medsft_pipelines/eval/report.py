@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from medsft_pipelines.answers import normalize_answer
+from medsft_pipelines.specs.eval import GenerationSpec
 from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore
 
+from .backends.base import sampling_protocol
 from .items import Benchmark, Family
 from .layout import ACCURACY_PLOT_KEY, LENGTH_PLOT_KEY, REPORT_KEY, RESULTS_KEY, SUMMARY_KEY
 from .metrics import BenchmarkScore, Record, group_means, group_records, score_benchmark
+from .prompting import sampling_of
 
 FAMILY_ORDER = [Family.TEXT, Family.MM_REASONING, Family.CLASSIFICATION]
 TINY_MODEL_PARAMETERS = 10_000_000
@@ -66,6 +69,17 @@ def top_prediction(records: Sequence[Record]) -> dict[str, Any] | None:
         return None
     answer, count = counts.most_common(1)[0]
     return {"answer": answer, "share": count / len(records)}
+
+
+def protocol_of(gen: GenerationSpec) -> dict[str, Any]:
+    """The sampling protocol every pass ran with, on either backend (seeds listed)."""
+    protocol = sampling_protocol(sampling_of(gen, None, gen.base_seed))
+    del protocol["seed"]
+    return {
+        "backend": gen.backend,
+        **protocol,
+        "seeds": list(range(gen.base_seed, gen.base_seed + gen.seeds)),
+    }
 
 
 def build_results(
@@ -147,6 +161,7 @@ def build_results(
         "baseline": baseline,
         "parameters": {label: (parameters or {}).get(label) for label in labels},
         "generation": gen.to_wire(),
+        "sampling": protocol_of(gen),
         "benchmarks": rows,
         "groups": groups,
         "deltas": deltas,
@@ -184,6 +199,23 @@ def summary(results: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
     return out
 
 
+def _protocol_line(protocol: Mapping[str, Any] | None) -> str:
+    if not protocol:
+        return ""
+    return (
+        f"Sampling ({protocol['backend']}; nothing taken from the checkpoint's "
+        f"generation_config): temperature {protocol['temperature']}, top-p {protocol['top_p']}, "
+        f"no top-k, repetition penalty {protocol['repetition_penalty']}, "
+        f"{protocol['max_new_tokens']} new tokens"
+        + (
+            f" + {protocol['forced_exit_tokens']} after a forced think exit"
+            if protocol["forced_exit_tokens"]
+            else ""
+        )
+        + f", seeds {', '.join(map(str, protocol['seeds']))}."
+    )
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -199,6 +231,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         + (f", baseline **{baseline}** `{results['models'][baseline]}`" if baseline else "")
         + f". {gen['seeds']} seed(s), temperature {gen['temperature']}, top-p {gen['topP']}, "
         f"up to {gen['maxNewTokens']} new tokens, mode {gen['mode']}, backend {gen['backend']}.",
+        _protocol_line(results.get("sampling")),
         *(
             f"GPU layout of {label}: {layout['description']}."
             for label, layout in results.get("parallel", {}).items()

@@ -2,15 +2,19 @@
 
 Layout written under the job's ``outputUri``::
 
-    generations/<model>/<benchmark>/seed-<n>.jsonl   every graded generation (raw responses)
+    generations/<model>/<benchmark>/<split>/seed-<n>.jsonl          every graded generation
+    generations/<model>/<benchmark>/<split>/seed-<n>.identity.json  what produced it
     results.json, report.md, plots/*.png, summary.json   (see :mod:`.report`)
 
-and ``progress.json`` under the progress URI. A restarted job reuses every complete
-generations file, so only unfinished (model, benchmark, seed) passes run again.
+and ``progress.json`` under the progress URI. A restarted job reuses a complete generations
+file only when its identity (the model's weights, the generation settings, the prompt
+template, the items) is the current one, so only unfinished or changed passes run again; a
+reused pass is re-graded with the current answer extraction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -19,6 +23,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +38,17 @@ from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 from medsft_pipelines.storage.progress import ProgressReporter
 
-from .backends import Engine, Request, Sampling, generate, open_engine
+from .backends import Engine, Request, generate, open_engine
 from .files import BenchmarkFormatError
 from .items import BenchItem, Benchmark
 from .metrics import Record
-from .prompting import PromptTemplate, build_messages, generation_prefix, template_for
+from .prompting import (
+    PromptTemplate,
+    build_messages,
+    generation_prefix,
+    sampling_of,
+    template_for,
+)
 from .registry import load_benchmark
 from .report import count_parameters, write_report
 
@@ -106,6 +117,7 @@ def benchmark_root(config: EvalJobConfig, name: str, uri: str | None) -> str:
 def load_benchmarks(config: EvalJobConfig, settings: StorageSettings) -> list[Benchmark]:
     """Every benchmark of the spec, loaded and checked (files and images) before any generation."""
     loaded = []
+    names = Counter(bench.name for bench in config.spec.benchmarks)
     for bench in config.spec.benchmarks:
         if bench.format == "hf":
             raise BenchmarkFormatError(
@@ -113,15 +125,17 @@ def load_benchmarks(config: EvalJobConfig, settings: StorageSettings) -> list[Be
             )
         root = benchmark_root(config, bench.name, bench.uri)
         store = open_store(root, settings) if root.startswith("s3://") else root
-        loaded.append(
-            load_benchmark(
-                bench.name,
-                store,
-                bench.split,
-                distribution=bench.distribution,
-                max_items=bench.max_items,
-            )
+        benchmark = load_benchmark(
+            bench.name,
+            store,
+            bench.split,
+            distribution=bench.distribution,
+            max_items=bench.max_items,
         )
+        if names[bench.name] > 1:
+            # Two splits of one benchmark are two rows of the report, never one.
+            benchmark = dataclasses.replace(benchmark, name=f"{bench.name}[{bench.split}]")
+        loaded.append(benchmark)
     return loaded
 
 
@@ -205,15 +219,92 @@ def grade_generation(
     )
 
 
-def generations_key(label: str, benchmark: str, seed: int) -> str:
-    """Where one pass's graded generations are stored."""
-    return f"generations/{label}/{benchmark}/seed-{seed}.jsonl"
+def generations_key(label: str, benchmark: str, split: str, seed: int) -> str:
+    """Where one pass's graded generations are stored (two splits never share a file)."""
+    return f"generations/{label}/{benchmark}/{split}/seed-{seed}.jsonl"
+
+
+def identity_key(generations: str) -> str:
+    """The identity file beside a generations file."""
+    return generations.removesuffix(".jsonl") + ".identity.json"
+
+
+_SAMPLED_BYTES = 1 << 16
+_SAMPLES_PER_FILE = 16
+_WHOLE_FILE_BELOW = 1 << 22
+
+
+def model_fingerprint(path: Path) -> str:
+    """A content fingerprint of a model folder, cheap on a 16 GB checkpoint.
+
+    Small files (configs, tokenizer, chat template) are hashed whole; a weights file by its
+    size and 16 evenly spaced 64 KiB windows (first and last included). Training changes
+    every tensor, so any fine-tune of the same shapes differs in every window; a location is
+    not an identity (``medsft run --local`` rewrites the same folder after an edit).
+    """
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}\0{size}\0".encode())
+        with file.open("rb") as f:
+            if size <= _WHOLE_FILE_BELOW:
+                digest.update(f.read())
+                continue
+            last = size - _SAMPLED_BYTES
+            for i in range(_SAMPLES_PER_FILE):
+                f.seek(last * i // (_SAMPLES_PER_FILE - 1))
+                digest.update(f.read(_SAMPLED_BYTES))
+    return digest.hexdigest()
+
+
+# Settings that do not change what a pass generates: how many seeds run and whether the
+# report adds a majority vote.
+_REPORT_ONLY = ("seeds", "majority_vote")
+
+
+def pass_identity(
+    model: str, gen: GenerationSpec, template: PromptTemplate, benchmark: Benchmark, seed: int
+) -> dict[str, Any]:
+    """Everything a stored pass must match to be reused instead of generated again."""
+    items = hashlib.sha256(
+        json.dumps([item.to_dict() for item in benchmark.items], sort_keys=True).encode()
+    ).hexdigest()
+    settings = gen.model_dump(mode="json", exclude=set(_REPORT_ONLY))
+    return {
+        "model": model,
+        "generation": settings,
+        "template": dataclasses.asdict(template),
+        "benchmark": benchmark.name,
+        "split": benchmark.split,
+        "items": items,
+        "seed": seed,
+    }
 
 
 def read_records(out: ObjectStore, key: str) -> list[Record]:
     """Records of one generations file."""
     lines = out.get_bytes(key).decode().splitlines()
     return [Record.from_json(json.loads(line)) for line in lines if line.strip()]
+
+
+def regrade(benchmark: Benchmark, stored: Sequence[Record], think_opened: bool) -> list[Record]:
+    """Stored generations graded again with today's answer extraction (the raw responses and
+    token counts are kept; only prediction, correctness and score are recomputed)."""
+    items = {item.id: item for item in benchmark.items}
+    return [
+        grade_generation(
+            r.benchmark,
+            items[r.id],
+            r.seed,
+            r.response,
+            r.think_tokens,
+            r.answer_tokens,
+            r.forced_exit,
+            r.finished,
+            think_opened,
+        )
+        for r in stored
+    ]
 
 
 def run_pass(
@@ -225,7 +316,8 @@ def run_pass(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[Record]:
     """One seed of one model over one benchmark: prompts, generation, grading."""
-    think_opened = template.opens_think and gen.mode == "cot"
+    sampling = sampling_of(gen, template, seed)
+    think_opened = sampling.think_opened
     prefix = generation_prefix(template, gen.mode)
     requests, items = [], {}
     for item in benchmark.items:
@@ -235,17 +327,6 @@ def run_pass(
         items[item.id] = item
     # Similar lengths together: less padding per batch. Stable, so the order is reproducible.
     requests.sort(key=lambda r: (len(r.images), len(r.prompt)))
-    sampling = Sampling(
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        max_new_tokens=gen.max_new_tokens,
-        seed=seed,
-        forced_exit=gen.forced_think_exit,
-        forced_exit_tokens=gen.forced_exit_tokens,
-        think_opened=think_opened,
-        think_start=template.think_start,
-        think_end=template.think_end,
-    )
     generations = {g.key: g for g in generate(engine, requests, sampling, on_progress)}
     return [
         grade_generation(
@@ -273,18 +354,21 @@ def run_model(
     out: ObjectStore,
     tracker: Tracker,
 ) -> list[Record]:
-    """Every benchmark x seed for one model; complete passes already in storage are reused.
+    """Every benchmark x seed for one model; complete passes already in storage are reused
+    when their identity (:func:`pass_identity`) is this pass's, and re-graded.
 
     ``engine`` is called (once, cached by the caller) only when a pass must be generated, so a
     restarted job whose generations are all stored does not load the model at all.
     """
     records: list[Record] = []
+    fingerprint = model_fingerprint(model.path)
+    think_opened = sampling_of(gen, template, 0).think_opened
     for benchmark in benchmarks:
         for seed in range(gen.base_seed, gen.base_seed + gen.seeds):
-            key = generations_key(model.label, benchmark.name, seed)
-            expected = {item.id for item in benchmark.items}
-            stored = read_records(out, key) if out.exists(key) else []
-            if stored and {r.id for r in stored} == expected:
+            key = generations_key(model.label, benchmark.name, benchmark.split, seed)
+            identity = pass_identity(fingerprint, gen, template, benchmark, seed)
+            stored = _stored_pass(out, key, identity, benchmark)
+            if stored is not None:
                 log.info(
                     "%s %s seed %d: reusing %d stored generations",
                     model.label,
@@ -293,13 +377,18 @@ def run_model(
                     len(stored),
                 )
                 tracker.advance(len(stored), model=model.label, benchmark=benchmark.name, seed=seed)
-                records.extend(stored)
+                records.extend(regrade(benchmark, stored, think_opened))
                 continue
             advance = functools.partial(
                 tracker.advance, model=model.label, benchmark=benchmark.name, seed=seed
             )
             passed = run_pass(engine(), benchmark, template, gen, seed, advance)
+            # Identity last and removed first: a crash in between leaves a pass without one,
+            # which is generated again, never one labelled with another pass's identity.
+            if out.exists(identity_key(key)):
+                out.delete(identity_key(key))
             out.put_bytes(key, "".join(json.dumps(r.to_json()) + "\n" for r in passed).encode())
+            out.put_json(identity_key(key), identity)
             unparsed = [r.id for r in passed if r.prediction is None]
             tracker.counts["unparsed"] += len(unparsed)
             tracker.counts["forcedExits"] += sum(r.forced_exit for r in passed)
@@ -316,6 +405,21 @@ def run_model(
                 )
             records.extend(passed)
     return records
+
+
+def _stored_pass(
+    out: ObjectStore, key: str, identity: dict[str, Any], benchmark: Benchmark
+) -> list[Record] | None:
+    """The stored records of a pass when they are complete and of this identity, else None."""
+    if not (out.exists(key) and out.exists(identity_key(key))):
+        return None
+    if out.get_json(identity_key(key)) != identity:
+        log.info("%s: stored by another model or settings, generating again", key)
+        return None
+    stored = read_records(out, key)
+    if {r.id for r in stored} != {item.id for item in benchmark.items}:
+        return None
+    return stored
 
 
 def models_of(

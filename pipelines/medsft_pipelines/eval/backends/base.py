@@ -47,6 +47,29 @@ class Sampling:
     """Token closing the reasoning."""
 
 
+def sampling_protocol(sampling: Sampling) -> dict[str, Any]:
+    """Every decoding setting an engine applies, and nothing else: the one protocol of both
+    backends, recorded in the report.
+
+    Nothing comes from the checkpoint's ``generation_config.json`` (Qwen's carries a repetition
+    penalty of 1.05, top-k 1 or 20, its own temperature): a model must score the same on either
+    backend and as the paper's protocol says. Greedy (temperature 0) ignores top-p.
+    """
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+        "top_k": None,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_new_tokens": sampling.max_new_tokens,
+        "forced_exit_tokens": sampling.forced_exit_tokens if sampling.forced_exit else 0,
+        "seed": sampling.seed,
+        "from_checkpoint": None,
+    }
+
+
 @dataclass(frozen=True)
 class RawOutput:
     """What an engine returns for one prompt."""
@@ -135,6 +158,27 @@ def find_subsequence(ids: Sequence[int], sub: Sequence[int]) -> int:
     return -1
 
 
+def tokens_through(engine: Engine, ids: Sequence[int], tag: str) -> int:
+    """How many of ``ids`` it takes for their decoded text to contain ``tag``; -1 if it never does.
+
+    Tags are looked for in decoded text, never as token sequences: in a byte-level BPE where
+    the tags are not special tokens (Qwen2.5), ``"</think>"`` alone encodes as ``</ think >``
+    but the trained ``"\n</think>\n\n"`` as ``</ think >\n\n``, so no token sequence of the
+    tag appears in what the model writes. Containment grows with the prefix, so a binary search
+    over prefix lengths finds the token that completes the tag in O(log n) decodes.
+    """
+    if tag not in engine.decode(ids):
+        return -1
+    low, high = 1, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        if tag in engine.decode(ids[:mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
 def batch_seed(seed: int, keys: Sequence[str]) -> int:
     """Seed of one batch: stable across runs, different between batches and seeds."""
     return zlib.crc32(f"{seed}|{keys[0]}|{len(keys)}".encode()) & 0x7FFFFFFF
@@ -153,9 +197,10 @@ def generate(
     and the model writes its answer with ``forced_exit_tokens`` more tokens.
     ``on_progress(n)`` is called after each batch with the number of requests finished in it.
     """
-    think_start = engine.encode(sampling.think_start)
-    think_end = engine.encode(sampling.think_end)
-    exit_suffix = engine.encode(f"\n{sampling.think_end}\n\n")
+    exit_marker = f"\n{sampling.think_end}\n\n"
+    # The marker as the model saw it in training: encoded on its own, then appended to the
+    # reasoning's ids (the reasoning is not re-tokenised).
+    exit_suffix = engine.encode(exit_marker)
     results: list[Generation] = []
     for start in range(0, len(requests), engine.batch_size):
         batch = list(requests[start : start + engine.batch_size])
@@ -163,10 +208,11 @@ def generate(
         first = engine.generate_ids(
             batch, [[] for _ in batch], sampling.max_new_tokens, sampling, seed
         )
+        texts = [engine.decode(out.ids) for out in first]
         open_think = [
-            find_subsequence(out.ids, think_end) < 0
-            and (sampling.think_opened or find_subsequence(out.ids, think_start) >= 0)
-            for out in first
+            sampling.think_end not in text
+            and (sampling.think_opened or sampling.think_start in text)
+            for text in texts
         ]
         forced = [i for i, is_open in enumerate(open_think) if is_open and sampling.forced_exit]
         second: dict[int, RawOutput] = {}
@@ -182,7 +228,7 @@ def generate(
         for i, request in enumerate(batch):
             results.append(
                 _assemble(
-                    request.key, first[i], second.get(i), think_end, open_think[i], sampling, engine
+                    request.key, first[i], texts[i], second.get(i), open_think[i], sampling, engine
                 )
             )
         if on_progress:
@@ -193,20 +239,19 @@ def generate(
 def _assemble(
     key: str,
     first: RawOutput,
+    text: str,
     after_exit: RawOutput | None,
-    think_end: Sequence[int],
     think_open: bool,
     sampling: Sampling,
     engine: Engine,
 ) -> Generation:
     if after_exit is not None:
         exit_marker = f"\n{sampling.think_end}\n\n"
-        text = engine.decode(first.ids) + exit_marker + engine.decode(after_exit.ids)
+        text = text + exit_marker + engine.decode(after_exit.ids)
         return Generation(key, text, len(first.ids), len(after_exit.ids), True, after_exit.finished)
-    end = find_subsequence(first.ids, think_end)
-    # Closed by the model: reasoning runs through the end-of-think token. Still open (no
+    end = tokens_through(engine, first.ids, sampling.think_end) if not think_open else -1
+    # Closed by the model: reasoning runs through the token that completes the end-of-think
+    # tag (with Qwen2.5's BPE that token also carries the blank line after it). Still open (no
     # forced exit configured): all of it is reasoning. Never opened: no reasoning at all.
-    think = end + len(think_end) if end >= 0 else (len(first.ids) if think_open else 0)
-    return Generation(
-        key, engine.decode(first.ids), think, len(first.ids) - think, False, first.finished
-    )
+    think = end if end >= 0 else (len(first.ids) if think_open else 0)
+    return Generation(key, text, think, len(first.ids) - think, False, first.finished)

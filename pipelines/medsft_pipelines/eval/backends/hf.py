@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
-from .base import RawOutput, Request, Sampling, TokenizerCodec
+from .base import RawOutput, Request, Sampling, TokenizerCodec, sampling_protocol
 from .layout import plan_layout
 
 # Tokens a model must never generate: a vision placeholder in the response would be taken for
@@ -61,6 +62,13 @@ class TransformersEngine(TokenizerCodec):
         generation_eos = self.model.generation_config.eos_token_id
         eos = generation_eos if generation_eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        # The checkpoint's generation_config.json is not the protocol (see sampling_protocol):
+        # transformers would merge its repetition penalty, top-k and temperature into every
+        # generate() call, even into an explicit GenerationConfig. Only its end-of-sequence
+        # ids are kept (above); the model's own config is replaced by transformers' defaults.
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id
+        )
         vocab = self.tokenizer.get_vocab()
         self.suppress = [vocab[t] for t in _VISION_TOKENS if t in vocab]
 
@@ -97,17 +105,9 @@ class TransformersEngine(TokenizerCodec):
             inputs = _append_left_padded(inputs, continuations, self.pad_id)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(seed)
-        options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
-        if sampling.temperature > 0:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-            suppress_tokens=self.suppress or None,
-            **options,
-        )
+        config = generation_config(sampling, max_new_tokens, self.eos_ids, self.pad_id)
+        config.suppress_tokens = self.suppress or None
+        out = self.model.generate(**inputs, generation_config=config)
         new_tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
         return [self._cut(row) for row in new_tokens]
 
@@ -116,6 +116,24 @@ class TransformersEngine(TokenizerCodec):
             if token in self.eos_ids:
                 return RawOutput(row[:i], True)
         return RawOutput(row, False)
+
+
+def generation_config(
+    sampling: Sampling, max_new_tokens: int, eos_ids: set[int], pad_id: int
+) -> GenerationConfig:
+    """The whole of :func:`~.base.sampling_protocol` as a transformers ``GenerationConfig``."""
+    protocol = sampling_protocol(sampling)
+    options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
+    if sampling.temperature > 0:
+        # top_k 0 turns top-k off (transformers' default is 50); the protocol has none.
+        options.update(temperature=protocol["temperature"], top_p=protocol["top_p"], top_k=0)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=protocol["repetition_penalty"],
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=pad_id,
+        **options,
+    )
 
 
 def _text_only(content: Any) -> str:

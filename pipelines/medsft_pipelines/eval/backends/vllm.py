@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import RawOutput, Request, Sampling, TokenizerCodec
+from .base import RawOutput, Request, Sampling, TokenizerCodec, sampling_protocol
 from .layout import head_counts, plan_layout
 
 _VISION_TOKENS = [
@@ -53,6 +53,7 @@ class VLLMEngine(TokenizerCodec):
             limit_mm_per_prompt={"image": max_images},
             mm_processor_kwargs={"max_pixels": max_pixels},
             seed=0,
+            **_no_checkpoint_defaults(LLM),
         )
         self.tokenizer: Any = self.llm.get_tokenizer()
         eos = self.tokenizer.eos_token_id
@@ -82,8 +83,9 @@ class VLLMEngine(TokenizerCodec):
             if request.images:
                 prompt["multi_modal_data"] = {"image": list(request.images)}
             prompts.append(prompt)
+        bad_words = _bad_words(SamplingParams)
         params = [
-            self._params(sampling, max_new_tokens, seed + i, SamplingParams)
+            SamplingParams(**sampling_options(sampling, max_new_tokens, seed + i), **bad_words)
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
@@ -96,14 +98,46 @@ class VLLMEngine(TokenizerCodec):
             results.append(RawOutput(ids, completion.finish_reason == "stop"))
         return results
 
-    @staticmethod
-    def _params(sampling: Sampling, max_new_tokens: int, seed: int, cls: Any) -> Any:
-        options: dict[str, Any] = {"max_tokens": max_new_tokens, "seed": seed}
-        if sampling.temperature > 0:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            options.update(temperature=0.0)
-        try:
-            return cls(**options, bad_words=_VISION_TOKENS)
-        except TypeError:  # older vLLM without bad_words
-            return cls(**options)
+
+def sampling_options(sampling: Sampling, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """The whole of :func:`~.base.sampling_protocol` as ``SamplingParams`` keywords: every
+    setting explicit, so no default of the checkpoint or of vLLM's version decides one."""
+    protocol = sampling_protocol(sampling)
+    return {
+        "max_tokens": max_new_tokens,
+        "seed": seed,
+        "temperature": protocol["temperature"],
+        "top_p": protocol["top_p"],
+        "min_p": protocol["min_p"],
+        "repetition_penalty": protocol["repetition_penalty"],
+        "presence_penalty": protocol["presence_penalty"],
+        "frequency_penalty": protocol["frequency_penalty"],
+    }
+
+
+def _bad_words(cls: Any) -> dict[str, Any]:
+    try:  # older vLLM has no bad_words
+        cls(bad_words=_VISION_TOKENS)
+    except TypeError:
+        return {}
+    return {"bad_words": _VISION_TOKENS}
+
+
+def _no_checkpoint_defaults(llm_cls: Any) -> dict[str, Any]:
+    """``generation_config="vllm"``: the engine's defaults are vLLM's, not the checkpoint's
+    (older vLLM, without the option, never read the checkpoint's)."""
+    import inspect
+
+    try:
+        accepted = inspect.signature(llm_cls.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "generation_config" in accepted:
+        return {"generation_config": "vllm"}
+    # Newer vLLM takes engine options through **kwargs into EngineArgs.
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:
+        return {}
+    fields = getattr(EngineArgs, "__dataclass_fields__", {})
+    return {"generation_config": "vllm"} if "generation_config" in fields else {}
