@@ -804,3 +804,19 @@ def test_duplicate_ids_stop_the_job_before_the_first_teacher_request(
         run_merge(config, show_progress=False)
     ids = {row["question_id"] for row in _rows(config.output_uri)}
     assert ids == {f"{s}/r{i}" for s in "ab" for i in range(3)}
+
+
+def test_the_cache_is_the_runs_or_opt_in_the_buckets(tmp_path: Path, shared_data: Path) -> None:
+    """Where the operator points the workers' response cache: the run's folder (every
+    generation), or with ``teachers.cache.scope: Bucket`` the storage root (every run)."""
+    from medsft_pipelines.specs.common import StorageSpec
+
+    data = budget_inputs(tmp_path, shared_data)
+    storage = StorageSpec(endpoint="minio:9000", bucket="lab", prefix="runs")
+    url, model = "http://teacher:8000/v1", tmp_path
+    run_level = _generation_config(data, storage, 3, url, shared_data, model)
+    assert run_level.teacher_cache_uri == "s3://lab/runs/team/budget/teacher-cache"
+    assert run_level.output_uri == "s3://lab/runs/team/budget/g3/curation"
+    teachers = {"text": {"endpoint": url, "model": "teacher-x"}, "cache": {"scope": "Bucket"}}
+    shared = _generation_config(data, storage, 3, url, shared_data, model, teachers=teachers)
+    assert shared.teacher_cache_uri == "s3://lab/runs/teacher-cache"
