@@ -14,8 +14,15 @@ Conventions
 * Explicit answer statements ("Answer: X", "the answer is X", ``\\boxed{X}``) win over
   heuristics on the free text; when a response states several (a model restating or
   correcting itself), the *last* one that names an answer is its final answer.
+* A JSON reply's answer field (``"answer": "B"``, ``"answer_choice"``, ``"final_answer"`` …)
+  wins over everything, its reasoning field included; a "Final Answer" heading states the
+  line below it; a statement right after a negation ("are not the best choice:") is none.
+* Without a statement, a reply that opens with its answer ("B. <B's text>", "B.. Explanation",
+  "'C'.", "A (<A's text>).", a letter alone on the first line) is read as answering it, even
+  when the discussion after it names other options; a reply opening with a hedge is none.
 * Extraction returns ``None`` when there is no answer or the final statement names several
-  (``Answer: A or C``); ``None`` always grades as wrong.
+  (``Answer: A or C``); ``None`` always grades as wrong. :func:`read_choice` also says how the
+  answer was read (:class:`Reading`), which the eval report counts.
 """
 
 from __future__ import annotations
@@ -107,6 +114,18 @@ _REVERSE_STATEMENT = re.compile(
     re.MULTILINE,
 )
 _INLINE_MARKUP = re.compile(r"\*\*|__|`|\$")
+# A statement keyword right after a negation states what the answer is not.
+_NEGATED = re.compile(r"(?:\bnot|n't|\bnever)[ \t]+(?:(?:the|a|an)[ \t]+)?$", re.IGNORECASE)
+# "## Final Answer", "**Final answer**", "Final Answer" alone on a line, the value below it. A
+# colon is a statement of its own (_STATEMENT reads the next line after it).
+_ANSWER_HEADING = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:(?:final|correct|best)[ \t]+answer|answer)[ \t]*$\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+# Curly quotes as their straight forms (a curly-quoted letter is a quoted letter).
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+# A letter in quotes is the letter ("'C'.", "the answer is \"D\"").
+_QUOTED_LETTER = re.compile(r"(['\"])([A-J])\1")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
 
 
@@ -145,8 +164,16 @@ def _statement_spans(answer_text: str) -> list[tuple[int, str]]:
     """(position, stated value) of every explicit answer statement, in text order."""
     text = _INLINE_MARKUP.sub("", answer_text)
     spans = [(m.start(), v) for m, v in _boxed_matches(text)]
+    for heading in _ANSWER_HEADING.finditer(text):
+        # "## Final Answer" on its own line: the answer is the next line that says something.
+        below = _first_line(text[heading.end() :])
+        if below and not _ANSWER_HEADING.match(below + "\n") and "\\boxed" not in below:
+            spans.append((heading.end(), strip_markup(below).rstrip(".").strip()))
     keywords = list(_STATEMENT.finditer(text))
     for match, following in zip(keywords, [*keywords[1:], None], strict=False):
+        keyword = match.start() + (not text[match.start()].isalpha())
+        if _NEGATED.search(text, max(0, keyword - 24), keyword):
+            continue  # "the other options are not the best choice:" then a list
         # The value runs to the end of the line or to the next statement on the same line
         # ("the best answer is (J) and (B) but … The answer is (J).").
         line_end = text.find("\n", match.end())
@@ -216,7 +243,7 @@ _SEVERAL_LETTERS = re.compile(
     r"|\(?[A-J]{2,4}\)?\.?$)"
 )
 _MENTIONED_LETTER = re.compile(
-    r"\((?P<paren>[A-J])\)|\b(?i:option|choice)\s+\(?(?P<named>[A-J])\b|^\s*(?P<lead>[A-J])[.):]\s",
+    r"(?<![\w(])\((?P<paren>[A-J])\)|\b(?i:option|choice)\s+\(?(?P<named>[A-J])\b|^\s*(?P<lead>[A-J])[.):]\s",
     re.MULTILINE,
 )
 _LETTER_THEN_TEXT = re.compile(r"(?<![\w(])(?P<letter>[A-J])[.):]\s+")
@@ -226,6 +253,26 @@ _OPTION_LIST = re.compile(r"(?:^[ \t]*\(?[A-J][.)][ \t]+\S[^\n]*\n?){3,}", re.MU
 # Where an option's label ends after its letter: "B. Ceftriaxone, because …".
 _LABEL_END = re.compile(r"[.;,:!?(]\s|\s[-\u2013]\s|\s(?:because|as|since|which)\s")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+# A JSON (or Python dict) answer field: "answer", "answer_choice", "final_answer",
+# "correct_answer", "selected_option" … with a string or bare value. Structured replies
+# (response_format=json pipelines) keep their reasoning in another field, which may name other
+# options and even say "the answer is A" while weighing it.
+_ANSWER_FIELD = re.compile(
+    r"""["'](?P<key>(?:final[ _]?|correct[ _]?|best[ _]?)?answer(?:[ _](?:choice|letter|option"""
+    r"""|key|idx|index))?|(?:selected|chosen)[ _](?:option|answer|choice))["']\s*:\s*"""
+    r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[A-Ja-j])\b)""",
+    re.IGNORECASE,
+)
+
+
+def _structured_answers(text: str) -> list[str]:
+    """The values of every answer field of a JSON reply, in order."""
+    return [
+        m.group("dq") if m.group("dq") is not None else m.group("sq") or m.group("bare") or ""
+        for m in _ANSWER_FIELD.finditer(text)
+    ]
 
 
 def _option_by_text(value: str, options: Mapping[str, str]) -> str | None:
@@ -387,6 +434,47 @@ def _cut_runaway(text: str, options: Mapping[str, str]) -> str:
     return text
 
 
+# How a reply opening with its answer opens: a letter, maybe in brackets, maybe followed by
+# "." / ".." / ":" / ")" ("B.. Explanation", "(B) Ceftriaxone", "A (Ampicillin).").
+_OPENING = re.compile(r"^[\(\[]?(?P<letter>[A-J])[\)\]]?(?P<mark>\.{1,2}|:|\))?(?=\s|$|\()")
+# After the opening letter, a word that starts the explanation of a given answer.
+_EXPLAINS = re.compile(
+    r"^(?:explanation|rationale|reason(?:ing)?|because|justification|is\s+(?:the\s+)?correct"
+    r"|is\s+the\s+(?:best|right|answer)|[\-\u2013\u2014])\b",
+    re.IGNORECASE,
+)
+
+
+def _answer_first(text: str, options: Mapping[str, str]) -> str | None:
+    """The letter a reply opens with, when it opens with its answer ("B. Ceftriaxone", then
+    discussion of the other options), else None.
+
+    The opening must be unmistakable: the letter alone on the first line, or followed by its
+    own option text, or by an explanation keyword ("B.. Explanation"). "A 45-year-old …",
+    "A: Let's think step by step" and an option list ("A. …" / "B. …" / "C. …") do not open
+    with an answer.
+    """
+    first = strip_markup(_first_line(text))
+    match = _OPENING.match(first)
+    if not match or match.group("letter") not in options:
+        return None
+    if _SEVERAL_LETTERS.match(first):
+        return None
+    letter = match.group("letter")
+    rest = first[match.end() :].strip()
+    block = _OPTION_LIST.search(text)
+    if block and block.start() <= text.find(_first_line(text)):
+        return None  # the reply opens by listing options
+    if rest:
+        label = rest.lstrip("(").split(")")[0] if rest.startswith("(") else rest
+        named = _option_by_text(label[: 2 * len(options[letter]) + 8], options)
+        own = normalize_answer(options[letter])
+        opens_with_own = bool(own) and f"{normalize_answer(label)} ".startswith(f"{own} ")
+        if not (opens_with_own or (named in (None, letter) and _EXPLAINS.match(rest))):
+            return None
+    return letter
+
+
 def extract_choice(answer_text: str, options: Mapping[str, str] | Sequence[str]) -> str | None:
     """The option letter the answer part picks, or None (no answer or several answers).
 
@@ -398,18 +486,69 @@ def extract_choice(answer_text: str, options: Mapping[str, str] | Sequence[str])
     followed by an explanation), the one letter marked anywhere, the last sentence when it
     names exactly one option (by letter or text), and a short text naming one option's text.
     """
+    return read_choice(answer_text, options)[0]
+
+
+class Reading(StrEnum):
+    """How an answer was read (reported per benchmark and model)."""
+
+    STRUCTURED = "structured field"
+    """An answer field of a JSON reply."""
+    STATEMENT = "statement"
+    """An explicit statement: "Answer: B", "the answer is B", boxed, a "Final Answer" heading."""
+    ANSWER_FIRST = "answer-first"
+    """The reply opens with its answer ("B. Ceftriaxone", then discussion)."""
+    INFERRED = "inferred"
+    """No statement: the closing sentence, a short first line, the one option mentioned."""
+    UNANSWERED = "unanswered"
+    """No answer, or several (a hedge)."""
+
+
+def read_choice(
+    answer_text: str, options: Mapping[str, str] | Sequence[str]
+) -> tuple[str | None, Reading]:
+    """:func:`extract_choice` and how the answer was read."""
     opts = option_map(options)
-    text = _cut_runaway(answer_text.strip(), opts)
+    text = _QUOTED_LETTER.sub(r"\2", answer_text.translate(_QUOTES)).strip()
+    for value in reversed(_structured_answers(text)):
+        picked = _choice_from_statement(value, opts)
+        if picked is not None:
+            return (
+                (None, Reading.UNANSWERED) if picked == _AMBIGUOUS else (picked, Reading.STRUCTURED)
+            )
+    text = _cut_runaway(text, opts)
     if not text:
-        return None
+        return None, Reading.UNANSWERED
+    picked = _from_statements(text, opts)
+    if picked is not None:
+        return (None, Reading.UNANSWERED) if picked == _AMBIGUOUS else (picked, Reading.STATEMENT)
+    if _SEVERAL_LETTERS.match(strip_markup(_first_line(text))):
+        return None, Reading.UNANSWERED  # opens with a hedge ("A or B. …") and states nothing
+    first = _answer_first(text, opts)
+    if first is not None:
+        return first, Reading.ANSWER_FIRST
+    inferred = _inferred(text, opts)
+    return (inferred, Reading.INFERRED) if inferred else (None, Reading.UNANSWERED)
+
+
+def _from_statements(text: str, opts: Mapping[str, str]) -> str | None:
+    """The letter the last statement naming an option picks; ``_AMBIGUOUS`` for a hedge
+    (unless the closing sentence settles it); None without a statement naming an option."""
     last = _last_sentence(text)
     for _, value in reversed(_statement_spans(text)):
         picked = _choice_from_statement(value, opts)
         if picked == _AMBIGUOUS and value not in _last_line(text):
             # "The answer is A or C. On balance, (C) fits best.": the closing sentence decides.
-            return _choice_from_last_sentence(last, opts)
+            return _choice_from_last_sentence(last, opts) or _AMBIGUOUS
         if picked is not None:
-            return None if picked == _AMBIGUOUS else picked
+            return picked
+    return None
+
+
+def _inferred(text: str, opts: Mapping[str, str]) -> str | None:
+    """Without a statement: the closing sentence's marked letter, a short first line, the one
+    letter marked anywhere, the option the closing sentence names, a short text's option."""
+    last = _last_sentence(text)
     marked_last = _marked_in_sentence(last, opts)
     if len(marked_last) == 1:
         return marked_last.pop()

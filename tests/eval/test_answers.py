@@ -361,20 +361,123 @@ def test_a_run_on_into_an_invented_question_keeps_the_first_answer() -> None:
 
 
 def test_think_less_output_is_all_answer_and_verifier_agrees() -> None:
+    text = "To answer this, consider Iwanowsky (I) and Beijerinck (F).\nThe answer is I."
+    assert grade_response(text, "I", "choice", MMLU_PRO_OPTIONS).correct
+    assert verifier_accepts(text, "I", MMLU_PRO_OPTIONS)
+
+
+def verifier_accepts(text: str, answer: str, options: dict[str, str]) -> bool:
+    """Whether the curation verifier keeps ``text`` as a correct trace (no think required)."""
     from medsft_pipelines.curation.sample import Sample
     from medsft_pipelines.curation.verify import ACCEPTED, verify
     from medsft_pipelines.specs.curation import VerificationSpec
 
-    text = "To answer this, consider Iwanowsky (I) and Beijerinck (F).\nThe answer is I."
-    assert grade_response(text, "I", "choice", MMLU_PRO_OPTIONS).correct
     sample = Sample(
         id="q1",
         source="test",
         task_type="mcq",
         modality="text",
-        question="Who first showed a filterable infectious agent?",
-        answer="I",
-        options=list(MMLU_PRO_OPTIONS.values()),
+        question="Which one?",
+        answer=answer,
+        options=list(options.values()),
     )
-    spec = VerificationSpec(require_think=False)
-    assert verify(sample, text, "option", spec).reason == ACCEPTED
+    return verify(sample, text, "option", VerificationSpec(require_think=False)).reason == ACCEPTED
+
+
+# --------------------------------------------------------------------- formats of other pipelines
+# Issue 26: reply formats of other public medical evaluation pipelines (structured JSON,
+# answer-first) and openings the statement patterns missed. Each case failed before.
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ('{"answer": "B"}', "B"),
+        ('```json\n{"answer_choice": "B", "explanation": "Option A is wrong."}\n```', "B"),
+        # The reasoning field names another option (and even "the answer is A"): the field wins.
+        (
+            '{"reasoning": "A is tempting, and one might say the answer is A, but pregnancy '
+            'rules out D.", "answer": "B"}',
+            "B",
+        ),
+        ('{"answer": "B. Ceftriaxone"}', "B"),
+        ('{"Answer": "(B)"}\n\n{"Answer": "(B)"}', "B"),  # repeated
+        ('{"answer": "Ceftriaxone"}', "B"),
+        ('Step by step: A is wrong.\n```json\n{\n  "final_answer": "E"\n}\n```', "E"),
+    ],
+)
+def test_json_answer_fields(answer: str, letter: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) == letter
+
+
+def test_json_answer_field_naming_several_options_is_none() -> None:
+    assert extract_choice('{"answer": "A or B"}', MEDQA_OPTIONS) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        # Answer first, then a discussion that names other options.
+        (
+            "B. Ceftriaxone\n\nCeftriaxone treats gonorrhoea. Doxycycline (D) is avoided in "
+            "pregnancy and ampicillin (A) does not cover it.",
+            "B",
+        ),
+        # Answer first, then the other options listed as wrong.
+        (
+            "B. Ceftriaxone\n\nExplanation: first-line in pregnancy. The other options are not "
+            "the best choice:\nA. Ampicillin: resistance.\nD. Doxycycline: contraindicated.\n"
+            "E. Nitrofurantoin: no gonococcal cover.",
+            "B",
+        ),
+        ("(B) Ceftriaxone is first-line; option D would harm the fetus.", "B"),
+    ],
+)
+def test_answer_first_replies(answer: str, letter: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) == letter
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        # Each opening is followed by a mention of another option, which used to win.
+        ("B.. Explanation: ceftriaxone is first-line; option (D) is contraindicated.", "B"),
+        ("'C'. A beta blocker lowers the rate; option (A) is irrelevant.", "C"),
+        ("\u201cC\u201d. A beta blocker lowers the rate; option (A) is irrelevant.", "C"),
+        ("The answer is \u2018D\u2019.", "D"),
+        ("A (Ampicillin). It covers the organism, unlike (D).", "A"),
+        ("B\n\nExplanation: Option D is contraindicated.", "B"),
+        # A "Final Answer" heading, the letter on the next line, discussion after it.
+        ("## Final Answer\nB\n\nOption (D) is wrong.", "B"),
+        ("## Step 1: (D) is contraindicated.\n## Final Answer\nB\nThe others (A), (D) fail.", "B"),
+        ("## Final Answer\n\n**B**\n\nWhy not D: teratogenic. Why not (E): no cover.", "B"),
+        ("### Final Answer\n(B)\n### Explanation\nOption D and option E are wrong.", "B"),
+    ],
+)
+def test_openings_and_headings(answer: str, letter: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) == letter
+
+
+def test_rh_d_is_not_a_mention_of_option_d() -> None:
+    text = "The mother is Rh(D) negative, so anti-D prophylaxis is given.\nB"
+    assert extract_choice(text, MEDQA_OPTIONS) == "B"
+    assert extract_choice("She is Rh(D) negative; give (B).", MEDQA_OPTIONS) == "B"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "A or B. Both could fit; option D is out.",
+        '{"answer": "A, B"}',
+        "## Final Answer\nA or C",
+    ],
+)
+def test_new_formats_keep_hedges_unanswered(answer: str) -> None:
+    assert extract_choice(answer, MEDQA_OPTIONS) is None
+
+
+def test_the_curation_verifier_reads_the_new_formats_too() -> None:
+    # One implementation: a JSON reply the eval reads as B is accepted by the verifier as B.
+    text = '{"reasoning": "A is tempting but wrong.", "answer": "B"}'
+    assert grade_response(text, "B", "choice", MEDQA_OPTIONS).correct
+    assert verifier_accepts(text, "B", MEDQA_OPTIONS)
