@@ -156,6 +156,39 @@ def test_spec_edits_start_generations_that_reuse_unchanged_stages(cluster, stora
     assert cluster.find("CurationJob", "git-curation-g1") and cluster.find("EvalJob", "git-eval-g3")
 
 
+def test_dropping_an_eval_only_benchmark_keeps_the_dataset_and_the_model(
+    cluster, storage, operator
+):
+    """Curation protects only pubmedqa itself; medqa is protected because eval scores it.
+    Dropping medqa from eval leaves the dataset valid (it was decontaminated against a
+    superset), so generation 2 reuses curation and SFT: the reconciler reads the benchmark
+    set from generation 1's CurationJob (issue 22). The old planner re-hashed the smaller
+    set and re-curated and re-trained."""
+    spec = run_spec(storage)
+    spec["curation"]["spec"]["decontamination"] = {"benchmarks": [{"name": "pubmedqa"}]}
+    cluster.create(resource("MedSFTRun", "drop", spec, annotations=HELD))
+    drive = RunDriver(cluster, storage, "drop")
+    drive.curation()
+    protected = cluster.get("CurationJob", "drop-curation-g1")["spec"]["decontamination"]
+    assert [b["name"] for b in protected["benchmarks"]] == ["medqa", "pubmedqa"]
+    drive.sft()
+    drive.eval()
+    cluster.wait_phase("MedSFTRun", "drop", "Succeeded")
+
+    only = [{"name": "pubmedqa", "distribution": "in"}]
+    cluster.patch("MedSFTRun", "drop", {"spec": {"eval": {"spec": {"benchmarks": only}}}})
+    drive.eval(2, scores={"pubmedqa": 0.6})
+    status = cluster.wait_phase("MedSFTRun", "drop", "Succeeded")
+    record = status["history"][0]
+    assert record["generation"] == 2
+    assert (record["curationJob"], record["sftJob"], record["evalJob"]) == (
+        "drop-curation-g1",
+        "drop-sft-g1",
+        "drop-eval-g2",
+    )
+    assert cluster.find("CurationJob", "drop-curation-g2") is None
+
+
 def test_deletion_applies_the_artifact_policy(cluster, storage, operator):
     for name, policy in (("keep", "Retain"), ("wipe", "Delete")):
         cluster.create(
