@@ -7,7 +7,7 @@ phases and conditions move together; transitions become Events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -105,6 +105,30 @@ def trainjob_state(job: Mapping[str, Any]) -> ChildState:
     return ChildState("Pending", "Submitted", "waiting for Kubeflow Trainer to start the JobSet")
 
 
+#: How long after its deletion deadline a pod still counts as running. A kubelet that is up
+#: ends a deleted pod within its grace period; one still there well after it sits on a node
+#: that does not answer (it stays Terminating until the node returns or is removed), and
+#: waiting for it would strand the run.
+LOST_POD_AFTER_S = 300
+
+
+def live_pods(pods: Sequence[Mapping[str, Any]], at: datetime) -> list[str]:
+    """Names of the pods that still run or may (not terminated, not lost on a dead node)."""
+    live = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        # The apiserver sets deletionTimestamp to when the grace period ends.
+        deadline = meta.get("deletionTimestamp")
+        if deadline:
+            past = at - datetime.fromisoformat(deadline.replace("Z", "+00:00"))
+            if past.total_seconds() > LOST_POD_AFTER_S:
+                continue
+        live.append(str(meta.get("name")))
+    return live
+
+
 # ------------------------------------------------------------------------------ Kueue
 
 
@@ -122,6 +146,9 @@ class QueueState:
     readmitted: str | None = None
     """Message of the eviction that re-admission ended (Kueue's "Previously: ...")."""
     evictions: int = 0
+    ended: tuple[str, str] | None = None
+    """(reason, message) when Kueue will never admit the workload again (deactivated): the
+    job stays suspended for good, so waiting is pointless; the stage ends this attempt."""
 
 
 # Kueue's QuotaReserved=False reasons, in medsft's words (others are passed through).
@@ -173,8 +200,18 @@ def _workload_state(workload: Mapping[str, Any] | None, local_queue: str) -> Que
         "readmitted": readmitted,
         "evictions": evictions,
     }
-    if true("Finished") is not None:
+    if (c := true("Finished")) is not None:
+        reason = c.get("reason") or "Finished"
+        if reason != "Succeeded":
+            # Kueue finished it as failed (e.g. a rejected admission check) while its job,
+            # not terminal yet (terminal children are never looked up), stays suspended.
+            message = f"Kueue finished workload {name} ({reason}): {c.get('message') or ''}"
+            return QueueState(True, reason, message, ended=(reason, message), **common)
         return QueueState(False, "Finished", "the workload finished", **common)
+    if (ended := _deactivated(workload, evicted)) is not None:
+        reason, message = ended
+        message = f"Kueue deactivated workload {name} ({reason}): {message}"
+        return QueueState(True, reason, message, ended=(reason, message), **common)
     if true("Admitted") is not None and evicted is None:
         queue = admission.get("clusterQueue")
         return QueueState(
@@ -202,10 +239,30 @@ def _workload_state(workload: Mapping[str, Any] | None, local_queue: str) -> Que
     return QueueState(True, "WaitingForQuota", f"waiting in LocalQueue {local_queue}", **common)
 
 
+def _deactivated(
+    workload: Mapping[str, Any], evicted: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    """(Kueue's reason, message) when the workload is deactivated (``spec.active: false``,
+    set by an admin or by waitForPodsReady's requeuing limit): Kueue never re-queues it, so
+    its job stays suspended for good. None for a workload Kueue may still admit."""
+    if (workload.get("spec") or {}).get("active") is not False:
+        return None
+    if evicted is not None:
+        return evicted
+    return "Deactivated", "spec.active is false: Kueue will not admit it again"
+
+
 def _bounded(state: QueueState) -> QueueState:
     evicted = state.evicted and (state.evicted[0], _short(state.evicted[1]))
     readmitted = state.readmitted and _short(state.readmitted)
-    return replace(state, message=_short(state.message), evicted=evicted, readmitted=readmitted)
+    ended = state.ended and (state.ended[0], _short(state.ended[1]))
+    return replace(
+        state,
+        message=_short(state.message),
+        evicted=evicted,
+        readmitted=readmitted,
+        ended=ended,
+    )
 
 
 def apply_queue(

@@ -63,6 +63,8 @@ WORKLOADS = ResourceType("kueue.x-k8s.io", "v1beta2", "workloads", "Workload")
 CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 SECRETS = ResourceType("", "v1", "secrets", "Secret")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
+# Read only: a failed training attempt's pods, awaited before the next attempt starts.
+PODS = ResourceType("", "v1", "pods", "Pod")
 
 BY_KIND = {
     rt.kind: rt

@@ -65,6 +65,8 @@ NAMESPACED_RULES: list[Rule] = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # A failed attempt's pods must be gone before the next attempt starts (never two beside).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 ]
 
 

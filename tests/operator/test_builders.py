@@ -200,9 +200,11 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
     assert spec["nprocPerNode"] == "8"
     assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
     assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
-    # One retry budget: the operator's attempts (backoffLimit 5); the PyTorchJob restarts nothing.
+    # One retry budget: the operator's attempts (backoffLimit 5); the PyTorchJob restarts
+    # nothing, and a failed attempt leaves no pod behind to hold GPUs beside the next one.
     assert spec["runPolicy"] == {
         "backoffLimit": 0,
+        "cleanPodPolicy": "All",
         "suspend": True,
         "schedulingPolicy": {"minAvailable": 4, "priorityClass": "high"},
     }

@@ -5,6 +5,7 @@ controllers)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,46 @@ def test_admission_names_the_cluster_queue_and_eviction_says_why():
     )
     assert not readmitted.waiting and readmitted.evicted is None
     assert readmitted.readmitted == "Previously: Preempted to accommodate a workload"
+
+
+REQUEUE_LIMIT = (
+    "The workload is deactivated due to exceeding the maximum number of re-queuing retries"
+)
+
+
+def test_a_deactivated_workload_ends_the_wait_with_kueues_reason():
+    """``spec.active: false`` (an admin, or waitForPodsReady's requeuing limit): Kueue never
+    re-queues the workload, so its job would stay suspended for good."""
+    limit = workload(
+        ("Evicted", "True", "Deactivated", REQUEUE_LIMIT),
+        ("Requeued", "False", "Deactivated", REQUEUE_LIMIT),
+        schedulingStats={"evictions": [{"reason": "PodsReadyTimeout", "count": 3}]},
+    )
+    limit["spec"] = {"active": False}
+    state = fold.workload_state(limit, "gpu")
+    assert state.ended == (
+        "Deactivated",
+        f"Kueue deactivated workload {limit['metadata']['name']} (Deactivated): {REQUEUE_LIMIT}",
+    )
+    assert state.reason == "Deactivated" and state.evictions == 3
+    # Deactivated before Kueue wrote any condition: still ended, with a reason of our own.
+    admin = workload(("QuotaReserved", "False", "Pending", INSUFFICIENT))
+    admin["spec"] = {"active": False}
+    assert fold.workload_state(admin, "gpu").ended[0] == "Deactivated"
+    # Finished as failed by Kueue (a rejected admission check) while the job is suspended.
+    rejected = workload(("Finished", "True", "AdmissionChecksRejected", "check gpu rejected"))
+    assert fold.workload_state(rejected, "gpu").ended == (
+        "AdmissionChecksRejected",
+        f"Kueue finished workload {rejected['metadata']['name']} (AdmissionChecksRejected): "
+        "check gpu rejected",
+    )
+    done = workload(("Finished", "True", "Succeeded", "Job finished successfully"))
+    assert fold.workload_state(done, "gpu").ended is None
+    # An eviction Kueue undoes (preemption) and an active workload are not ended.
+    preempted = workload(("Evicted", "True", "Preempted", "Preempted to accommodate"))
+    preempted["spec"] = {"active": True}
+    assert fold.workload_state(preempted, "gpu").ended is None
+    assert fold.workload_state(workload(("Evicted", "True", "Preempted", "x")), "gpu").ended is None
 
 
 def test_queue_conditions_follow_the_workload_through_admission_and_eviction():
@@ -253,3 +294,27 @@ def test_the_status_patch_removes_nested_fields_that_are_gone():
         "phase": "Queued",
         "queue": {"clusterQueue": None, "localQueue": "gpu", "evictions": 1},
     }
+
+
+def test_a_failed_attempts_pods_count_until_terminated_or_lost():
+    """The next attempt waits for these; a pod deleted long ago (its node does not answer)
+    no longer holds it back, or a lost node would strand the run."""
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def pod(name: str, phase: str, grace_ended_s_ago: int | None = None) -> dict:
+        meta: dict = {"name": name}
+        if grace_ended_s_ago is not None:  # the apiserver's format: RFC 3339, "Z"
+            ended = at - timedelta(seconds=grace_ended_s_ago)
+            meta["deletionTimestamp"] = ended.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    pods = [
+        pod("running", "Running"),
+        pod("pending", "Pending"),
+        pod("terminating", "Running", grace_ended_s_ago=-20),
+        pod("slow", "Running", grace_ended_s_ago=fold.LOST_POD_AFTER_S - 1),
+        pod("finished", "Succeeded"),
+        pod("failed", "Failed"),
+        pod("lost", "Running", grace_ended_s_ago=fold.LOST_POD_AFTER_S + 1),
+    ]
+    assert fold.live_pods(pods, at) == ["running", "pending", "terminating", "slow"]

@@ -277,3 +277,79 @@ def test_an_unknown_benchmark_is_a_condition_not_a_pod(cluster, storage, operato
     assert "unknown benchmark 'usmle-step9'" in status["message"]
     assert cluster.jobs() == [] and cluster.list("SFTJob") == []
     assert [e["metadata"]["name"] for e in cluster.list("EvalJob")] == ["typo"]
+
+
+def test_the_next_attempt_waits_until_the_failed_attempts_pods_are_gone(cluster, storage, operator):
+    """A survivor of attempt a0 (here a pod no kubelet runs: it stays Pending, as a rank
+    blocked in a collective stays Running) would hold GPUs and write checkpoints beside a1.
+    The PyTorchJob's cleanPodPolicy: All has the training operator delete them; the operator
+    starts a1 only once they are gone. Before: a1 was created at once."""
+    from kubernetes import client
+
+    dataset = f"s3://{storage.bucket}/datasets/survivor"
+    storage.write_dataset(dataset)
+    spec = sft_spec(storage, dataset={"manifestUri": f"{dataset}/manifest.json"}, nodes=1)
+    cluster.create(resource("SFTJob", "ft", spec, annotations={f"{FAKE}outcome": "Running"}))
+    first = wait_for(lambda: cluster.pytorchjob("ft-a0"), what="PyTorchJob ft-a0")
+    assert first["spec"]["runPolicy"]["cleanPodPolicy"] == "All"
+    labels = first["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    survivor = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="ft-a0-master-0", labels=labels),
+        spec=client.V1PodSpec(
+            containers=[client.V1Container(name="pytorch", image="registry.example/trainer:1")]
+        ),
+    )
+    cluster.core.create_namespaced_pod(cluster.namespace, survivor)
+
+    cluster.steer("ft-a0", "Failed")
+    waiting = wait_for(
+        lambda: (
+            (s := cluster.status("SFTJob", "ft")).get("conditions")
+            and cluster.condition("SFTJob", "ft", "Progressing")["reason"] == "WaitingForPods"
+            and s
+        ),
+        what="Progressing: WaitingForPods",
+    )
+    assert "1 pod(s)" in waiting["message"] and waiting["phase"] == "Running", waiting
+    # Three more polls of the SFTJob (the operator polls every second): still no a1.
+    polls = operator.metric("medsft_reconciles_total", kind="SFTJob", trigger="poll")
+    wait_for(
+        lambda: (
+            operator.metric("medsft_reconciles_total", kind="SFTJob", trigger="poll") >= polls + 3
+        ),
+        what="three more polls",
+    )
+    assert [j["metadata"]["name"] for j in cluster.pytorchjobs()] == ["ft-a0"]
+    assert cluster.condition("SFTJob", "ft", "Progressing")["reason"] == "WaitingForPods"
+
+    cluster.core.delete_namespaced_pod("ft-a0-master-0", cluster.namespace, grace_period_seconds=0)
+    wait_for(lambda: cluster.pytorchjob("ft-a1"), what="attempt a1 once the pod is gone")
+    status = wait_for(
+        lambda: (s := cluster.status("SFTJob", "ft")).get("restarts") == 1 and s, what="restarts 1"
+    )
+    assert status["phase"] == "Running"
+
+
+def test_an_sft_job_refuses_checkpoints_of_another_shape(cluster, storage, operator):
+    """The output already holds checkpoints of a 1-node x 4-GPU job (a reused outputUri, or a
+    standalone SFTJob whose nodes were changed): a 2-node job would find no step complete on
+    both nodes and train from step 0 without a word. It fails before starting, naming both."""
+    import tempfile
+    from pathlib import Path
+
+    from medsft_pipelines.storage.checkpoints import CheckpointStore, Shape
+
+    dataset = f"s3://{storage.bucket}/datasets/reshaped"
+    storage.write_dataset(dataset)
+    output = f"s3://{storage.bucket}/{cluster.namespace}/grown/g1/sft"
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "model.bin").write_bytes(b"weights")
+        node0 = CheckpointStore(storage.store(f"{output}/checkpoints/node-000"))
+        node0.upload(folder, 300, metadata=Shape(1, 4).record())
+    spec = sft_spec(storage, dataset={"manifestUri": f"{dataset}/manifest.json"}, nodes=2)
+    cluster.create(resource("SFTJob", "grown", spec, annotations={f"{FAKE}outcome": "Running"}))
+    status = cluster.wait_phase("SFTJob", "grown", "Failed")
+    assert cluster.condition("SFTJob", "grown", "Failed")["reason"] == "TopologyChanged"
+    assert "1 node(s) x 4 process(es) (world size 4)" in status["message"], status
+    assert "2 node(s) x 4 process(es) (world size 8)" in status["message"], status
+    assert cluster.pytorchjobs() == []

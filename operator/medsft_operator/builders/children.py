@@ -268,6 +268,9 @@ def pytorch_job(
     queued = _queue(spec)
     run_policy: Manifest = {
         "backoffLimit": 0,  # one retry budget: the operator's attempts (see the docstring)
+        # A failed attempt's survivors (a rank blocked in a collective, a Worker recreated to
+        # wait for a gone Master) would hold GPUs and upload or prune beside the next one.
+        "cleanPodPolicy": "All",
         "schedulingPolicy": scheduling,
     }
     if queued:

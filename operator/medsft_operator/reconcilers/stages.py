@@ -34,11 +34,13 @@ from medsft_operator.builders.stage_children import (
     sft_children,
     stage_inputs,
 )
+from medsft_operator.fold import StatusT
 from medsft_operator.kube import (
     CONFIGMAPS,
     CURATIONJOBS,
     EVALJOBS,
     JOBS,
+    PODS,
     PYTORCHJOBS,
     SFTJOBS,
     TRAINJOBS,
@@ -50,10 +52,12 @@ from medsft_operator.kube import (
 from medsft_operator.plan import PlanError, project, storage_key
 from medsft_operator.reconcilers.base import Reconciler
 from medsft_pipelines.contract import Spec
+from medsft_pipelines.sft.layout import CHECKPOINTS
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec
+from medsft_pipelines.storage.checkpoints import Shape, shape_conflict
 from medsft_pipelines.storage.progress import METRICS_PREFIX
 
 
@@ -160,6 +164,17 @@ class StageReconciler(Reconciler):
         return fold.apply_queue(status, queue, local_queue, gen), queue
 
 
+def queued(status: StatusT, queue: fold.QueueState | None, gen: int | None) -> StatusT | None:
+    """The status of a batch-Job stage that Kueue holds: Queued while it waits, Failed with
+    Kueue's reason once Kueue will never admit it (deactivated); None when Kueue holds nothing."""
+    if queue is not None and queue.ended is not None:
+        reason, message = queue.ended
+        return fold.apply_phase(status, "Failed", reason, message, gen)
+    if queue is not None and queue.waiting:
+        return fold.apply_phase(status, "Queued", queue.reason, queue.message, gen)
+    return None
+
+
 def active_phase(status: StatusBase, state: fold.ChildState) -> Phase:
     """The child's phase, except that a stage that has started stays Running while a
     retry or the next step is still starting."""
@@ -239,8 +254,8 @@ class CurationReconciler(StageReconciler):
         if state.phase == "Succeeded":  # the merge is done: the dataset must be there
             return await self._dataset_ready(status, namespace, storage, inputs.output_uri, gen)
         status, queue = await self.fold_queue(status, current, state, gen)
-        if queue is not None and queue.waiting:
-            return fold.apply_phase(status, "Queued", queue.reason, queue.message, gen)
+        if (held := queued(status, queue, gen)) is not None:
+            return held
         if poll:
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
@@ -348,6 +363,10 @@ class SFTReconciler(StageReconciler):
             )
 
         attempts = await self._attempts(backend, namespace, name, body)
+        if not attempts and (
+            refusal := await self._shape_refusal(namespace, storage, output, spec)
+        ):
+            return fold.apply_phase(status, "Failed", "TopologyChanged", refusal, gen)
         if not attempts:
             config_map, first = children(0)
             job = await self.ensure_child(
@@ -372,9 +391,19 @@ class SFTReconciler(StageReconciler):
         if poll or state.phase in fold.TERMINAL:
             status = await self._fold_progress(status, namespace, storage, output, spec.nodes)
 
-        if state.phase == "Failed":
+        async def failed(state: fold.ChildState, status: SFTJobStatus) -> StatusBase:
+            """Attempt ``attempt`` ended without a model: the next one, or Failed once the
+            retry budget is spent."""
             failed = job["metadata"]["name"]
             if attempt < spec.backoff_limit:
+                if running := await self._live_pods(namespace, name, attempt):
+                    message = (
+                        f"{backend.kind} {failed} failed ({state.reason}); attempt "
+                        f"{attempt + 2} starts once its {running} pod(s) have terminated"
+                    )
+                    return fold.apply_phase(status, "Running", "WaitingForPods", message, gen)
+                if refusal := await self._shape_refusal(namespace, storage, output, spec):
+                    return fold.apply_phase(status, "Failed", "TopologyChanged", refusal, gen)
                 resume = status.latest_checkpoint_uri
                 config_map, retry = children(attempt + 1)
                 self.ctx.events.post(
@@ -384,7 +413,7 @@ class SFTReconciler(StageReconciler):
                     f"{backend.kind} {failed} failed ({state.reason}); attempt {attempt + 2} of "
                     f"{spec.backoff_limit + 1} resumes from {resume or 'the start'}",
                 )
-                job = await self.ensure_child(
+                created = await self.ensure_child(
                     backend.rt,
                     retry["metadata"]["name"],
                     body,
@@ -393,13 +422,19 @@ class SFTReconciler(StageReconciler):
                     new=True,  # newer than every listed attempt
                 )
                 status = status.model_copy(
-                    update={backend.status_field: job["metadata"]["name"], "restarts": attempt + 1}
+                    update={
+                        backend.status_field: created["metadata"]["name"],
+                        "restarts": attempt + 1,
+                    }
                 )
                 return fold.apply_phase(
                     status, "Running", "Retrying", f"retrying after {state.reason}", gen
                 )
             message = f"{backend.kind} {failed} failed ({state.reason}) after {attempt + 1} attempt(s): {state.message}"
             return fold.apply_phase(status, "Failed", state.reason, message, gen)
+
+        if state.phase == "Failed":
+            return await failed(state, status)
         if state.phase == "Succeeded":
             model = layout.model_uri(output)
             marker = layout.join_uri(output, layout.SFT_EXPORT_MARKER)
@@ -413,6 +448,11 @@ class SFTReconciler(StageReconciler):
         # An eviction re-suspends this same job: no new attempt, no retry spent; when
         # Kueue re-admits it, its pods start again and resume from the newest checkpoint.
         status, queue = await self.fold_queue(status, job, state, gen)
+        if queue is not None and queue.ended is not None:
+            # Kueue will never admit this attempt again (its job would wait suspended for
+            # good): it has failed, with Kueue's reason, and spends an attempt.
+            reason, message = queue.ended
+            return await failed(fold.ChildState("Failed", reason, message), status)
         if queue is not None and queue.waiting:
             message = queue.message
             if queue.evicted is not None:
@@ -458,6 +498,32 @@ class SFTReconciler(StageReconciler):
             if label.isdigit():
                 found[int(label)] = job
         return found
+
+    async def _shape_refusal(
+        self, namespace: str, storage: StorageSpec, output: str, spec: SFTJobSpec
+    ) -> str | None:
+        """Why an attempt of ``spec``'s shape must not start on the checkpoints already in
+        ``output`` (written by a job of other nodes x GPUs: its trainer would refuse them,
+        attempt after attempt, where before it silently trained from step 0), or None."""
+        if not spec.checkpointing.resume:
+            return None
+        root = await self.ctx.storage.store(
+            namespace, storage, layout.join_uri(output, CHECKPOINTS)
+        )
+        shape = Shape(spec.nodes, spec.gpus_per_node)
+        return await self.ctx.storage.call(lambda: shape_conflict(root, shape))
+
+    async def _live_pods(self, namespace: str, name: str, attempt: int) -> int:
+        """How many pods of attempt ``attempt`` still run (or may). The PyTorchJob's
+        ``cleanPodPolicy: All`` deletes them; until they are gone, a survivor would hold GPUs
+        and write checkpoints beside the next attempt."""
+        selector = {
+            names.OWNER_KIND: "SFTJob",
+            names.OWNER_NAME: name,
+            names.ATTEMPT: str(attempt),
+        }
+        pods = await self.ctx.kube.list(PODS, namespace, selector)
+        return len(fold.live_pods(pods, fold.now()))
 
     async def _fold_progress(
         self, status: SFTJobStatus, namespace: str, storage: StorageSpec, output: str, nodes: int
@@ -556,8 +622,8 @@ class EvalReconciler(StageReconciler):
             )
             return fold.apply_phase(status, "Succeeded", "Evaluated", message, gen)
         status, queue = await self.fold_queue(status, job, state, gen)
-        if queue is not None and queue.waiting:
-            return fold.apply_phase(status, "Queued", queue.reason, queue.message, gen)
+        if (held := queued(status, queue, gen)) is not None:
+            return held
         if poll:
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
