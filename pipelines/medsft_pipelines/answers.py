@@ -32,7 +32,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 THINK_START = "<think>"
@@ -722,6 +722,9 @@ class Grade:
     """Whether it matches the gold answer (always False when prediction is None)."""
     score: float
     """1.0/0.0 for closed kinds; token F1 for open answers."""
+    reading: str = Reading.UNANSWERED.value
+    """How the answer was read (a :class:`Reading`; "think + " in front when the response
+    reasoned in a closed think block first)."""
 
     @property
     def parsed(self) -> bool:
@@ -747,27 +750,42 @@ def grade_answer(
         gold_letter = gold_letter or _option_by_text(gold, opts)
         if gold_letter is None:
             raise ValueError("the gold answer names no option")
-        pred = extract_choice(answer_text, opts)
-        return _closed(pred, pred == gold_letter)
+        pred, reading = read_choice(answer_text, opts)
+        return replace(_closed(pred, pred == gold_letter), reading=reading.value)
     if kind is AnswerKind.YES_NO:
         pred = extract_yes_no(answer_text)
-        return _closed(pred, pred is not None and pred == normalize_answer(gold))
+        return _read(
+            _closed(pred, pred is not None and pred == normalize_answer(gold)), answer_text
+        )
     if kind is AnswerKind.LABEL:
         labels = list(option_map(options).values()) if options else []
         if not labels:
             raise ValueError("a label item needs its label set as options")
         pred = extract_label(answer_text, labels)
-        return _closed(pred, pred is not None and normalize_answer(pred) == normalize_answer(gold))
+        return _read(
+            _closed(pred, pred is not None and normalize_answer(pred) == normalize_answer(gold)),
+            answer_text,
+        )
     if kind is AnswerKind.NUMERIC:
         gold_number = parse_number(gold)
         if gold_number is None:
             raise ValueError("the gold answer is not a number")
         number = extract_number(answer_text)
         pred = None if number is None else f"{number:g}"
-        return _closed(pred, match_numeric(number, gold_number, rel_tol=rel_tol))
+        return _read(
+            _closed(pred, match_numeric(number, gold_number, rel_tol=rel_tol)), answer_text
+        )
     text = extract_open(answer_text)
     exact, f1 = match_open(text, gold)
-    return Grade(text, exact, f1)
+    return _read(Grade(text, exact, f1), answer_text)
+
+
+def _read(grade: Grade, answer_text: str) -> Grade:
+    """The reading of a grade of a kind other than choice: a statement when there is one."""
+    if grade.prediction is None:
+        return grade
+    reading = Reading.STATEMENT if answer_statements(answer_text) else Reading.INFERRED
+    return replace(grade, reading=reading.value)
 
 
 def grade_response(
@@ -784,7 +802,10 @@ def grade_response(
     An unclosed think block has no answer part and grades as unparseable.
     """
     split = split_think_answer(response, opened_in_prompt=opened_in_prompt)
-    return grade_answer(split.answer, gold, kind, options, rel_tol=rel_tol)
+    grade = grade_answer(split.answer, gold, kind, options, rel_tol=rel_tol)
+    if split.think and grade.parsed:
+        return replace(grade, reading=f"think + {grade.reading}")
+    return grade
 
 
 def _closed(prediction: str | None, correct: bool) -> Grade:

@@ -481,3 +481,25 @@ def test_the_curation_verifier_reads_the_new_formats_too() -> None:
     text = '{"reasoning": "A is tempting but wrong.", "answer": "B"}'
     assert grade_response(text, "B", "choice", MEDQA_OPTIONS).correct
     assert verifier_accepts(text, "B", MEDQA_OPTIONS)
+
+
+def test_how_an_answer_was_read() -> None:
+    from medsft_pipelines.answers import Reading, read_choice
+
+    cases = {
+        '{"reasoning": "not A", "answer": "B"}': ("B", Reading.STRUCTURED),
+        "Coverage matters.\nAnswer: B": ("B", Reading.STATEMENT),
+        "B. Ceftriaxone\n\nOption (D) is wrong.": ("B", Reading.ANSWER_FIRST),
+        "Ceftriaxone covers it, so (B).": ("B", Reading.INFERRED),
+        "The answer is A or B.": (None, Reading.UNANSWERED),
+    }
+    for text, expected in cases.items():
+        assert read_choice(text, MEDQA_OPTIONS) == expected, text
+    thought = grade_response(
+        "<think>\nweighing D\n</think>\n\nAnswer: B", "B", "choice", MEDQA_OPTIONS
+    )
+    assert thought.reading == "think + statement"
+    assert grade_response("<think>\nstill weighing", "B", "choice", MEDQA_OPTIONS).reading == (
+        "unanswered"
+    )
+    assert grade_answer("The answer is yes.", "yes", "yes_no").reading == "statement"

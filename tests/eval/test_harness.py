@@ -455,3 +455,15 @@ def test_the_sampling_protocol_is_recorded(evaluated) -> None:
     }
     report = (out / "report.md").read_text()
     assert "nothing taken from the checkpoint's generation_config" in report
+
+
+def test_how_answers_were_read_per_benchmark_and_model(evaluated) -> None:
+    _, results, out = evaluated
+    for row in results["benchmarks"]:
+        for label in ("model", "base"):
+            rows = _generations(out, label, row["name"])
+            counts = Counter(r["reading"] for r in rows)
+            assert row["readings"][label] == pytest.approx(
+                {reading: n / len(rows) for reading, n in counts.items()}
+            )
+    assert "## How answers were read" in (out / "report.md").read_text()

@@ -47,6 +47,8 @@ class Record:
     """Whether the end-of-think token had to be appended."""
     finished: bool
     """Whether the model ended the response itself."""
+    reading: str = "unanswered"
+    """How the answer was read (``answers.Reading``, "think + " in front after reasoning)."""
 
     @property
     def response_tokens(self) -> int:
@@ -60,7 +62,8 @@ class Record:
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> Record:
         """Inverse of :meth:`to_json`."""
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        # Files written before a field existed lack it: its default applies.
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import io
 import json
 import struct
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +82,13 @@ def protocol_of(gen: GenerationSpec) -> dict[str, Any]:
     }
 
 
+def readings(records: Sequence[Record]) -> dict[str, float]:
+    """Share of the generations whose answer was read each way (think + statement, structured
+    field, answer-first, statement, inferred, unanswered), most frequent first."""
+    counts = Counter(r.reading for r in records)
+    return {reading: n / len(records) for reading, n in counts.most_common()} if records else {}
+
+
 def build_results(
     config: EvalJobConfig,
     benchmarks: Sequence[Benchmark],
@@ -135,6 +142,7 @@ def build_results(
                 else None,
                 "parseable": parseable,
                 "parseable_delta": (parseable[model] - parseable[baseline]) if baseline else None,
+                "readings": {label: readings(by_bench[label]) for label in labels},
                 "majority_label": majority_label(b),
                 "top_prediction": {label: top_prediction(by_bench[label]) for label in labels},
             }
@@ -290,20 +298,16 @@ def markdown(results: Mapping[str, Any]) -> str:
             delta = results["deltas"][kind] if name is None else results["deltas"][kind][name]
             row += f" | {100 * delta:+.1f}"
         lines.append(row + " |")
-    lines += [
-        "",
-        "## Response length (tokens, all seeds)",
-        "",
-        "| benchmark | model | mean | median | p90 | think (mean) | answer (mean) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in results["benchmarks"]:
-        for label in results["models"]:
-            length = row["scores"][label]["length"]
-            lines.append(
-                f"| {row['name']} | {label} | {length['mean']:.0f} | {length['median']:.0f} | "
-                f"{length['p90']:.0f} | {length['think_mean']:.0f} | {length['answer_mean']:.0f} |"
-            )
+    lines += readings_markdown(results)
+    lines += _per_model_table(
+        results,
+        "Response length (tokens, all seeds)",
+        ["mean", "median", "p90", "think (mean)", "answer (mean)"],
+        lambda length: [
+            f"{length[key]:.0f}" for key in ("mean", "median", "p90", "think_mean", "answer_mean")
+        ],
+        lambda row, label: row["scores"][label]["length"],
+    )
     lines += [
         "",
         f"![accuracy]({ACCURACY_PLOT_KEY})",
@@ -312,6 +316,42 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def readings_markdown(results: Mapping[str, Any]) -> list[str]:
+    """How answers were read, per benchmark and model (% of generations)."""
+    return _per_model_table(
+        results,
+        "How answers were read (% of generations)",
+        ["readings"],
+        lambda shares: [
+            ", ".join(f"{reading} {_pct(share)}" for reading, share in shares.items()) or "none"
+        ],
+        lambda row, label: row.get("readings", {}).get(label, {}),
+    )
+
+
+def _per_model_table(
+    results: Mapping[str, Any],
+    title: str,
+    columns: Sequence[str],
+    cells: Callable[[Any], list[str]],
+    value: Callable[[Mapping[str, Any], str], Any],
+) -> list[str]:
+    """A section with one row per benchmark and model: ``cells(value(row, label))``."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| benchmark | model | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for row in results["benchmarks"]:
+        for label in results["models"]:
+            lines.append(
+                f"| {row['name']} | {label} | " + " | ".join(cells(value(row, label))) + " |"
+            )
+    return lines
 
 
 def _size(parameters: int | None) -> str:

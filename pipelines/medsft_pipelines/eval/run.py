@@ -216,6 +216,7 @@ def grade_generation(
         answer_tokens=answer,
         forced_exit=forced_exit,
         finished=finished,
+        reading=grade.reading,
     )
 
 
