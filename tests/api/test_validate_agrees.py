@@ -18,15 +18,19 @@ from typer.testing import CliRunner
 
 from medsft_operator.api import kubeyaml
 from medsft_operator.cli import app
+from medsft_operator.render import children_of
 from medsft_pipelines.specs.eval import BENCHMARK_NAMES
+
+from .test_property_specs import as_pod_templates
 
 SFT_JOB = """\
 apiVersion: medsft.io/v1alpha1
 kind: SFTJob
 metadata:
   name: table{namespace}
+  labels: {labels}
 spec:
-  model: {{uri: s3://models/qwen}}
+  model: {{uri: '{model}'}}
   dataset: {{manifestUri: s3://data/ds/manifest.json}}
   {field}
 """
@@ -37,6 +41,8 @@ metadata:
   name: table
 spec:
   model: {{uri: s3://models/qwen}}
+  baseline: {{uri: '{baseline}'}}
+  resources: {{requests: {requests}, limits: {limits}}}
   benchmarks:
     - {{name: {benchmark}, maxItems: {max_items}}}
 """
@@ -59,13 +65,27 @@ spec:
 """
 
 
-def sft(field: str, namespace: str = "") -> str:
+def sft(
+    field: str, namespace: str = "", model: str = "s3://models/qwen", labels: str = "{}"
+) -> str:
     ns = f"\n  namespace: {namespace}" if namespace else ""
-    return SFT_JOB.format(field=field, namespace=ns)
+    return SFT_JOB.format(field=field, namespace=ns, model=model, labels=labels)
 
 
-def eval_job(benchmark: str = "medqa", max_items: str = "10") -> str:
-    return EVAL_JOB.format(benchmark=benchmark, max_items=max_items)
+def eval_job(
+    benchmark: str = "medqa",
+    max_items: str = "10",
+    baseline: str = "s3://models/base",
+    limits: str = "{}",
+    requests: str = "{}",
+) -> str:
+    return EVAL_JOB.format(
+        benchmark=benchmark,
+        max_items=max_items,
+        baseline=baseline,
+        limits=limits,
+        requests=requests,
+    )
 
 
 def run(metric: str = "mean", trigger: str = "v1") -> str:
@@ -117,7 +137,57 @@ CASES = [
     # Resources pods would refuse.
     Case("negative GPU limit", sft("resources: {limits: {nvidia.com/gpu: -1}}"), False),
     Case("negative quantity string", sft("resources: {requests: {memory: -16Gi}}"), False),
-    Case("zero GPUs", sft("resources: {limits: {nvidia.com/gpu: 0}}"), True),
+    # Cross-field: torchrun starts gpusPerNode processes per node, one per GPU of the limit.
+    Case("zero GPUs for one process", sft("resources: {limits: {nvidia.com/gpu: 0}}"), False),
+    Case(
+        "GPU limit below gpusPerNode",
+        sft("gpusPerNode: 2\n  resources: {limits: {nvidia.com/gpu: 1}}"),
+        False,
+    ),
+    Case(
+        "GPU request beside gpusPerNode", sft("resources: {requests: {nvidia.com/gpu: 4}}"), False
+    ),
+    Case(
+        "GPU limit as gpusPerNode",
+        sft("gpusPerNode: 2\n  resources: {limits: {nvidia.com/gpu: '2'}}"),
+        True,
+    ),
+    Case("eval GPU limit beside gpus", eval_job(limits="{nvidia.com/gpu: 2}"), False),
+    # The pod's toleration rules (core/v1 validation), as CEL on the resource.
+    Case(
+        "Exists with a value",
+        sft("scheduling: {tolerations: [{key: gpu, operator: Exists, value: 'yes'}]}"),
+        False,
+    ),
+    Case(
+        "tolerationSeconds without NoExecute",
+        sft("scheduling: {tolerations: [{key: gpu, tolerationSeconds: 30, effect: NoSchedule}]}"),
+        False,
+    ),
+    Case("Equal without a key", sft("scheduling: {tolerations: [{value: x}]}"), False),
+    Case("Exists without a key", sft("scheduling: {tolerations: [{operator: Exists}]}"), True),
+    Case(
+        "tolerationSeconds with NoExecute",
+        sft("scheduling: {tolerations: [{key: gpu, tolerationSeconds: 30, effect: NoExecute}]}"),
+        True,
+    ),
+    # Image references the kubelet refuses (InvalidImageName), and those it takes.
+    Case("upper-case repository", sft("image: registry.example.org/ML/trainer:1"), False),
+    Case("image with a space", sft("image: 'trainer :1'"), False),
+    Case("upper-case registry host", sft("image: Registry.example.org/ml/trainer:1"), True),
+    Case("image by digest", sft("image: localhost:5000/trainer@sha256:" + "a" * 64), True),
+    # Model locations the runtime cannot read (docs/api.md: s3://, file:/// or a path).
+    Case(
+        "hub scheme for the model", sft("nodes: 1", model="hf://Qwen/Qwen2.5-VL-7B-Instruct"), False
+    ),
+    Case("https model", sft("nodes: 1", model="https://example.org/m"), False),
+    Case("relative model folder", sft("nodes: 1", model="models/qwen"), True),
+    Case("gs baseline", eval_job(baseline="gs://bucket/m"), False),
+    Case("s3 baseline", eval_job(baseline="s3://bucket/m"), True),
+    # Metadata the apiserver checks on every object.
+    Case("label value with a space", sft("nodes: 1", labels="{team: a b}"), False),
+    Case("label key with two slashes", sft("nodes: 1", labels="{a/b/c: x}"), False),
+    Case("valid labels", sft("nodes: 1", labels="{team: ml-a, example.org/tier: gold}"), True),
     # What the registry knows.
     Case("unknown benchmark", eval_job(benchmark="usmle-step9"), True, registry=True),
     Case("known benchmark", eval_job(), True),
@@ -153,6 +223,48 @@ def test_validate_and_the_apiserver_agree(kube, medsft_crds, namespace, tmp_path
         assert all(name in offline.stderr for name in BENCHMARK_NAMES)
     else:
         assert (offline.exit_code == 0) == case.accepted, (offline.output, server_says)
+
+
+# What the CRD cannot say (a quantity comparison, a CEL regex over map keys would exceed the
+# rule cost budget): the apiserver admits the resource, then refuses the Job's pod template
+# (or the pods of a PyTorchJob) — validate refuses it first, naming the field.
+CHILD_CASES = [
+    ("CPU request above its limit", sft("resources: {requests: {cpu: '8'}, limits: {cpu: '4'}}"), "spec.resources.requests.cpu", "cpu"),
+    ("memory request above its limit (eval Job)", eval_job(requests="{memory: 64Gi}", limits="{memory: 16Gi}"), "spec.resources.requests.memory", "memory"),
+    ("extended resource without a limit", sft("resources: {requests: {example.com/fpga: 1}}"), "spec.resources.requests.example.com/fpga", "non overcommitable"),
+    ("extended resource overcommitted", sft("resources: {requests: {example.com/fpga: 1}, limits: {example.com/fpga: 2}}"), "spec.resources.requests.example.com/fpga", "example.com/fpga"),
+    ("resource name without a domain", sft("resources: {limits: {fpga: 1}}"), "spec.resources.limits.fpga", "fpga"),
+    ("nodeSelector key with a space", sft("scheduling: {nodeSelector: {'my pool': a}}"), "spec.scheduling.nodeSelector.my pool", "nodeSelector"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "said"), [c[1:] for c in CHILD_CASES], ids=[c[0] for c in CHILD_CASES]
+)
+def test_validate_refuses_what_the_apiserver_refuses_in_the_children(
+    kube, medsft_crds, kubeflow_crds, namespace, tmp_path, text, field, said
+):
+    file = tmp_path / "case.yaml"
+    file.write_text(text)
+    offline = CliRunner().invoke(app, ["validate", str(file)])
+    assert offline.exit_code == 1, offline.output
+    assert f": {field}: " in offline.stderr and "Kubernetes would refuse" in offline.stderr
+
+    server_ok, server_says = server_accepts(kube, namespace, text)
+    assert server_ok, server_says  # the resource itself is admitted...
+    (doc,) = kubeyaml.load_all(text)
+    doc["metadata"]["namespace"] = namespace
+    refused = []
+    for child in children_of(doc):
+        child["metadata"].pop("uid", None)
+        for sent in (child, *as_pod_templates(child)):
+            result = kube.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=json.dumps(sent), check=False
+            )
+            if result.returncode != 0:
+                refused.append(result.stderr)
+    assert refused, "...but the apiserver refuses none of its children"  # ...its pods not
+    assert all(said in message for message in refused), refused
 
 
 SCALARS = textwrap.dedent(

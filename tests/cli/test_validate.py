@@ -4,6 +4,7 @@ names the field, offline and (with --server) against the real apiserver."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from medsft_operator.cli import app, field_path, validate_documents
+from medsft_operator.validate_children import image_reference, parse_quantity, resources_problems
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO / "examples"
@@ -19,6 +21,7 @@ EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 SFT_JOB = yaml.safe_load((EXAMPLES_DIR / "sftjob.yaml").read_text())
 RUN = yaml.safe_load((EXAMPLES_DIR / "quickstart.yaml").read_text())
+EVAL_JOB = yaml.safe_load((EXAMPLES_DIR / "evaljob.yaml").read_text())
 
 
 def test_there_are_examples_to_validate():
@@ -120,6 +123,105 @@ BROKEN = [
         "spec.retraining.policy",
         "OnSpecChange",
     ),
+    # What Kubernetes refuses in the stage pods (issue 24): named by the field the user wrote.
+    (
+        "CPU request above its limit",
+        _edit(SFT_JOB, "spec.resources", {"requests": {"cpu": "8"}, "limits": {"cpu": "4"}}),
+        "spec.resources.requests.cpu",
+        "less than or equal to limits.cpu",
+    ),
+    (
+        "extended resource overcommitted",
+        _edit(SFT_JOB, "spec.resources", {"requests": {"example.com/fpga": 1}}),
+        "spec.resources.requests.example.com/fpga",
+        "cannot be overcommitted",
+    ),
+    (
+        "GPU limit other than gpusPerNode",
+        _edit(SFT_JOB, "spec.resources", {"limits": {"nvidia.com/gpu": 4}}),
+        "spec",
+        "resources.limits.nvidia.com/gpu must equal gpusPerNode",
+    ),
+    (
+        "eval GPU request other than gpus",
+        _edit(EVAL_JOB, "spec.resources", {"requests": {"nvidia.com/gpu": 2}}),
+        "spec",
+        "resources.requests.nvidia.com/gpu must equal gpus",
+    ),
+    (
+        "toleration Exists with a value",
+        _edit(
+            SFT_JOB,
+            "spec.scheduling.tolerations",
+            [{"key": "gpu", "operator": "Exists", "value": "x"}],
+        ),
+        "spec.scheduling.tolerations[0]",
+        "value must be empty when operator is Exists",
+    ),
+    (
+        "tolerationSeconds with NoSchedule",
+        _edit(
+            SFT_JOB,
+            "spec.scheduling.tolerations",
+            [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}],
+        ),
+        "spec.scheduling.tolerations[0]",
+        "effect must be NoExecute",
+    ),
+    (
+        "nodeSelector key with a space",
+        _edit(SFT_JOB, "spec.scheduling.nodeSelector", {"gpu pool": "a"}),
+        "spec.scheduling.nodeSelector.gpu pool",
+        "Kubernetes would refuse PyTorchJob/",
+    ),
+    (
+        "upper-case image repository",
+        _edit(SFT_JOB, "spec.image", "registry.example.org/ML/trainer:1"),
+        "spec.image",
+        "container image reference",
+    ),
+    (
+        "run image with a space",
+        _edit(RUN, "spec.image", "trainer :1"),
+        "spec.image",
+        "container image reference",
+    ),
+    (
+        "run stage's CPU request above its limit",
+        _edit(RUN, "spec.sft.spec.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
+        "spec.sft.spec.resources.requests.cpu",
+        "Kubernetes would refuse PyTorchJob/quickstart-sft-g1-a0",
+    ),
+    (
+        "run's eval nodeSelector key with two slashes",
+        _edit(RUN, "spec.eval.spec.scheduling", {"nodeSelector": {"a/b/c": "x"}}),
+        "spec.eval.spec.scheduling.nodeSelector.a/b/c",
+        "Kubernetes would refuse Job/",
+    ),
+    (
+        "model on the hub",
+        _edit(SFT_JOB, "spec.model.uri", "hf://Qwen/Qwen2.5-VL-7B-Instruct"),
+        "spec.model.uri",
+        "model location",
+    ),
+    (
+        "baseline over https",
+        _edit(EVAL_JOB, "spec.baseline.uri", "https://example.org/m"),
+        "spec.baseline.uri",
+        "model location",
+    ),
+    (
+        "label value with a space",
+        _edit(SFT_JOB, "metadata.labels", {"team": "a b"}),
+        "metadata.labels.team",
+        "value 'a b'",
+    ),
+    (
+        "annotation key with a space",
+        _edit(SFT_JOB, "metadata.annotations", {"my note": "x"}),
+        "metadata.annotations.my note",
+        "key 'my note'",
+    ),
     (
         "benchmark name with spaces",
         _edit(RUN, "spec.eval.spec.benchmarks", [{"name": "Pub Med", "uri": "x", "split": "test"}]),
@@ -178,6 +280,95 @@ def test_unreadable_input_fails_cleanly(cli, tmp_path):
     assert result.exit_code == 1
     assert "broken.yaml" in result.stderr and "absent.yaml" in result.stderr
     assert "Traceback" not in result.output
+
+
+NAMESPACE = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml-training"}}
+
+
+def test_other_kinds_in_a_file_are_passed_through_with_a_note(cli, tmp_path):
+    """A GitOps file with a Namespace (and a Kueue queue) before the run: kubectl applies it
+    whole, so validate passes the other kinds through and checks the run."""
+    queue = {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "LocalQueue",
+        "metadata": {"name": "gpu", "namespace": "ml-training"},
+        "spec": {"clusterQueue": "gpu"},
+    }
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump_all([NAMESPACE, queue, RUN]))
+    result = cli.invoke(app, ["validate", "--strict", str(file)])
+    assert result.exit_code == 0, result.output
+    assert "Namespace/ml-training, LocalQueue/gpu, MedSFTRun/quickstart" in result.stdout
+    assert "note: Namespace/ml-training: not a medsft.io resource" in result.stderr
+    assert "error" not in result.stderr
+
+    # ...and the run in it is still checked.
+    file.write_text(yaml.safe_dump_all([NAMESPACE, _edit(RUN, "spec.retraining", {"policy": "x"})]))
+    result = cli.invoke(app, ["validate", str(file)])
+    assert result.exit_code == 1
+    assert "MedSFTRun/quickstart: spec.retraining.policy" in result.stderr
+
+
+def test_a_document_without_kind_is_still_an_error():
+    (problem,) = validate_documents([{"metadata": {"name": "x"}}])
+    assert problem.severity == "error" and "apiVersion and kind are required" in problem.message
+
+
+def test_a_gitops_folder_is_validated_file_by_file(cli, tmp_path):
+    folder = tmp_path / "runs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "00-namespace.yaml").write_text(yaml.safe_dump(NAMESPACE))
+    (folder / "quickstart.yml").write_text(yaml.safe_dump(RUN))
+    (folder / "sft.json").write_text(json.dumps(SFT_JOB))
+    (folder / "README.md").write_text("# not a manifest\n")
+    # As `kubectl apply -f DIR` and an Argo CD directory source: not its subfolders.
+    (folder / "data" / "rows.json").write_text("[1, 2]")
+    result = cli.invoke(app, ["validate", str(folder)])
+    assert result.exit_code == 0, result.output
+    for name in ("00-namespace.yaml", "quickstart.yml", "sft.json"):
+        assert name in result.stdout
+    assert "README" not in result.output and "rows.json" not in result.output
+
+    (folder / "broken.yaml").write_text(yaml.safe_dump(_edit(SFT_JOB, "spec.nodes", 0)))
+    result = cli.invoke(app, ["validate", str(folder)])
+    assert result.exit_code == 1
+    assert "broken.yaml: error: SFTJob/vqa-sft: spec.nodes" in result.stderr
+    assert "✓" in result.stdout  # the good files are still reported good
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli.invoke(app, ["validate", str(empty)])
+    assert result.exit_code == 1 and "no *.yaml, *.yml or *.json files" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("image", "accepted"),
+    [
+        ("trainer", True),
+        ("registry.example.org:5000/ml/trainer:0.1.0", True),
+        ("Registry.example.org/ml/trainer", True),  # a host may be upper-case, a path not
+        ("localhost/trainer@sha256:" + "0" * 64, True),
+        ("registry.example.org/ML/trainer", False),
+        ("trainer:", False),
+        ("trainer:-1", False),
+        (" trainer", False),
+        ("trainer@sha256:abc", False),
+        ("a" * 256, False),
+    ],
+)
+def test_image_references_as_the_kubelet_parses_them(image, accepted):
+    assert (image_reference(image) is None) == accepted
+
+
+def test_quantities_compare_as_kubernetes_compares_them():
+    assert parse_quantity("500m") == parse_quantity("0.5") == parse_quantity("5e-1")
+    assert parse_quantity("1Gi") == 1024**3 and parse_quantity("1G") == 10**9
+    assert parse_quantity("lots") is None and parse_quantity(True) is None
+    found = resources_problems(
+        {"requests": {"memory": "1Gi", "cpu": "1"}, "limits": {"memory": "1G", "cpu": "1000m"}},
+        "r",
+    )
+    assert found == [("r.requests.memory", "must be less than or equal to limits.memory")]
 
 
 def test_field_path_skips_union_members_and_names_missing_fields():

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from medsft_pipelines.contract import Spec
-from medsft_pipelines.specs.common import K8sName, StorageSpec
+from medsft_pipelines.specs.common import K8sName, StorageSpec, cel, k8s_rules
 
 GROUP = "medsft.io"
 VERSION = "v1alpha1"
@@ -40,6 +40,18 @@ QUALIFIED_NAME_PATTERN = (
 )
 #: A Kueue LocalQueue name: an object name (RFC 1123 subdomain) that also fits a label value.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A container image reference as the kubelet parses it (distribution/reference): an optional
+#: registry host[:port], a lower-case repository path, an optional tag and digest. Anything
+#: else makes every pod of the stage fail with ``InvalidImageName``.
+_PATH_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?"
+IMAGE_PATTERN = (
+    rf"^({_DOMAIN_COMPONENT}(\.{_DOMAIN_COMPONENT})*(:[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(/{_PATH_COMPONENT})*"
+    r"(:[A-Za-z0-9_][-A-Za-z0-9_.]{0,127})?"
+    r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+Image = Annotated[str, Field(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
 # Map keys are checked for length only: a CEL regex over a map key (whose length the
 # apiserver's cost estimate cannot bound) would make the CRD exceed its rule cost budget.
 ResourceName = Annotated[str, Field(min_length=1, max_length=253)]
@@ -60,6 +72,26 @@ class ResourceRequirements(Spec):
 class Toleration(Spec):
     """A pod toleration (same fields as core/v1 Toleration)."""
 
+    # The pod's own rules (core/v1 validation), which the apiserver applies to the Job the
+    # operator creates, not to this resource: checked here so `kubectl apply` refuses them.
+    model_config = k8s_rules(
+        cel(
+            "has(self.key) || self.operator == 'Exists'",
+            "operator must be Exists when key is unset",
+            field_path=".operator",
+        ),
+        cel(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            field_path=".value",
+        ),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "effect must be NoExecute when tolerationSeconds is set",
+            field_path=".effect",
+        ),
+    )
+
     key: LabelKey | None = None
     """Taint key the toleration applies to; empty with operator Exists matches every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
@@ -70,6 +102,16 @@ class Toleration(Spec):
     """Taint effect to match; unset: every effect."""
     toleration_seconds: int | None = None
     """How long a NoExecute taint is tolerated before eviction."""
+
+    @model_validator(mode="after")
+    def _pod_rules(self) -> Toleration:
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is unset")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("effect must be NoExecute when tolerationSeconds is set")
+        return self
 
 
 class Scheduling(Spec):
@@ -90,7 +132,7 @@ class Scheduling(Spec):
 class StageRuntime(Spec):
     """How a stage's pods run (everything that does not change the stage's result)."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """Trainer image; unset: the run's image, else the operator's default."""
     resources: ResourceRequirements = ResourceRequirements()
     """Resources of each pod."""

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
-from medsft_operator.api.k8s import Quantity, Resource, StageRuntime
+from medsft_operator.api.k8s import Image, Quantity, Resource, StageRuntime
 from medsft_operator.api.status import (
     CurationJobStatus,
     EvalJobStatus,
@@ -88,6 +88,37 @@ def standalone_rule(field_name: str) -> dict:
     return required(field_name, _STANDALONE)
 
 
+GPU = "nvidia.com/gpu"
+
+
+def gpu_rules(count_field: str) -> list[dict]:
+    """CEL rules: a stage's own ``nvidia.com/gpu`` request or limit, when set, equals its GPU
+    count ``count_field`` (torchrun and vLLM start one process or shard per counted GPU: more
+    processes than GPUs fail at start, fewer leave GPUs idle)."""
+    return [
+        cel(
+            f"!has(self.resources) || !has(self.resources.{part}) || "
+            f"!('{GPU}' in self.resources.{part}) || "
+            f"string(self.resources.{part}['{GPU}']) == string(self.{count_field})",
+            f"resources.{part}.{GPU} must equal {count_field} (or be left out: "
+            f"{count_field} sets it)",
+            field_path=f".resources.{part}",
+        )
+        for part in ("limits", "requests")
+    ]
+
+
+def check_gpus(runtime: StageRuntime, count: int, count_field: str) -> None:
+    """The pydantic mirror of :func:`gpu_rules` (compared as the CEL rule compares)."""
+    for part in ("limits", "requests"):
+        value = getattr(runtime.resources, part).get(GPU)
+        if value is not None and str(value) != str(count):
+            raise ValueError(
+                f"resources.{part}.{GPU} must equal {count_field} (or be left out: "
+                f"{count_field} sets it); got {value!r} with {count_field} {count}"
+            )
+
+
 # --------------------------------------------------------------------------- stage specs
 
 
@@ -126,7 +157,13 @@ class SFTStageSpec(StageRuntime, SFTSpec):
             "training.microBatchSize x nodes x gpusPerNode",
             field_path=".training.globalBatchSize",
         ),
+        *gpu_rules("gpusPerNode"),
     )
+
+    @model_validator(mode="after")
+    def _gpus_agree(self) -> SFTStageSpec:
+        check_gpus(self, self.gpus_per_node, "gpusPerNode")
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> SFTStageSpec:
@@ -150,7 +187,13 @@ class EvalStageSpec(StageRuntime, EvalSpec):
             "generation.backend vllm needs gpus > 0",
             field_path=".generation.backend",
         ),
+        *gpu_rules("gpus"),
     )
+
+    @model_validator(mode="after")
+    def _gpus_agree(self) -> EvalStageSpec:
+        check_gpus(self, self.gpus, "gpus")
+        return self
 
     @model_validator(mode="after")
     def _vllm_needs_gpu(self) -> EvalStageSpec:
@@ -287,7 +330,7 @@ class MedSFTRunSpec(Spec):
 
     storage: StorageSpec | None = None
     """Where every artifact of the run goes; unset: the operator's default storage."""
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """Trainer image of every stage (a stage's own ``image`` wins)."""
     curation: CurationStage | None = None
     """Curation stage; unset when ``sft.spec.dataset`` names an existing dataset."""

@@ -14,9 +14,11 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from medsft_operator import names
 from medsft_operator.api.k8s import (
     API_VERSION,
     GROUP,
+    IMAGE_PATTERN,
     LABEL_VALUE_PATTERN,
     QUALIFIED_NAME_PATTERN,
     QUANTITY_PATTERN,
@@ -35,7 +37,20 @@ from medsft_operator.cli.common import (
     err_console,
     load_documents,
 )
-from medsft_pipelines.specs.common import IDENT_PATTERN, K8S_NAME_PATTERN, URI_PATTERN
+from medsft_operator.config import OperatorConfig
+from medsft_operator.plan import PlanError
+from medsft_operator.render import children_of
+from medsft_operator.validate_children import (
+    annotation_problems,
+    child_problems,
+    label_problems,
+)
+from medsft_pipelines.specs.common import (
+    IDENT_PATTERN,
+    K8S_NAME_PATTERN,
+    MODEL_LOCATION_PATTERN,
+    URI_PATTERN,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -51,7 +66,7 @@ class Problem:
     document: str
     path: str
     message: str
-    severity: str = "error"  # or "warning"
+    severity: str = "error"  # or "warning", or "note" (never a failure)
 
     def __str__(self) -> str:
         where = f"{self.document}: {self.path}" if self.path else self.document
@@ -89,6 +104,10 @@ PATTERN_NAMES = {
     K8S_NAME_PATTERN: "a Kubernetes name (lower-case letters, digits, '-' and '.')",
     IDENT_PATTERN: "an identifier (lower-case letters, digits, '-' and '_')",
     URI_PATTERN: "a storage URI (s3://bucket/key, file:///path or a local path)",
+    MODEL_LOCATION_PATTERN: "a model location: s3://bucket/key, file:///path or a local path "
+    "(no other scheme: nothing is downloaded from a hub at run time)",
+    IMAGE_PATTERN: "a container image reference such as registry.example.org/ml/trainer:1.0 "
+    "([registry[:port]/]repository[:tag][@digest], the repository in lower case)",
     # StorageSpec's endpoint and bucket
     r"^[^/:]+(:[0-9]{1,5})?$": "host[:port] without a scheme, e.g. minio.minio.svc:9000",
     r"^[a-z0-9][-.a-z0-9]*[a-z0-9]$": "an S3 bucket name (lower-case letters, digits, '.', '-')",
@@ -131,6 +150,20 @@ def _merge_union_errors(problems: list[Problem]) -> list[Problem]:
 def schema_problems(doc: dict[str, Any]) -> list[Problem]:
     """What the models say about one document: types, enums, ranges, one-ofs, CEL mirrors."""
     name = describe(doc)
+    if not doc.get("apiVersion") or not doc.get("kind"):
+        return [Problem(name, "", "apiVersion and kind are required (kubectl refuses it)")]
+    if not str(doc.get("apiVersion")).startswith(f"{GROUP}/"):
+        # A GitOps folder holds Namespaces, Secrets, Kueue queues beside the runs: kubectl
+        # applies them, so they are no error here (their own schemas are the cluster's).
+        return [
+            Problem(
+                name,
+                "",
+                f"not a {GROUP} resource (apiVersion {doc.get('apiVersion')!r}): passed through "
+                "unchecked",
+                "note",
+            )
+        ]
     if doc.get("apiVersion") != API_VERSION:
         return [
             Problem(
@@ -197,6 +230,66 @@ def metadata_problems(doc: dict[str, Any]) -> list[Problem]:
                 f"must be at most {max_length} characters (child resources append a suffix)",
             )
         )
+    # The apiserver's rules for every object's labels and annotations.
+    for path, message in label_problems(
+        metadata.get("labels") or {}, "metadata.labels"
+    ) + annotation_problems(metadata.get("annotations") or {}, "metadata.annotations"):
+        problems.append(Problem(where, path, message))
+    return problems
+
+
+# Where a field of a child's pod template comes from in the stage's spec.
+_FROM_SPEC = (
+    ("resourcesPerNode.", "resources."),
+    ("resources.", "resources."),
+    ("tolerations[", "scheduling.tolerations["),
+    ("nodeSelector.", "scheduling.nodeSelector."),
+)
+
+
+def spec_field(doc: dict[str, Any], stage: str, child_path: str) -> str:
+    """The field of ``doc`` that ``child_path`` of one of its stage's children comes from."""
+    run = doc.get("kind") == "MedSFTRun"
+    prefix = f"spec.{stage}.spec" if run else "spec"
+    for anchor, field in _FROM_SPEC:
+        at = child_path.rfind(anchor)
+        if at >= 0:
+            return f"{prefix}.{field}{child_path[at + len(anchor) :]}"
+    if child_path.endswith("image"):
+        stage_spec = ((doc.get("spec") or {}).get(stage) or {}).get("spec") or {} if run else {}
+        if run and "image" not in stage_spec and "image" in (doc.get("spec") or {}):
+            return "spec.image"
+        return f"{prefix}.image"
+    return "metadata.name" if child_path == "metadata.name" else "metadata"
+
+
+def children_problems(doc: dict[str, Any]) -> list[Problem]:
+    """What Kubernetes would refuse in the children the operator creates for ``doc`` (its
+    Jobs', PyTorchJobs' and TrainJobs' pod templates, their names and labels), rendered
+    with the operator's own builders and its default settings."""
+    if doc.get("kind") not in KIND_BY_NAME:
+        return []
+    try:
+        rendered = children_of(doc, config=OperatorConfig())
+    except PlanError as error:
+        if error.reason == "StorageNotConfigured":
+            return []  # the operator's storage settings decide; it says so at run time
+        return [Problem(describe(doc), "spec", str(error))]
+    seen: set[tuple[str, str]] = set()
+    problems = []
+    for child in rendered:
+        if child.get("kind") in KIND_BY_NAME:
+            continue  # a run's stage resources: checked as the stage specs they are
+        stage = ((child.get("metadata") or {}).get("labels") or {}).get(names.COMPONENT, "")
+        for child_path, message in child_problems(child):
+            field = spec_field(doc, stage, child_path)
+            if (field, message) in seen:
+                continue  # the same template in a Master and its Workers, a work and merge Job
+            seen.add((field, message))
+            refused = f"{child['kind']}/{child['metadata']['name']} {child_path}"
+            problems.append(
+                Problem(describe(doc), field, f"{message} (Kubernetes would refuse {refused})")
+            )
     return problems
 
 
@@ -246,8 +339,12 @@ def validate_documents(docs: Sequence[dict[str, Any]]) -> list[Problem]:
     """Every finding about a set of manifests, errors first."""
     problems = duplicate_problems(docs)
     for doc in docs:
-        problems += schema_problems(doc) + metadata_problems(doc) + storage_warnings(doc)
-    return sorted(problems, key=lambda p: p.severity != "error")
+        own = schema_problems(doc) + metadata_problems(doc)
+        if not any(p.severity == "error" for p in own):
+            own += children_problems(doc)  # children render only from a valid spec
+        problems += own + storage_warnings(doc)
+    order = {"error": 0, "warning": 1}
+    return sorted(problems, key=lambda p: order.get(p.severity, 2))
 
 
 def server_problems(
@@ -285,10 +382,34 @@ def _api_messages(exc: Any) -> list[str]:
     return [status.get("message", f"{exc.status} {exc.reason}")]
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the manifests in it (sorted; not its
+    subfolders, as ``kubectl apply -f DIR`` and an Argo CD directory source read it); a folder
+    without any stays, to be reported."""
+    out: list[Path] = []
+    for path in paths:
+        if str(path) != "-" and path.is_dir():
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix in MANIFEST_SUFFIXES and p.is_file() and not p.name.startswith(".")
+            )
+            out += found or [path]
+        else:
+            out.append(path)
+    return out
+
+
 def validate(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Manifest files (YAML, several documents allowed; - for stdin)."),
+        typer.Argument(
+            help="Manifest files (YAML, several documents allowed; - for stdin) or folders "
+            "(their *.yaml, *.yml and *.json files, as kubectl apply -f DIR reads them)."
+        ),
     ],
     server: Annotated[
         bool, typer.Option("--server", help="Also server-side dry-run against the cluster.")
@@ -300,7 +421,13 @@ def validate(
 ) -> None:
     """Check manifests offline: schema, enums, ranges, cross-field rules, names (field-level messages)."""
     failed = False
-    for path in files:
+    for path in manifest_files(files):
+        if str(path) != "-" and path.is_dir():
+            err_console.print(
+                f"[red]✗[/] {path}: no *.yaml, *.yml or *.json files", highlight=False
+            )
+            failed = True
+            continue
         try:
             docs = load_documents(path)
         except (OSError, yaml.YAMLError, ValueError) as exc:
@@ -314,16 +441,20 @@ def validate(
                 problems += server_problems(
                     api, docs, namespace or default_namespace(kubeconfig, context)
                 )
-        errors = [p for p in problems if p.severity == "error" or strict]
+        errors = [
+            p for p in problems if p.severity == "error" or (strict and p.severity == "warning")
+        ]
         for problem in problems:
-            colour = "red" if problem in errors else "yellow"
+            colour = (
+                "red" if problem in errors else "yellow" if problem.severity == "warning" else "dim"
+            )
             err_console.print(f"{path}: {problem}", style=colour, markup=False, highlight=False)
         if errors or not docs:
             failed = True
             if not docs:
                 err_console.print(f"[red]✗[/] {path}: no documents", highlight=False)
         else:
-            names = ", ".join(describe(d) for d in docs)
-            console.print(f"[green]✓[/] {path}: {names}", highlight=False)
+            listed = ", ".join(describe(d) for d in docs)
+            console.print(f"[green]✓[/] {path}: {listed}", highlight=False)
     if failed:
         raise typer.Exit(1)

@@ -30,8 +30,11 @@ URI_PATTERN = r"^(s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/.*)?|file:///.*|[^:]+)$
 K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
 Ident = Annotated[str, Field(min_length=1, max_length=63, pattern=IDENT_PATTERN)]
 StorageUri = Annotated[str, Field(min_length=1, max_length=2048, pattern=URI_PATTERN)]
+#: The schemes of a model location the runtime reads (``open_store``): another one
+#: (``hf://``, ``https://``) would fail only when the stage's pod starts.
+MODEL_LOCATION_PATTERN = r"^(s3://[^/:]+(/.*)?|file:///.*|[^:]+)$"
 #: A model location: a storage URI, or a local directory path (local runs, baked images).
-ModelLocation = Annotated[str, Field(min_length=1, max_length=2048)]
+ModelLocation = Annotated[str, Field(min_length=1, max_length=2048, pattern=MODEL_LOCATION_PATTERN)]
 ShortText = Annotated[str, Field(max_length=1024)]
 LongText = Annotated[str, Field(max_length=16384)]
 
