@@ -301,6 +301,10 @@ def test_other_kinds_in_a_file_are_passed_through_with_a_note(cli, tmp_path):
     assert "Namespace/ml-training, LocalQueue/gpu, MedSFTRun/quickstart" in result.stdout
     assert "note: Namespace/ml-training: not a medsft.io resource" in result.stderr
     assert "error" not in result.stderr
+    # `medsft render` of the same file: the run's children, nothing for the other kinds.
+    rendered = cli.invoke(app, ["render", str(file)])
+    assert rendered.exit_code == 0, rendered.output
+    assert "kind: PyTorchJob" in rendered.stdout and "kind: Namespace" not in rendered.stdout
 
     # ...and the run in it is still checked.
     file.write_text(yaml.safe_dump_all([NAMESPACE, _edit(RUN, "spec.retraining", {"policy": "x"})]))

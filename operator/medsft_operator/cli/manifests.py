@@ -10,7 +10,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from medsft_operator.cli.common import console, err_console, fail, load_documents
+from medsft_operator.cli.common import (
+    KIND_BY_NAME,
+    console,
+    err_console,
+    fail,
+    load_documents,
+)
 from medsft_operator.cli.validation import validate_documents
 
 
@@ -35,6 +41,8 @@ def render(
         raise fail(f"{file} does not validate; nothing rendered")
     children: list[dict[str, Any]] = []
     for doc in docs:
+        if doc.get("kind") not in KIND_BY_NAME:
+            continue  # a Namespace beside the run (validate passed it through): no children
         doc = {
             **doc,
             "metadata": {
