@@ -234,6 +234,14 @@ def test_reported_numbers_match_an_independent_recomputation(evaluated) -> None:
     assert summary["meanAccuracyIn"] == pytest.approx(
         mine["model"]["pubmedqa"]["accuracy"], abs=1e-6
     )
+    # The paper's groups: PubMedQA is the text family, VQA-RAD multimodal reasoning.
+    assert summary["meanAccuracyText"] == pytest.approx(
+        mine["model"]["pubmedqa"]["accuracy"], abs=1e-6
+    )
+    assert summary["meanAccuracyMultimodalReasoning"] == pytest.approx(
+        mine["model"]["vqa-rad"]["accuracy"], abs=1e-6
+    )
+    assert "meanAccuracyClassification" not in summary  # no classification benchmark ran
 
 
 def test_majority_vote_and_unparsed_ids_are_reported(evaluated) -> None:

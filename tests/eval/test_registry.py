@@ -128,3 +128,13 @@ def test_specs_know_every_registered_name():
     from medsft_pipelines.specs.eval import BENCHMARK_NAMES
 
     assert list(BENCHMARK_NAMES) == benchmark_names()
+
+
+def test_registry_roles_are_the_papers() -> None:
+    # MESSIDOR-2 has no training split in the paper: evaluation-only, so out-of-distribution
+    # when a spec does not say; the other classification sets fed the SFT data.
+    from medsft_pipelines.eval.registry import get_benchmark
+
+    assert get_benchmark("messidor-2").distribution == "out"
+    for name in ("brain-tumor", "bcss", "coronahack", "aptos"):
+        assert get_benchmark(name).distribution == "in"

@@ -28,6 +28,12 @@ from .metrics import BenchmarkScore, Record, group_means, group_records, score_b
 from .prompting import sampling_of
 
 FAMILY_ORDER = [Family.TEXT, Family.MM_REASONING, Family.CLASSIFICATION]
+FAMILY_SUMMARY_KEYS = {
+    Family.TEXT.value: "meanAccuracyText",
+    Family.MM_REASONING.value: "meanAccuracyMultimodalReasoning",
+    Family.CLASSIFICATION.value: "meanAccuracyClassification",
+}
+"""``summary.json`` keys of the paper's three group means."""
 TINY_MODEL_PARAMETERS = 10_000_000
 """Below this many parameters a model is a test model (the smallest real LLMs are ~100x larger)."""
 
@@ -204,6 +210,10 @@ def summary(results: Mapping[str, Any], report_uri: str) -> dict[str, Any]:
     for dist, key in (("in", "meanAccuracyIn"), ("out", "meanAccuracyOut")):
         if dist in groups["distributions"]:
             out[key] = round(groups["distributions"][dist], 6)
+    # The paper's groups: the mean per task family (only the families evaluated).
+    for family, key in FAMILY_SUMMARY_KEYS.items():
+        if family in groups["families"]:
+            out[key] = round(groups["families"][family], 6)
     return out
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..files import BenchmarkFiles
-from ..items import BenchItem, Family
+from ..items import BenchItem, Distribution, Family
 from ..loaders import choice_item, image_folder_items, lettered
-from ..registry import BenchmarkInfo, register
+from ..registry import BenchmarkInfo, Loader, register
 
 DR_GRADES = {
     "0": "no diabetic retinopathy",
@@ -120,27 +120,32 @@ def load_messidor2(files: BenchmarkFiles, split: str) -> Iterator[BenchItem]:
         )
 
 
-for _name, _load, _what in [
-    ("brain-tumor", load_brain_tumor, "Brain Tumor MRI, 4 classes (Testing/<class>/)"),
-    ("bcss", load_bcss, "BCSS tissue patches, 5 classes (<split>/<class>/)"),
+# The paper's roles: the training splits of the first four feed the SFT data (in-distribution);
+# MESSIDOR-2 has no training split and is evaluation-only (out-of-distribution).
+_ROLES: list[tuple[str, Loader, str, Distribution]] = [
+    ("brain-tumor", load_brain_tumor, "Brain Tumor MRI, 4 classes (Testing/<class>/)", "in"),
+    ("bcss", load_bcss, "BCSS tissue patches, 5 classes (<split>/<class>/)", "in"),
     (
         "coronahack",
         load_coronahack,
         "CoronaHack chest X-ray, normal/bacterial/viral (metadata CSV)",
+        "in",
     ),
-    ("aptos", load_aptos, "APTOS 2019 DR grade 0-4 (<split>.csv + <split>_images/)"),
+    ("aptos", load_aptos, "APTOS 2019 DR grade 0-4 (<split>.csv + <split>_images/)", "in"),
     (
         "messidor-2",
         load_messidor2,
-        "MESSIDOR-2 adjudicated DR grade 0-4 (messidor_data.csv + IMAGES/)",
+        "MESSIDOR-2 adjudicated DR grade 0-4 (messidor_data.csv + IMAGES/), evaluation-only",
+        "out",
     ),
-]:
+]
+for _name, _load, _what, _role in _ROLES:
     register(
         BenchmarkInfo(
             name=_name,
             family=Family.CLASSIFICATION,
             load=_load,
             description=_what,
-            distribution="in",
+            distribution=_role,
         )
     )
