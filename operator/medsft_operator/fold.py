@@ -530,6 +530,9 @@ def fold_eval_summary(status: EvalJobStatus, summary: Mapping[str, Any]) -> Eval
         ("meanAccuracy", "mean_accuracy"),
         ("meanAccuracyIn", "mean_accuracy_in"),
         ("meanAccuracyOut", "mean_accuracy_out"),
+        ("meanAccuracyText", "mean_accuracy_text"),
+        ("meanAccuracyMultimodalReasoning", "mean_accuracy_multimodal"),
+        ("meanAccuracyClassification", "mean_accuracy_classification"),
         ("reportUri", "report_uri"),
     ):
         if summary.get(key) is not None:
@@ -546,13 +549,16 @@ def fold_eval_summary(status: EvalJobStatus, summary: Mapping[str, Any]) -> Eval
 
 
 def scores_of(status: EvalJobStatus) -> dict[str, float]:
-    """Accuracy per benchmark plus ``mean``, ``mean.in`` and ``mean.out`` (the names
-    promotion thresholds use)."""
+    """Accuracy per benchmark plus the means (``kinds.MEAN_METRICS``: all, in, out, and the
+    paper's groups text, multimodal, classification), the names promotion thresholds use."""
     scores = {r.name: r.accuracy for r in status.results}
     for key, value in (
         ("mean", status.mean_accuracy),
         ("mean.in", status.mean_accuracy_in),
         ("mean.out", status.mean_accuracy_out),
+        ("mean.text", status.mean_accuracy_text),
+        ("mean.multimodal", status.mean_accuracy_multimodal),
+        ("mean.classification", status.mean_accuracy_classification),
     ):
         if value is not None:
             scores[key] = value

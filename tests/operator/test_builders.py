@@ -313,6 +313,38 @@ def test_eval_summary_folds_into_status_and_scores():
     )
 
 
+def test_the_papers_groups_fold_into_status_and_are_promotion_metrics():
+    # summary.json as the eval harness writes it: the paper's three group means.
+    summary = {
+        "results": [{"name": "medqa", "distribution": "in", "accuracy": 0.6}],
+        "meanAccuracy": 0.5,
+        "meanAccuracyText": 0.6,
+        "meanAccuracyMultimodalReasoning": 0.45,
+        "meanAccuracyClassification": 0.3,
+    }
+    status = fold.fold_eval_summary(EvalJobStatus(), summary)
+    assert (
+        status.mean_accuracy_text,
+        status.mean_accuracy_multimodal,
+        status.mean_accuracy_classification,
+    ) == (0.6, 0.45, 0.3)
+    scores = fold.scores_of(status)
+    assert (scores["mean.text"], scores["mean.multimodal"], scores["mean.classification"]) == (
+        0.6,
+        0.45,
+        0.3,
+    )
+    spec = PromotionSpec.model_validate(
+        {
+            "thresholds": [
+                {"metric": "mean.text", "min": 0.5},
+                {"metric": "mean.multimodal", "min": 0.5},
+            ]
+        }
+    )
+    assert promotion.evaluate(spec, scores).failures == ["mean.multimodal 0.4500 < 0.5000"]
+
+
 def test_promotion_gate_names_every_unmet_requirement():
     spec = PromotionSpec.model_validate(
         {

@@ -302,14 +302,21 @@ class RetrainingSpec(Spec):
 
 
 #: Scores every evaluation reports besides one accuracy per benchmark (``fold.scores_of``).
-MEAN_METRICS = ("mean", "mean.in", "mean.out")
+MEAN_METRICS = (
+    "mean",
+    "mean.in",
+    "mean.out",
+    "mean.text",
+    "mean.multimodal",
+    "mean.classification",
+)
 
 
 class PromotionThreshold(Spec):
     """A minimum score a generation must reach to be promoted."""
 
     metric: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][-_.a-z0-9]*$")]
-    """``mean``, ``mean.in``, ``mean.out`` or a benchmark name (its accuracy)."""
+    """``mean``, ``mean.<in|out|text|multimodal|classification>`` or a benchmark's accuracy."""
     min: Annotated[float, Field(ge=0, le=1)]
     """Minimum accuracy (0..1)."""
 

@@ -116,6 +116,12 @@ class EvalJobStatus(StatusBase):
     """Mean accuracy over in-distribution benchmarks."""
     mean_accuracy_out: Annotated[float, Field(ge=0, le=1)] | None = None
     """Mean accuracy over out-of-distribution benchmarks."""
+    mean_accuracy_text: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Mean accuracy over the text benchmarks (the paper's first group)."""
+    mean_accuracy_multimodal: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Mean accuracy over the multimodal reasoning benchmarks (the paper's second group)."""
+    mean_accuracy_classification: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Mean accuracy over the image classification benchmarks (the paper's third group)."""
     report_uri: Uri | None = None
     """URI of the evaluation report (JSON; Markdown and plots next to it)."""
     job_name: Name | None = None
