@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from medsft_operator.api.k8s import IMAGE_PATTERN, LABEL_VALUE_PATTERN
+from medsft_operator.api.k8s import (
+    IMAGE_PATTERN,
+    LABEL_VALUE_PATTERN,
+    extended_resource,
+    quantity_value,
+)
 
 Found = list[tuple[str, str]]
 Manifest = dict[str, Any]
@@ -29,8 +34,6 @@ _IMAGE = re.compile(IMAGE_PATTERN)
 
 #: Resources a container may name without a domain prefix.
 STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "storage"}
-#: Prefixes of resources Kubernetes itself defines (not extended resources).
-_NATIVE_PREFIXES = ("kubernetes.io/", "hugepages-", "requests.")
 
 
 def qualified_name(value: str) -> str | None:
@@ -126,39 +129,6 @@ def image_reference(image: Any) -> str | None:
     return None
 
 
-_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
-_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_QUANTITY = re.compile(
-    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
-)
-
-
-def parse_quantity(value: Any) -> Decimal | None:
-    """A Kubernetes quantity ("500m", "16Gi", 2) as a number, None when it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return Decimal(value)
-    match = _QUANTITY.match(str(value))
-    if match is None:
-        return None
-    number, suffix = match.group(1), match.group(2) or ""
-    try:
-        base = Decimal(number)
-    except InvalidOperation:  # pragma: no cover - the pattern admits only numbers
-        return None
-    if suffix in _BINARY:
-        return base * (1024 ** _BINARY[suffix])
-    if suffix in _DECIMAL:
-        return base.scaleb(_DECIMAL[suffix])
-    return base.scaleb(int(suffix[1:]))
-
-
-def _extended(resource: str) -> bool:
-    """An extended resource (``nvidia.com/gpu``): not overcommittable, whole units."""
-    return "/" in resource and not resource.startswith(_NATIVE_PREFIXES)
-
-
 def resources_problems(resources: Mapping[str, Any], path: str) -> Found:
     """A container's ``resources`` as the apiserver judges them."""
     requests = resources.get("requests") or {}
@@ -182,19 +152,19 @@ def resources_problems(resources: Mapping[str, Any], path: str) -> Found:
                 )
             if why is not None:
                 found.append((where, f"resource name {resource!r}: {why}"))
-            amount = parse_quantity(raw)
+            amount = quantity_value(raw)
             if amount is None:
                 found.append((where, f"{raw!r} is not a resource quantity"))
                 continue
             if amount < 0:
                 found.append((where, "must be greater than or equal to 0"))
-            elif _extended(resource) and amount != amount.to_integral_value():
+            elif extended_resource(resource) and amount != amount.to_integral_value():
                 found.append((where, "must be a whole number (an extended resource)"))
             amounts[part][resource] = amount
     for resource, request in amounts["requests"].items():
         where = f"{path}.requests.{resource}"
         limit = amounts["limits"].get(resource)
-        if _extended(resource):
+        if extended_resource(resource):
             if resource not in limits:
                 found.append(
                     (where, f"{resource} cannot be overcommitted: limits.{resource} must be set")

@@ -184,6 +184,23 @@ CASES = [
     Case("relative model folder", sft("nodes: 1", model="models/qwen"), True),
     Case("gs baseline", eval_job(baseline="gs://bucket/m"), False),
     Case("s3 baseline", eval_job(baseline="s3://bucket/m"), True),
+    # A request above its limit (the pod rule, as CEL with Kubernetes' quantity library).
+    Case(
+        "CPU request above its limit",
+        sft("resources: {requests: {cpu: '8'}, limits: {cpu: 4000m}}"),
+        False,
+    ),
+    Case(
+        "memory request above its limit",
+        eval_job(requests="{memory: 64Gi}", limits="{memory: 16Gi}"),
+        False,
+    ),
+    Case(
+        "memory request at its limit",
+        eval_job(requests="{memory: 1Gi}", limits="{memory: 1073741824}"),
+        True,
+    ),
+    Case("request without a limit", sft("resources: {requests: {cpu: '64', memory: 900Gi}}"), True),
     # Metadata the apiserver checks on every object.
     Case("label value with a space", sft("nodes: 1", labels="{team: a b}"), False),
     Case("label key with two slashes", sft("nodes: 1", labels="{a/b/c: x}"), False),
@@ -229,8 +246,7 @@ def test_validate_and_the_apiserver_agree(kube, medsft_crds, namespace, tmp_path
 # rule cost budget): the apiserver admits the resource, then refuses the Job's pod template
 # (or the pods of a PyTorchJob) — validate refuses it first, naming the field.
 CHILD_CASES = [
-    ("CPU request above its limit", sft("resources: {requests: {cpu: '8'}, limits: {cpu: '4'}}"), "spec.resources.requests.cpu", "cpu"),
-    ("memory request above its limit (eval Job)", eval_job(requests="{memory: 64Gi}", limits="{memory: 16Gi}"), "spec.resources.requests.memory", "memory"),
+    ("extended resource without a limit (eval Job)", eval_job(requests="{example.com/fpga: 1}"), "spec.resources.requests.example.com/fpga", "non overcommitable"),
     ("extended resource without a limit", sft("resources: {requests: {example.com/fpga: 1}}"), "spec.resources.requests.example.com/fpga", "non overcommitable"),
     ("extended resource overcommitted", sft("resources: {requests: {example.com/fpga: 1}, limits: {example.com/fpga: 2}}"), "spec.resources.requests.example.com/fpga", "example.com/fpga"),
     ("resource name without a domain", sft("resources: {limits: {fpga: 1}}"), "spec.resources.limits.fpga", "fpga"),

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medsft_operator.api.k8s import quantity_value as parse_quantity
 from medsft_operator.cli import app, field_path, validate_documents
-from medsft_operator.validate_children import image_reference, parse_quantity, resources_problems
+from medsft_operator.validate_children import image_reference, resources_problems
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO / "examples"
@@ -126,9 +127,9 @@ BROKEN = [
     # What Kubernetes refuses in the stage pods (issue 24): named by the field the user wrote.
     (
         "CPU request above its limit",
-        _edit(SFT_JOB, "spec.resources", {"requests": {"cpu": "8"}, "limits": {"cpu": "4"}}),
-        "spec.resources.requests.cpu",
-        "less than or equal to limits.cpu",
+        _edit(SFT_JOB, "spec.resources", {"requests": {"cpu": "8"}, "limits": {"cpu": "4000m"}}),
+        "spec.resources",
+        "requests.cpu '8' is above limits.cpu '4000m'",
     ),
     (
         "extended resource overcommitted",
@@ -187,9 +188,9 @@ BROKEN = [
         "container image reference",
     ),
     (
-        "run stage's CPU request above its limit",
-        _edit(RUN, "spec.sft.spec.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
-        "spec.sft.spec.resources.requests.cpu",
+        "run stage's extended resource overcommitted",
+        _edit(RUN, "spec.sft.spec.resources", {"requests": {"example.com/fpga": 1}}),
+        "spec.sft.spec.resources.requests.example.com/fpga",
         "Kubernetes would refuse PyTorchJob/quickstart-sft-g1-a0",
     ),
     (

@@ -33,12 +33,12 @@ Field names are camelCase on the wire. Defaults are filled in by the apiserver, 
 `medsft validate` also rejects what `kubectl apply` admits but Kubernetes would refuse in the
 *children* of a resource: it renders each stage's Jobs, PyTorchJob or TrainJob with the
 operator's own builders and checks their pod templates with the pod rules the apiserver
-applies to a Job (a CPU or memory request above its limit, an extended resource such as
-`example.com/fpga` requested without an equal limit, a resource name that is neither
-standard nor domain-prefixed, a `nodeSelector` key that is no label key). The message names
-the field of your spec and the child that would be refused. What CEL can express is in the
-CRD as well: a stage's `nvidia.com/gpu` request or limit, when set, must equal `gpusPerNode`
-(SFT) or `gpus` (eval); toleration rules (`operator: Exists` takes no value,
+applies to a Job (an extended resource such as `example.com/fpga` requested without an
+equal limit, a resource name that is neither standard nor domain-prefixed, a `nodeSelector`
+key that is no label key). The message names the field of your spec and the child that would
+be refused. What CEL can express is in the CRD as well: a request above its limit (compared
+as quantities: `1Gi` equals `1073741824`); a stage's `nvidia.com/gpu` request or limit, when
+set, must equal `gpusPerNode` (SFT) or `gpus` (eval); toleration rules (`operator: Exists` takes no value,
 `tolerationSeconds` needs `effect: NoExecute`, no key needs `Exists`); `image` must be an
 image reference the kubelet can parse (lower-case repository); model locations take the
 schemes the runtime reads (`s3://`, `file:///`, a path) and no other (`hf://`, `https://`).

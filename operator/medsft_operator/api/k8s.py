@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -21,16 +23,49 @@ QUANTITY_PATTERN = (
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = Annotated[
-    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)],
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
             "minimum": 0,
+            # bounds the cost the apiserver estimates for the CEL quantity comparisons
+            "maxLength": 64,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
+
+_BINARY_SUFFIX = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SUFFIX = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15}
+_DECIMAL_SUFFIX["E"] = 18
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
+
+
+def quantity_value(value: Any) -> Decimal | None:
+    """A Kubernetes quantity ("500m", "16Gi", 2) as a number, None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        return None
+    base, suffix = Decimal(match.group(1)), match.group(2) or ""
+    if suffix in _BINARY_SUFFIX:
+        return base * (1024 ** _BINARY_SUFFIX[suffix])
+    if suffix in _DECIMAL_SUFFIX:
+        return base.scaleb(_DECIMAL_SUFFIX[suffix])
+    return base.scaleb(int(suffix[1:]))
+
+
+def extended_resource(name: str) -> bool:
+    """An extended resource (``nvidia.com/gpu``): whole units, never overcommitted."""
+    return "/" in name and not name.startswith(("kubernetes.io/", "hugepages-", "requests."))
+
+
 #: A label value (also what Kueue reads from ``kueue.x-k8s.io/queue-name``).
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 #: A label key or resource name: an optional DNS-subdomain prefix and ``/``, then a name.
@@ -63,10 +98,38 @@ QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=QUEUE_NAME
 class ResourceRequirements(Spec):
     """CPU, memory, GPU and other resources of each pod (as in a container's ``resources``)."""
 
+    # The pod's rule (core/v1 validation), which the apiserver applies to the Job the operator
+    # creates, not to this resource: checked here so `kubectl apply` refuses it. Extended
+    # resources must equal their limit instead (validate checks that in the rendered pods:
+    # the stage's GPU count fills in nvidia.com/gpu).
+    model_config = k8s_rules(
+        cel(
+            "self.requests.all(k, !(k in self.limits) || "
+            "(k.contains('/') && !k.startsWith('kubernetes.io/')) || "
+            "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+            "each request must be less than or equal to its limit "
+            "(resources.requests.X <= resources.limits.X)",
+            field_path=".requests",
+        )
+    )
+
     requests: Annotated[dict[ResourceName, Quantity], Field(max_length=16)] = {}
     """Minimum resources, e.g. ``{cpu: "8", memory: 64Gi}``."""
     limits: Annotated[dict[ResourceName, Quantity], Field(max_length=16)] = {}
     """Maximum resources, e.g. ``{nvidia.com/gpu: 8}``; GPUs are set from ``gpusPerNode`` when absent."""
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourceRequirements:
+        for name, request in self.requests.items():
+            if name not in self.limits or extended_resource(name):
+                continue
+            low, high = quantity_value(request), quantity_value(self.limits[name])
+            if low is not None and high is not None and low > high:
+                raise ValueError(
+                    f"each request must be less than or equal to its limit: requests.{name} "
+                    f"{request!r} is above limits.{name} {self.limits[name]!r}"
+                )
+        return self
 
 
 class Toleration(Spec):
