@@ -445,3 +445,54 @@ def test_the_operators_layout_matches_what_the_stages_write():
     assert layout.checkpoints_uri("s3://b/o", 2) == f"s3://b/o/{sft_layout.node_checkpoints(2)}"
     assert layout.EVAL_SUMMARY == eval_report.SUMMARY_KEY
     assert layout.EVAL_REPORT == eval_report.RESULTS_KEY
+
+
+def test_must_beat_promoted_compares_like_with_like():
+    from medsft_pipelines.specs.eval import EvalSpec
+
+    def settings(**generation):
+        spec = {"benchmarks": [{"name": "medqa"}, {"name": "pubmedqa", "maxItems": 50}]}
+        return promotion.eval_settings(EvalSpec.model_validate({**spec, "generation": generation}))
+
+    gate = PromotionSpec.model_validate(
+        {"thresholds": [{"metric": "mean", "min": 0.0}], "mustBeatPromoted": True}
+    )
+    promoted = promotion.Evaluated(
+        {"medqa": 0.5, "pubmedqa": 0.7, "mean": 0.6}, "s3://m/g1", settings()
+    )
+
+    def verdict(scores, model="s3://m/g2", keys=None):
+        current = promotion.Evaluated(scores, model, settings() if keys is None else keys)
+        return promotion.evaluate(gate, scores, current=current, promoted=promoted)
+
+    assert verdict({"medqa": 0.6, "pubmedqa": 0.7, "mean": 0.65}).promoted
+    assert verdict({"medqa": 0.5, "pubmedqa": 0.6, "mean": 0.55}).failures == [
+        "mean over the 2 benchmark(s) shared with the promoted generation 0.5500 does not "
+        "beat its 0.6000"
+    ]
+    # A benchmark added (a hard one): compared on the two shared ones, where it is ahead.
+    added = {**settings(), "medxpertqa": "k"}
+    assert verdict({"medqa": 0.6, "pubmedqa": 0.8, "medxpertqa": 0.1, "mean": 0.5}, keys=added)
+    # Other decoding: nothing was evaluated the same way, so the gate refuses to compare.
+    greedy = settings(temperature=0.0)
+    refused = verdict({"medqa": 0.9, "pubmedqa": 0.9, "mean": 0.9}, keys=greedy)
+    assert not refused.promoted and "cannot compare" in refused.message()
+    # A re-capped benchmark drops out of the comparison; the other still counts.
+    recapped = {**settings(), "pubmedqa": "other-cap"}
+    assert verdict({"medqa": 0.6, "pubmedqa": 0.1, "mean": 0.35}, keys=recapped).promoted
+    # An eval-only edit re-evaluates the promoted model itself: nothing to beat.
+    assert verdict({"medqa": 0.5, "pubmedqa": 0.7, "mean": 0.6}, model="s3://m/g1").promoted
+
+
+def test_eval_settings_key_what_changes_a_score():
+    from medsft_pipelines.specs.eval import EvalSpec
+
+    base = {"benchmarks": [{"name": "medqa"}, {"name": "pubmedqa", "maxItems": 50}]}
+    keys = promotion.eval_settings(EvalSpec.model_validate(base))
+    seeds = promotion.eval_settings(EvalSpec.model_validate({**base, "generation": {"seeds": 1}}))
+    assert all(keys[n] != seeds[n] for n in keys)
+    capped = {"benchmarks": [{"name": "medqa"}, {"name": "pubmedqa", "maxItems": 10}]}
+    recapped = promotion.eval_settings(EvalSpec.model_validate(capped))
+    assert recapped["medqa"] == keys["medqa"] and recapped["pubmedqa"] != keys["pubmedqa"]
+    with_baseline = {**base, "baseline": {"name": "b", "uri": "s3://b/m"}}
+    assert promotion.eval_settings(EvalSpec.model_validate(with_baseline)) == keys

@@ -152,6 +152,11 @@ class GenerationRecord(Spec):
         dict[Annotated[str, Field(max_length=128)], float], Field(max_length=128)
     ] = {}
     """Accuracy per benchmark, plus ``mean``, ``mean.in`` and ``mean.out``."""
+    eval_settings: Annotated[
+        dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=64)]],
+        Field(max_length=64),
+    ] = {}
+    """Per benchmark, a key of how it was evaluated; the gate compares only equal keys."""
     promoted: bool | None = None
     """Whether the generation passed the promotion thresholds."""
     start_time: datetime | None = None

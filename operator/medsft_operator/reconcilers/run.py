@@ -185,10 +185,12 @@ class RunReconciler(Reconciler):
             eval_status = EvalJobStatus.model_validate(children["eval"].get("status") or {})
             scores = fold.scores_of(eval_status)
         model_uri = (children["sft"].get("status") or {}).get("modelUri")
+        eval_spec = run.spec.eval.spec if run.spec.eval is not None else None
         record = record.model_copy(
             update={
                 "phase": "Succeeded",
                 "scores": scores,
+                "eval_settings": promotion.eval_settings(eval_spec) if eval_spec else {},
                 "model_uri": model_uri,
                 "completion_time": record.completion_time or fold.now(),
             }
@@ -196,9 +198,9 @@ class RunReconciler(Reconciler):
         update: dict[str, Any] = {"stage": "Done", "score": scores.get("mean"), "progress": None}
         spec = run.spec.promotion
         if spec is not None and eval_status is not None and record.promoted is None:
-            promoted_mean = next(
+            promoted_eval = next(
                 (
-                    r.scores.get("mean")
+                    promotion.Evaluated(r.scores, r.model_uri, r.eval_settings)
                     for r in history[1:]
                     if r.generation == status.promoted_generation
                 ),
@@ -208,7 +210,8 @@ class RunReconciler(Reconciler):
                 spec,
                 scores,
                 baseline_mean=fold.baseline_mean(eval_status),
-                promoted_mean=promoted_mean,
+                current=promotion.Evaluated(scores, model_uri, record.eval_settings),
+                promoted=promoted_eval,
             )
             meta = body["metadata"]
             conditions = status.conditions
