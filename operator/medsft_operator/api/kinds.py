@@ -329,7 +329,7 @@ class PromotionSpec(Spec):
     must_beat_baseline: bool = False
     """Also require ``mean`` to exceed the eval baseline's mean accuracy."""
     must_beat_promoted: bool = False
-    """Also require ``mean`` to exceed the currently promoted generation's."""
+    """Also beat the promoted generation: the mean over the benchmarks both evaluated alike."""
 
 
 class MedSFTRunSpec(Spec):
