@@ -55,7 +55,8 @@ Benchmark names (`benchmarks[].name`, `decontamination.benchmarks[].name`) must 
 the benchmark registry, which the CRD does not list: `medsft validate` rejects an unknown one
 with the list of known names, and the operator marks such a resource `Failed` (reason
 `InvalidSpec`, same message) without creating anything. A promotion threshold's `metric`
-must be `mean`, `mean.in`, `mean.out` or a benchmark the run evaluates (checked by both).
+must be `mean`, `mean.in`, `mean.out`, one of the paper's group means `mean.text`,
+`mean.multimodal`, `mean.classification`, or a benchmark the run evaluates (checked by both).
 
 ## Unknown fields: rejected under strict field validation, never stored
 
