@@ -129,3 +129,26 @@ def test_the_checkpoints_generation_config_is_not_inherited(tiny_model, tmp_path
     assert any(len(set(engine.encode(t))) < len(engine.encode(t)) for t in plain)
     assert texts[1] == plain
     assert engine.model.generation_config.repetition_penalty in (None, 1.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_both_backends_get_exactly_the_protocol(temperature: float) -> None:
+    # The settings each engine hands its library, from one protocol (vLLM itself is only in
+    # the GPU image; its keyword arguments are built without it).
+    from medsft_pipelines.eval.backends.base import sampling_protocol
+    from medsft_pipelines.eval.backends.hf import generation_config
+    from medsft_pipelines.eval.backends.vllm import sampling_options
+
+    sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=64, seed=3)
+    protocol = sampling_protocol(sampling)
+    hf = generation_config(sampling, 64, {7}, 0)
+    vllm = sampling_options(sampling, 64, 3)
+    assert hf.repetition_penalty == vllm["repetition_penalty"] == 1.0
+    assert vllm["presence_penalty"] == vllm["frequency_penalty"] == vllm["min_p"] == 0.0
+    assert hf.max_new_tokens == vllm["max_tokens"] == 64
+    assert vllm["temperature"] == protocol["temperature"] == temperature
+    if temperature > 0:
+        assert hf.do_sample and hf.temperature == temperature and hf.top_p == 0.95
+        assert hf.top_k == 0 and vllm["top_p"] == 0.95  # no top-k on either
+    else:
+        assert not hf.do_sample and vllm["top_p"] == protocol["top_p"] == 1.0

@@ -53,7 +53,6 @@ class VLLMEngine(TokenizerCodec):
             limit_mm_per_prompt={"image": max_images},
             mm_processor_kwargs={"max_pixels": max_pixels},
             seed=0,
-            **_no_checkpoint_defaults(LLM),
         )
         self.tokenizer: Any = self.llm.get_tokenizer()
         eos = self.tokenizer.eos_token_id
@@ -101,7 +100,9 @@ class VLLMEngine(TokenizerCodec):
 
 def sampling_options(sampling: Sampling, max_new_tokens: int, seed: int) -> dict[str, Any]:
     """The whole of :func:`~.base.sampling_protocol` as ``SamplingParams`` keywords: every
-    setting explicit, so no default of the checkpoint or of vLLM's version decides one."""
+    setting explicit, so no default of vLLM's version decides one. ``LLM.generate`` with
+    explicit params applies none of the checkpoint's sampling defaults (only its end-of-sequence
+    ids, which stay: they end a response, they do not change how it is sampled)."""
     protocol = sampling_protocol(sampling)
     return {
         "max_tokens": max_new_tokens,
@@ -121,23 +122,3 @@ def _bad_words(cls: Any) -> dict[str, Any]:
     except TypeError:
         return {}
     return {"bad_words": _VISION_TOKENS}
-
-
-def _no_checkpoint_defaults(llm_cls: Any) -> dict[str, Any]:
-    """``generation_config="vllm"``: the engine's defaults are vLLM's, not the checkpoint's
-    (older vLLM, without the option, never read the checkpoint's)."""
-    import inspect
-
-    try:
-        accepted = inspect.signature(llm_cls.__init__).parameters
-    except (TypeError, ValueError):
-        return {}
-    if "generation_config" in accepted:
-        return {"generation_config": "vllm"}
-    # Newer vLLM takes engine options through **kwargs into EngineArgs.
-    try:
-        from vllm.engine.arg_utils import EngineArgs
-    except ImportError:
-        return {}
-    fields = getattr(EngineArgs, "__dataclass_fields__", {})
-    return {"generation_config": "vllm"} if "generation_config" in fields else {}
