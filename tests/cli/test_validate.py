@@ -274,6 +274,15 @@ def test_endpoint_without_credentials_is_a_warning_and_strict_makes_it_an_error(
     assert strict.exit_code == 1
 
 
+def test_a_fractional_byte_value_is_a_warning():
+    """The apiserver admits `memory: 500m` in a Job with a warning only the operator's log
+    shows (tests/api/test_property_specs.py sees it); validate says it to the author."""
+    doc = _edit(SFT_JOB, "spec.resources", {"requests": {"memory": "500m", "cpu": "500m"}})
+    (problem,) = validate_documents([doc])
+    assert problem.severity == "warning" and problem.path == "spec.resources.requests.memory"
+    assert "fractional byte value '500m'" in problem.message
+
+
 def test_unreadable_input_fails_cleanly(cli, tmp_path):
     file = tmp_path / "broken.yaml"
     file.write_text("apiVersion: [unclosed\n")

@@ -24,6 +24,7 @@ from medsft_operator.api.k8s import (
     QUANTITY_PATTERN,
     QUEUE_NAME_PATTERN,
     VERSION,
+    quantity_value,
 )
 from medsft_operator.cli.cluster import cluster_errors, default_namespace, kube_client
 from medsft_operator.cli.common import (
@@ -310,12 +311,42 @@ def storage_warnings(doc: dict[str, Any]) -> list[Problem]:
 
 
 def _storages(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    return _fields(node, path, "storage")
+
+
+def _fields(node: Any, path: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every mapping under a key ``name`` below ``node``, with its path."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "storage" and isinstance(value, dict):
-                yield f"{path}.storage", value
+            if key == name and isinstance(value, dict):
+                yield f"{path}.{name}", value
             else:
-                yield from _storages(value, f"{path}.{key}")
+                yield from _fields(value, f"{path}.{key}", name)
+
+
+#: Resources counted in bytes: a fraction of one (``memory: 500m``) is rounded up.
+_BYTES = ("memory", "ephemeral-storage", "hugepages-")
+
+
+def fraction_warnings(doc: dict[str, Any]) -> list[Problem]:
+    """Byte quantities with a fraction: the apiserver admits the Job with a warning (that
+    only the operator's log would show) and Kubernetes rounds them up."""
+    found = []
+    for path, resources in _fields(doc.get("spec") or {}, "spec", "resources"):
+        for part in ("requests", "limits"):
+            for name, raw in (resources.get(part) or {}).items():
+                amount = quantity_value(raw)
+                if str(name).startswith(_BYTES) and amount is not None and amount % 1:
+                    found.append(
+                        Problem(
+                            describe(doc),
+                            f"{path}.{part}.{name}",
+                            f"fractional byte value {raw!r}: Kubernetes rounds it up to whole "
+                            "bytes (did you mean Mi or M rather than m?)",
+                            "warning",
+                        )
+                    )
+    return found
 
 
 def duplicate_problems(docs: Sequence[dict[str, Any]]) -> list[Problem]:
@@ -342,7 +373,7 @@ def validate_documents(docs: Sequence[dict[str, Any]]) -> list[Problem]:
         own = schema_problems(doc) + metadata_problems(doc)
         if not any(p.severity == "error" for p in own):
             own += children_problems(doc)  # children render only from a valid spec
-        problems += own + storage_warnings(doc)
+        problems += own + storage_warnings(doc) + fraction_warnings(doc)
     order = {"error": 0, "warning": 1}
     return sorted(problems, key=lambda p: order.get(p.severity, 2))
 
