@@ -17,6 +17,13 @@ test session waits for it. ``stop`` removes everything the programs created, inc
 what they put outside their configured roots, and restores the kernel settings the kubelet
 changes.
 
+Images survive the node (``IMAGE_STORE``), as they survive a real node's reboot: containerd's
+root (content, image metadata, unpacked snapshots) lives in a cache folder, so a session
+whose images did not change imports nothing (unpacking the ~7 GB trainer image took
+minutes a session), and one after a source edit unpacks only the changed project layer.
+Containers never survive: ``stop`` removes them, and a store that a killed session left
+without its ``clean`` mark is discarded whole at the next start.
+
 Facts of this machine the configuration depends on (measured, see issue 15): cgroup v1
 (kubelet needs ``failCgroupV1: false``); no ``CAP_SYS_RESOURCE``, so containerd must not ask
 for negative ``oom_score_adj`` (``restrict_oom_score_adj``); no dummy netdev, so the bridge
@@ -46,7 +53,7 @@ from . import processes
 from .controlplane import ControlPlane
 from .minio_server import MinioServer
 from .node_images import BuiltImage, pause_image, probe_image
-from .testbin import binary, shared_dir
+from .testbin import binary, cache_dir, shared_dir
 
 BRIDGE = "medsft0"
 GATEWAY = "10.244.0.1"
@@ -58,6 +65,13 @@ GPUS = 8
 so that specs with GPU requests schedule unchanged; there is no GPU, the trainer falls
 back to CPU."""
 LOCK = Path(os.environ.get("MEDSFT_NODE_LOCK", "/tmp/medsft-node.lock"))
+IMAGE_STORE = Path(
+    os.environ.get("MEDSFT_NODE_IMAGE_STORE", cache_dir().parent / "node-containerd")
+)
+"""containerd's root, kept across sessions (guarded by ``LOCK``) for its images only."""
+IMAGES_KEPT_PER_REPOSITORY = 2
+"""The most recently used images of each repository that stay in ``IMAGE_STORE`` (the
+current trainer and the one before it share the heavy layer's snapshots)."""
 TRAINING_NAMESPACE = "kubeflow"
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = Path("/usr/sbin/runc")
@@ -182,6 +196,8 @@ class Node:
         self.procs: dict[str, subprocess.Popen] = {}
         self.socket = self.root / "containerd.sock"
         self.images: dict[str, BuiltImage] = {}
+        self.image_store = IMAGE_STORE
+        self._stored: dict[str, float] = {}  # ref -> last use (epoch s), of IMAGE_STORE
         self.plane: ControlPlane = None  # type: ignore[assignment]  # set by start()
         self.minio: MinioServer = None  # type: ignore[assignment]
         self._lock: Any = None
@@ -223,7 +239,9 @@ class Node:
                 self._drain()
                 processes.stop(self.procs.pop("kubelet"))
             self._kill_pods()
+            clean = False
             if "containerd" in self.procs:
+                clean = self._close_image_store()
                 processes.stop(self.procs.pop("containerd"), timeout=20)
             self._kill_shims()
             self._unmount()
@@ -235,6 +253,8 @@ class Node:
             if self._before:
                 self._restore()
             shutil.rmtree(self.root, ignore_errors=True)
+            if clean:
+                (self.image_store / "clean").touch()
         finally:
             if self._lock is not None:
                 self._lock.close()
@@ -346,11 +366,11 @@ class Node:
     def _start_containerd(self) -> None:
         pause_ref = pause_image().ref
         config = self.root / "containerd.toml"
-        root = self.root / "containerd"
+        self._open_image_store()
         config.write_text(
             f"""version = 3
-root = "{root}/root"
-state = "{root}/state"
+root = "{self.image_store / "root"}"
+state = "{self.root / "containerd" / "state"}"
 # NRI would listen on a fixed socket under /var/run; the node needs none of it.
 disabled_plugins = ["io.containerd.nri.v1.nri"]
 
@@ -409,6 +429,64 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             log=log,
             interval=0.25,
         )
+        # Images of the store that no session finished importing are not trusted.
+        listed = set(self.ctr("images", "list", "--quiet").split())
+        for ref in sorted(listed - set(self._stored)):
+            self.ctr("images", "remove", "--sync", ref, check=False)
+        self._stored = {ref: used for ref, used in self._stored.items() if ref in listed}
+
+    # -- the image store (IMAGE_STORE) ----------------------------------------------------
+    def _open_image_store(self) -> None:
+        """Takes the store as the last session left it, or empty if that one was killed
+        (its containers, mounts or half-written images could be anywhere in it)."""
+        store = self.image_store
+        if store.exists() and not (store / "clean").exists():
+            self._unmount_under(str(store))
+            shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "clean").unlink(missing_ok=True)  # until stop() has closed it again
+        try:
+            self._stored = json.loads((store / "images.json").read_text())
+        except (OSError, ValueError):
+            self._stored = {}
+
+    def _close_image_store(self) -> bool:
+        """Removes every container and sandbox (images stay), prunes images to the most
+        recently used per repository, and says whether the store is fit to keep."""
+        now = time.time()
+        used = {**self._stored, **dict.fromkeys(self.images, now)}
+        keep: set[str] = set()
+        by_repository: dict[str, list[str]] = {}
+        for ref in used:
+            by_repository.setdefault(ref.rsplit(":", 1)[0], []).append(ref)
+        for refs in by_repository.values():
+            keep |= set(sorted(refs, key=lambda r: -used[r])[:IMAGES_KEPT_PER_REPOSITORY])
+        try:
+            for task in self._tasks():
+                self.ctr("tasks", "delete", "--force", task, check=False)
+            for item in self._ids("sandboxes"):
+                self.ctr("sandboxes", "remove", "--force", item)
+            for item in self._ids("containers"):
+                self.ctr("containers", "remove", item)
+            for ref in set(self.ctr("images", "list", "--quiet").split()) - keep:
+                self.ctr("images", "remove", "--sync", ref)
+            left = [kind for kind in ("containers", "sandboxes") if self._ids(kind)]
+            if left:
+                raise RuntimeError(f"{', '.join(left)} left in containerd")
+        except Exception as exc:  # the store is then discarded at the next start
+            (self.logs / "image-store.log").write_text(f"not kept: {exc}\n")
+            return False
+        (self.image_store / "images.json").write_text(
+            json.dumps({ref: used[ref] for ref in sorted(keep)}, indent=1)
+        )
+        return True
+
+    def _ids(self, kind: str) -> list[str]:
+        """The ids of containerd's containers or sandboxes (whose ``list`` has no --quiet:
+        the first column under a header)."""
+        if kind == "containers":
+            return self.ctr(kind, "list", "--quiet").split()
+        return [line.split()[0] for line in self.ctr(kind, "list").splitlines()[1:] if line.strip()]
 
     def ctr(self, *args: str | Path, check: bool = True, timeout: float = 120) -> str:
         return sh(
@@ -423,12 +501,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     def import_image(self, image: BuiltImage) -> str:
         """Imports an image archive into the node's containerd (once per session) and
         returns its reference, which pods use with ``imagePullPolicy: IfNotPresent``."""
-        if image.ref not in self.images:
-            # The trainer's ~7 GB unpack at ~13 s/GB on an idle machine: minutes on a busy one.
+        if image.ref not in self.images and image.ref not in self._stored:
+            # The trainer's ~7 GB unpack at ~13 s/GB on an idle machine: minutes on a busy
+            # one; once per version of the image, thanks to the store.
             self.ctr("images", "import", image.archive, timeout=1200)
             if image.ref not in self.ctr("images", "list", "--quiet").split():
                 raise RuntimeError(f"{image.archive} imported, but not as {image.ref}")
-            self.images[image.ref] = image
+        self.images[image.ref] = image
         return image.ref
 
     # -- kubelet ------------------------------------------------------------------------
@@ -694,7 +773,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
                     os.kill(int(entry.name), signal.SIGKILL)
 
     def _unmount(self) -> None:
-        roots = [str(self.root), *(str(p) for p in OUTSIDE_ROOTS)]
+        self._unmount_under(str(self.root), str(self.image_store), *map(str, OUTSIDE_ROOTS))
+
+    @staticmethod
+    def _unmount_under(*roots: str) -> None:
         for _ in range(3):  # a lazy unmount can uncover a mount below it
             points = []
             with contextlib.suppress(OSError):
