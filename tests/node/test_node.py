@@ -114,9 +114,8 @@ def test_pods_talk_through_headless_service_dns(node: Node, node_namespace: str)
     client_pod = pod(
         "client",
         node.probe,
-        # The server may not listen yet, and its DNS record appears once it is Ready (on a
-        # loaded machine, CoreDNS can take a minute to see it: seen once with 60 tries).
-        f"for i in $(seq 180); do echo hello | nc -w 2 {fqdn} 23456 && exit 0; sleep 1; done;"
+        # The server may not listen yet, and its DNS record appears once it is Ready.
+        f"for i in $(seq 60); do echo hello | nc -w 2 {fqdn} 23456 && exit 0; sleep 1; done;"
         " exit 1",
     )
     core.create_namespaced_pod(ns, server)
