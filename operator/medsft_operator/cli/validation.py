@@ -1,5 +1,7 @@
 """``medsft validate``: manifests checked the way the apiserver would and more, with
-field-level messages (:func:`validate_documents`, a pure function tested on its own)."""
+field-level messages (:func:`validate_documents`, a pure function tested on its own): the
+resource itself, and the children the operator would create from it (rendered with its own
+builders, checked with Kubernetes' pod rules by :mod:`medsft_operator.validate_children`)."""
 
 from __future__ import annotations
 
@@ -450,7 +452,9 @@ def validate(
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """Check manifests offline: schema, enums, ranges, cross-field rules, names (field-level messages)."""
+    """Check manifests offline: schema, enums, ranges, cross-field rules, names, and the pod
+    rules of the Jobs the operator would create from them (field-level messages). Other kinds
+    (a Namespace beside a run) pass through with a note."""
     failed = False
     for path in manifest_files(files):
         if str(path) != "-" and path.is_dir():
