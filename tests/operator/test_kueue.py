@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 import pytest
 from kubernetes import client
-from operator_harness import FAKE, Cluster, RunDriver, eval_spec, resource, run_spec, wait_for
+from operator_harness import (
+    FAKE,
+    Cluster,
+    RunDriver,
+    eval_spec,
+    resource,
+    run_spec,
+    sft_spec,
+    wait_for,
+)
 
 from harness.batch import BATCH_LABEL
 
@@ -281,3 +290,62 @@ def test_a_stage_in_a_missing_local_queue_is_queued_as_inadmissible(
     status = cluster.status("EvalJob", "ev")
     assert "no-such-queue" in queued["message"] and queued["message"] == status["message"]
     assert cluster.job("ev-eval").spec.suspend is True
+
+
+def deactivate(queues: Queues, job: str) -> dict:
+    """Set ``spec.active: false`` on the Workload of PyTorchJob ``job``, as an admin does (and
+    as Kueue itself does when waitForPodsReady's requeuing limit is reached)."""
+    workload = wait_for(
+        lambda: next(
+            (
+                w
+                for w in queues.workloads()
+                if any(o["name"] == job for o in w["metadata"].get("ownerReferences") or [])
+            ),
+            None,
+        ),
+        what=f"the Workload of {job}",
+    )
+    name = workload["metadata"]["name"]
+    return queues.custom.patch_namespaced_custom_object(
+        *KUEUE, queues.cluster.namespace, "workloads", name, {"spec": {"active": False}}
+    )
+
+
+def test_a_deactivated_workload_spends_an_attempt_then_fails_with_kueues_reason(
+    cluster, storage, operator, queues
+):
+    """Before: the SFTJob stayed Queued ("resumes from ... when re-admitted") for good, its
+    PyTorchJob suspended by a Workload Kueue never re-queues."""
+    dataset = f"s3://{storage.bucket}/datasets/deactivated"
+    storage.write_dataset(dataset)
+    spec = sft_spec(
+        storage,
+        dataset={"manifestUri": f"{dataset}/manifest.json"},
+        nodes=1,
+        gpusPerNode=1,
+        backoffLimit=1,
+        scheduling={"queueName": queues.local_queue},
+    )
+    cluster.create(resource("SFTJob", "ft", spec, annotations=HELD))
+    cluster.wait_phase("SFTJob", "ft", "Running")
+
+    # Attempt a0's Workload is deactivated: Kueue suspends the job and will not re-queue it.
+    deactivate(queues, "ft-a0")
+    wait_for(lambda: cluster.pytorchjob("ft-a1"), what="attempt a1")
+    status = wait_for(
+        lambda: (s := cluster.status("SFTJob", "ft")).get("restarts") == 1 and s,
+        what="one attempt spent",
+    )
+    assert status["phase"] in ("Running", "Queued"), status
+    # Kueue's own reason for ending a0, in the event that spends the attempt.
+    cluster.wait_events("ft", "Retrying", mentioning="ft-a0 failed (Deactivated)")
+    cluster.wait_phase("SFTJob", "ft", "Running")
+
+    # The retry budget is spent: a1's deactivation fails the stage with Kueue's reason.
+    deactivate(queues, "ft-a1")
+    status = cluster.wait_phase("SFTJob", "ft", "Failed")
+    failed = cluster.condition("SFTJob", "ft", "Failed")
+    assert failed["reason"] == "Deactivated", failed
+    assert "Kueue deactivated workload" in status["message"] and "2 attempt(s)" in status["message"]
+    assert sorted(j["metadata"]["name"] for j in cluster.pytorchjobs()) == ["ft-a0", "ft-a1"]
