@@ -251,7 +251,9 @@ def main() -> int:
         padded_batches.append(collated)
 
     def packed_step(batch) -> None:
-        train_step(engine, [batch], topo.world_size, device)
+        # Every rank has a micro-batch each step here, so the filler (what a rank whose data
+        # ran out runs at zero weight) is never used: the batch itself stands in.
+        train_step(engine, [batch], batch, topo.world_size, device)
 
     def padded_step(batch) -> None:  # the plain HF way: full logits, the model's own loss
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}

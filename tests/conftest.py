@@ -1,6 +1,9 @@
 """Registers the real-component fixtures (tests/harness) for every test, and keeps the
 tests of the real node on one pytest-xdist worker (`make test` runs two): the node is one
-per machine (tests/harness/node.py), so a second worker asking for it would only wait."""
+per machine (tests/harness/node.py), so a second worker asking for it would only wait.
+The image builds (tests/images/test_build.py) go with them: a build and the node's import
+of the 7 GB trainer image at the same time once took the shared disk low enough for the
+kubelet to garbage-collect the node's images."""
 
 import pytest
 
@@ -9,5 +12,6 @@ pytest_plugins = ["harness.fixtures"]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "node" in getattr(item, "fixturenames", ()):
+        building = item.path.name == "test_build.py" and item.path.parent.name == "images"
+        if building or "node" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("node"))

@@ -550,14 +550,16 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
                     "syncFrequency": "10s",
                     "serializeImagePulls": False,
                     # Images are imported, never pulled: never garbage-collect them, and
-                    # never evict pods because a shared disk is fuller than a node's would be.
+                    # never evict pods (or reclaim the images) because a shared disk is
+                    # fuller than a node's would be: absolute floors, not shares of a disk
+                    # that other work fills (1 % of this one once took the images away).
                     "imageGCHighThresholdPercent": 100,
                     "imageGCLowThresholdPercent": 99,
                     "evictionHard": {
                         "memory.available": "100Mi",
-                        "nodefs.available": "1%",
+                        "nodefs.available": "256Mi",
                         "nodefs.inodesFree": "1%",
-                        "imagefs.available": "1%",
+                        "imagefs.available": "256Mi",
                     },
                     "shutdownGracePeriod": "0s",
                 }
