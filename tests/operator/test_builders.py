@@ -204,7 +204,7 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_scheduling():
     # nothing, and a failed attempt leaves no pod behind to hold GPUs beside the next one.
     assert spec["runPolicy"] == {
         "backoffLimit": 0,
-        "cleanPodPolicy": "All",
+        "cleanPodPolicy": "Running",
         "suspend": True,
         "schedulingPolicy": {"minAvailable": 4, "priorityClass": "high"},
     }

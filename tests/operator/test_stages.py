@@ -282,7 +282,7 @@ def test_an_unknown_benchmark_is_a_condition_not_a_pod(cluster, storage, operato
 def test_the_next_attempt_waits_until_the_failed_attempts_pods_are_gone(cluster, storage, operator):
     """A survivor of attempt a0 (here a pod no kubelet runs: it stays Pending, as a rank
     blocked in a collective stays Running) would hold GPUs and write checkpoints beside a1.
-    The PyTorchJob's cleanPodPolicy: All has the training operator delete them; the operator
+    The PyTorchJob's cleanPodPolicy: Running has the training operator delete them; the operator
     starts a1 only once they are gone. Before: a1 was created at once."""
     from kubernetes import client
 
@@ -291,7 +291,7 @@ def test_the_next_attempt_waits_until_the_failed_attempts_pods_are_gone(cluster,
     spec = sft_spec(storage, dataset={"manifestUri": f"{dataset}/manifest.json"}, nodes=1)
     cluster.create(resource("SFTJob", "ft", spec, annotations={f"{FAKE}outcome": "Running"}))
     first = wait_for(lambda: cluster.pytorchjob("ft-a0"), what="PyTorchJob ft-a0")
-    assert first["spec"]["runPolicy"]["cleanPodPolicy"] == "All"
+    assert first["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
     labels = first["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
     survivor = client.V1Pod(
         metadata=client.V1ObjectMeta(name="ft-a0-master-0", labels=labels),

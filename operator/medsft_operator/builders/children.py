@@ -269,8 +269,10 @@ def pytorch_job(
     run_policy: Manifest = {
         "backoffLimit": 0,  # one retry budget: the operator's attempts (see the docstring)
         # A failed attempt's survivors (a rank blocked in a collective, a Worker recreated to
-        # wait for a gone Master) would hold GPUs and upload or prune beside the next one.
-        "cleanPodPolicy": "All",
+        # wait for a gone Master) would hold GPUs and upload or prune beside the next one:
+        # the training operator deletes the pods still Running or Pending when the job ends.
+        # Not ``All``: finished pods stay, with their logs (what `kubectl logs` is for).
+        "cleanPodPolicy": "Running",
         "schedulingPolicy": scheduling,
     }
     if queued:

@@ -515,7 +515,7 @@ class SFTReconciler(StageReconciler):
 
     async def _live_pods(self, namespace: str, name: str, attempt: int) -> int:
         """How many pods of attempt ``attempt`` still run (or may). The PyTorchJob's
-        ``cleanPodPolicy: All`` deletes them; until they are gone, a survivor would hold GPUs
+        ``cleanPodPolicy: Running`` deletes them; until they are gone, a survivor would hold GPUs
         and write checkpoints beside the next attempt."""
         selector = {
             names.OWNER_KIND: "SFTJob",
