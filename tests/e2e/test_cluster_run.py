@@ -51,12 +51,18 @@ def test_quickstart_applied_to_the_cluster_is_promoted(cluster_run: ClusterRun) 
     assert set(ptj["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
     assert {c["type"]: c["status"] for c in ptj["status"]["conditions"]}["Succeeded"] == "True"
     master, worker = f"{ptj['metadata']['name']}-master-0", f"{ptj['metadata']['name']}-worker-0"
-    assert pods[master].status.phase == pods[worker].status.phase == "Succeeded"
+    assert ptj["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert pods[master].status.phase == "Succeeded"
     assert {p.spec.node_name for p in pods.values()} == {"medsft-node"}
-    # The rendezvous is the training operator's: it told the Worker where the Master is (its
-    # headless Service) and which node it is.
-    worker_env = {e.name: e.value for e in pods[worker].spec.containers[0].env}
-    assert worker_env["MASTER_ADDR"] == master and worker_env["PET_NODE_RANK"] == "1"
+    # The job succeeds with its Master; a Worker still shutting down then (its torchrun agent
+    # leaves after the Master's) is deleted by cleanPodPolicy: Running, one that finished
+    # first stays. Its training is judged below from storage: both ranks shared every epoch.
+    if worker in pods:
+        assert pods[worker].status.phase == "Succeeded"
+        # The rendezvous is the training operator's: it told the Worker where the Master is
+        # (its headless Service) and which node it is.
+        worker_env = {e.name: e.value for e in pods[worker].spec.containers[0].env}
+        assert worker_env["MASTER_ADDR"] == master and worker_env["PET_NODE_RANK"] == "1"
 
     # Artifacts in MinIO, as the pods wrote them; status folded from what the pods reported.
     root = f"{ns}/{RUN}/g1"
