@@ -486,7 +486,10 @@ def test_two_nodes_resume_from_the_last_step_complete_on_both(setup: Setup, mini
             _kill_tree(proc)
         proxy.resume()
     assert not node1.is_complete(4)
-    assert node0.steps() == [2, 4]  # step 2 kept: the newest step complete on both nodes
+    # Step 2 kept: the newest step complete on both nodes. Node 0 may have uploaded step 6 in
+    # the second before the kill; it keeps every step from the common one on, so 6 may stay.
+    kept = node0.steps()
+    assert kept[:2] == [2, 4] and set(kept) <= {2, 4, 6}, kept
 
     procs = start(free_port())
     try:
