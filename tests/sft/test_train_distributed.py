@@ -161,6 +161,7 @@ def test_overfits_checkpoints_exports_and_reports(
     assert progress["step"] == STEPS and progress["phase"] == "done"
     assert progress["counts"]["overlong_dropped"] > 0
     assert progress["counts"] == summary["counts"]
+    assert summary["attention_kernel"] == "sdpa"  # CPU: varlen_attn is CUDA-only
     assert out.get_bytes(LOSS_CURVE)[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The export is a Hugging Face model folder that loads with stock classes and generates.

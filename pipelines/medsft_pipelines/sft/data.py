@@ -34,7 +34,8 @@ Pipeline
 4. Micro-batches of one window hold only that window's samples.
 5. :func:`collate` builds model inputs. Packed rows get no attention mask and
    ``position_ids`` of shape ``[4, B, L]``: row 0 restarts at 0 for every sample (transformers
-   derives the block-diagonal mask — or flash-attention varlen boundaries — from it), rows
+   derives the block-diagonal mask from it; the GPU's varlen kernel, :mod:`.attention`, cuts
+   the sequences there), rows
    1-3 are Qwen-VL's 3-D rope positions, computed per sample. Unpacked rows use the plain
    padded path (attention mask, positions computed by the model). A micro-batch without
    images gets a tiny loss-free image segment, so all ranks run the same modules in the same
@@ -531,14 +532,15 @@ def collate(
 ) -> Collated:
     """Pad rows to the longest one and build the model inputs (see the module docstring).
 
-    ``flatten`` (packed only; what the trainer does under flash-attention) puts the whole
-    micro-batch in one row. Flash-attention takes packed boundaries from the text position
-    ids (row 0 of ``position_ids``) only for a batch of one row, and then runs varlen
-    attention on exactly those boundaries; rows of a larger micro-batch would attend across
-    samples. One flat row also needs no padding. The boundaries are not passed as
-    ``cu_seq_lens_q/k`` kwargs: the Qwen-VL models hand a forward's kwargs to their vision
-    tower too, whose attention sets its own (a duplicate keyword under flash-attention).
-    SDPA and eager keep the rows and get a block-diagonal mask from the position resets.
+    ``flatten`` (packed only; what the trainer does under a varlen kernel: its own
+    :data:`~medsft_pipelines.sft.attention.VARLEN`, the GPU default, or flash-attn's) puts the
+    whole micro-batch in one row, which needs no padding. The varlen kernels take the packed
+    boundaries from the text position ids (row 0 of ``position_ids``); flash-attn's does so
+    only for a batch of one row (rows of a larger micro-batch would attend across samples).
+    The boundaries are not passed as ``cu_seq_lens_q/k`` kwargs: the Qwen-VL models hand a
+    forward's kwargs to their vision tower too, whose attention sets its own (a duplicate
+    keyword under flash-attention). SDPA and eager keep the rows and get a block-diagonal
+    mask from the position resets.
 
     ``vision_filler`` (see :meth:`ExampleEncoder.vision_filler`) is appended to the first row
     of a micro-batch without images, so every micro-batch runs the vision tower at the same

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from transformers import AutoModelForImageTextToText, get_scheduler
 
 from medsft_pipelines.models import load_processor, save_processor
+from medsft_pipelines.sft.attention import VARLEN, choose_attention, flattens_packed_rows
 from medsft_pipelines.sft.checkpointing import Checkpoints, Topology, TrainState
 from medsft_pipelines.sft.data import (
     BatchPlan,
@@ -175,14 +176,13 @@ def load_model(
     dtype = torch.float32
     if on_gpu:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.training.precision, dtype)
-    attn = "sdpa"
-    if on_gpu:
-        try:
-            import flash_attn  # noqa: F401  (varlen kernels: packing without a dense mask)
-
-            attn = "flash_attention_2"
-        except ImportError:
-            pass
+    attn = choose_attention(device, dtype, spec.training.packing)
+    log.info(
+        "attention kernel: %s (%s)", attn,
+        "varlen_attn on packed-sample offsets, no mask" if attn == VARLEN
+        else "SDPA, block-diagonal mask for packed rows" if spec.training.packing
+        else "SDPA, padding mask",
+    )  # fmt: skip
     model = AutoModelForImageTextToText.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=attn
     )
@@ -506,7 +506,7 @@ def make_collator(job: Job) -> Callable[[MicroBatch], Collated | None]:
     """Micro-batch -> model inputs (None for one whose every sample the encoder dropped)."""
     pad_id = job.processor.tokenizer.pad_token_id
     filler = job.encoder.vision_filler()
-    flatten = job.plan.packing and flash_attention(job.engine.module)
+    flatten = job.plan.packing and flattens_packed_rows(attention_kernel(job.engine.module))
 
     def make(batch: MicroBatch) -> Collated | None:
         if not batch.rows:
@@ -519,9 +519,9 @@ def make_collator(job: Job) -> Callable[[MicroBatch], Collated | None]:
     return make
 
 
-def flash_attention(model: torch.nn.Module) -> bool:
-    """Whether the model runs flash-attention (packed micro-batches are then flattened)."""
-    return "flash_attention" in str(getattr(model.config, "_attn_implementation", ""))
+def attention_kernel(model: torch.nn.Module) -> str:
+    """The ``attn_implementation`` the model runs (see :mod:`.attention`)."""
+    return str(getattr(model.config, "_attn_implementation", ""))
 
 
 def idle_batch(job: Job) -> Collated:
@@ -533,7 +533,7 @@ def idle_batch(job: Job) -> Collated:
     pad_id = job.processor.tokenizer.pad_token_id
     return collate(
         [[filler]], pad_id, job.rope_index, job.plan.packing, None, job.encoder.pixels,
-        flatten=job.plan.packing and flash_attention(job.engine.module),
+        flatten=job.plan.packing and flattens_packed_rows(attention_kernel(job.engine.module)),
     )  # fmt: skip
 
 
@@ -697,6 +697,7 @@ def export(job: Job, state: TrainState, counts: dict[str, int]) -> dict[str, Any
         "model_uri": job.config.model_uri,
         "dataset_manifest_uri": job.config.dataset_manifest_uri,
         "spec_hash": job.config.run.spec_hash,
+        "attention_kernel": attention_kernel(engine.module),
     }
     if job.topo.rank == 0:
         local = node_work_dir(job.config) / "export"
