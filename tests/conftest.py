@@ -10,6 +10,12 @@ import pytest
 pytest_plugins = ["harness.fixtures"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist registers this marker itself; a run without it (`-p no:xdist`, one
+    # process) must still accept the marker under --strict-markers.
+    config.addinivalue_line("markers", "xdist_group(name): tests that share one xdist worker")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         building = item.path.name == "test_build.py" and item.path.parent.name == "images"
