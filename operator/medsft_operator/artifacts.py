@@ -4,6 +4,12 @@ Credentials come from the Secret a spec references (the same one its pods use), 
 run's storage is reached with exactly the rights its jobs have. They live only in this
 process's memory (a short-lived cache) and are scrubbed from every error text.
 Storage calls block, so they run on the operator's thread pool.
+
+Fencing: the stores carry the operator client's budget (the leader's remaining term), so
+every request — not just each call — is refused after the term and times out within it; and
+the one object the operator overwrites, the promoted pointer, is only ever moved forward by
+a conditional write (:meth:`StorageAccess.advance_json`), so a write delayed in the network
+past its leader's term cannot replace what a successor wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.storage import (
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StorageSettings,
     open_store,
 )
@@ -155,7 +162,8 @@ class StorageAccess:
         )
         bucket = self._stores.get(key)
         if bucket is None:
-            bucket = open_store(f"s3://{parsed.netloc}", settings)
+            # The budget is read before every request (each retry, part, page, batch).
+            bucket = open_store(f"s3://{parsed.netloc}", settings, budget=self.kube.budget)
             self._stores[key] = bucket
         path = parsed.path.strip("/")
         return bucket.child(path) if path else bucket
@@ -214,10 +222,34 @@ class StorageAccess:
         store = await self.store(namespace, storage, root)
         return await self.call(lambda: store.exists(key))
 
-    async def put_json(self, namespace: str, storage: StorageSpec, uri: str, value: Any) -> None:
+    async def advance_json(
+        self, namespace: str, storage: StorageSpec, uri: str, value: dict[str, Any], order: str
+    ) -> dict[str, Any]:
+        """Write ``value`` at ``uri`` unless the object there is as far or further along by
+        ``value[order]`` (e.g. the generation); what the object holds afterwards.
+
+        Forward only, decided by the store: the write is conditional on the version read, so
+        if anyone wrote in between — or this request reaches the store late, after a
+        successor wrote — it is refused and the comparison is made again with what is there.
+        """
         root, key = uri.rstrip("/").rsplit("/", 1)
         store = await self.store(namespace, storage, root)
-        await self.call(lambda: store.put_json(key, value))
+
+        def advance() -> dict[str, Any]:
+            while True:
+                try:
+                    current, tag = store.get_json_tagged(key)
+                except ObjectNotFound:
+                    current, tag = None, None
+                if isinstance(current, dict) and int(current.get(order) or 0) >= value[order]:
+                    return current
+                try:
+                    store.put_json_if(key, value, tag)
+                except PreconditionFailed:
+                    continue  # written meanwhile: compare with that
+                return value
+
+        return await self.call(advance)
 
     async def delete_prefix(self, namespace: str, storage: StorageSpec, uri: str) -> int:
         """Delete everything under the folder ``uri``; how many objects went."""

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -207,14 +207,28 @@ class LeaderElector:
                 self._stop_leading()
                 return
 
-    async def release(self) -> None:
+    async def release(self, drain: Callable[[float], Awaitable[bool]] | None = None) -> None:
         """Hand the Lease over at once on a clean shutdown (the next leader need not wait).
-        Only while still within the term, and after this replica stopped acting."""
+        Only while still within the term, after this replica stopped acting and, with
+        ``drain``, after the requests it still has in flight ended: ``drain(seconds)`` waits
+        at most that long (what is left of the term) and says whether they all did. A
+        request still running when the term ends keeps the Lease unreleased — the successor
+        then waits the lease duration out, as it would for a crashed leader."""
         if not self.leading.is_set() or self._lease is None or self.remaining() <= 0:
             self._stop_leading()
             return
-        budget = self.remaining()
+        until = self._valid_until
         self._stop_leading()  # stop first: from here on nothing of ours may act
+        if drain is not None and not await drain(until - self.clock()):
+            log.warning(
+                "requests still in flight at the end of the term: Lease %s/%s left to expire",
+                self.namespace,
+                self.name,
+            )
+            return
+        budget = until - self.clock()
+        if budget <= 0:
+            return
         lease = dict(self._lease)
         lease["spec"] = {
             **lease["spec"],

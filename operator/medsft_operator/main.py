@@ -164,7 +164,7 @@ async def run(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> i
     kube = Kube(api_client, executor, budget=elector.remaining if elector else None)
     storage = StorageAccess(kube, executor)
     setup_logging(config, storage.redact)
-    controller = Controller(Context(kube, storage, config, EventSink(storage.redact)))
+    controller = Controller(Context(kube, storage, config, EventSink(storage.redact, kube)))
 
     ports = [config.http_port] + ([config.metrics_port] if config.metrics_port is not None else [])
     health = HealthServer(
@@ -189,9 +189,26 @@ async def run(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> i
         return await _operate(config, controller, api_client, elector, stop)
     finally:
         if elector is not None:
-            await elector.release()
+            await hand_over(elector, executor)
         await health.stop()
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def drain(executor: ThreadPoolExecutor, seconds: float) -> bool:
+    """Whether every request running on ``executor`` ended within ``seconds`` (queued ones
+    are dropped): a handler cancelled at shutdown leaves its request running in a thread."""
+    finishing = asyncio.ensure_future(
+        asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    )
+    done, _ = await asyncio.wait({finishing}, timeout=max(0.0, seconds))
+    return bool(done)
+
+
+async def hand_over(elector: LeaderElector, executor: ThreadPoolExecutor) -> None:
+    """Release the Lease on a clean exit only after the reconcilers' requests (API and
+    storage, all on ``executor``) ended: a successor must not act beside a write of ours
+    still on its way. Each of them times out within the term, so this waits no longer."""
+    await elector.release(drain=lambda seconds: drain(executor, seconds))
 
 
 async def _operate(

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from medsft_pipelines.storage import DatasetNotReady, ObjectStore, StorageError, open_store
+from medsft_pipelines.storage import (
+    DatasetNotReady,
+    ObjectStore,
+    OutOfBudget,
+    StorageError,
+    open_store,
+)
 from medsft_pipelines.storage.checkpoints import CheckpointStore
 from medsft_pipelines.storage.shards import DatasetReader, ShardWriter
 
@@ -175,3 +181,19 @@ def test_credentials_never_in_exceptions_or_logs(
         texts += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
     assert any("retrying" in t for t in texts)  # the logs under test are really there
     assert_no_secret(texts, minio.secret_key, minio.access_key, wrong)
+
+
+def test_a_budget_bounds_every_request_of_a_call_not_just_its_start(minio, minio_bucket) -> None:
+    """A long call (delete_prefix: a listing, then delete batches) stops at the request
+    after its budget is spent — the operator's leader term ends in the middle of it."""
+    open_store(f"s3://{minio_bucket}/run", settings=s3_settings(minio)).put_bytes("a/1", b"x")
+    requests = []
+
+    def budget() -> float:
+        requests.append(1)
+        return 5.0 if len(requests) == 1 else 0.0  # the listing goes; the term ends then
+
+    store = open_store(f"s3://{minio_bucket}/run", settings=s3_settings(minio), budget=budget)
+    with pytest.raises(OutOfBudget):
+        store.delete_prefix("a/")
+    assert s3_store(minio, minio_bucket).list() == ["a/1"]  # no delete was sent

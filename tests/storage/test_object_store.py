@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medsft_pipelines.storage import ObjectNotFound, ObjectStore, open_store
+from medsft_pipelines.storage import ObjectNotFound, ObjectStore, PreconditionFailed, open_store
 
 MiB = 1024 * 1024
 
@@ -111,6 +111,22 @@ def test_upload_and_download_file(store: ObjectStore, tmp_path: Path) -> None:
 def test_json_helpers(store: ObjectStore) -> None:
     store.put_json("p.json", {"step": 3, "counts": {"kept": 2}})
     assert store.get_json("p.json") == {"step": 3, "counts": {"kept": 2}}
+
+
+def test_conditional_writes_replace_only_the_version_read(store: ObjectStore) -> None:
+    # Create-only: a second creator loses.
+    first = store.put_json_if("p.json", {"generation": 1}, None)
+    with pytest.raises(PreconditionFailed):
+        store.put_json_if("p.json", {"generation": 9}, None)
+    value, tag = store.get_json_tagged("p.json")
+    assert (value, tag) == ({"generation": 1}, first)
+    # Replace the version read; a writer holding an older tag loses, whatever it writes.
+    second = store.put_json_if("p.json", {"generation": 2}, tag)
+    with pytest.raises(PreconditionFailed):
+        store.put_json_if("p.json", {"generation": 3}, tag)
+    assert store.get_json_tagged("p.json") == ({"generation": 2}, second)
+    with pytest.raises(ObjectNotFound):
+        store.get_json_tagged("absent.json")
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "a/./b", "dir/", "a\\b"])

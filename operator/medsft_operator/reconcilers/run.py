@@ -225,7 +225,11 @@ class RunReconciler(Reconciler):
                     "promotedAt": fold.now().isoformat(),
                 }
                 uri = layout.promoted_pointer_uri(plan.storage, meta["namespace"], meta["name"])
-                await self.ctx.storage.put_json(meta["namespace"], plan.storage, uri, pointer)
+                # Forward only: never replaces a newer generation's pointer (a late write of
+                # a replaced leader, or a status that lags the store).
+                await self.ctx.storage.advance_json(
+                    meta["namespace"], plan.storage, uri, pointer, order="generation"
+                )
                 update |= {"promoted_generation": number, "promoted_model_uri": model_uri}
                 promoted: Literal["True", "False"] = "True"
                 reason, said = "ThresholdsMet", f"promoted: {verdict.message()}"

@@ -15,6 +15,8 @@ from .errors import (
     DatasetExistsError,
     DatasetNotReady,
     ObjectNotFound,
+    OutOfBudget,
+    PreconditionFailed,
     ShardIntegrityError,
     StorageError,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "DatasetNotReady",
     "ObjectNotFound",
     "ObjectStore",
+    "OutOfBudget",
+    "PreconditionFailed",
     "ShardIntegrityError",
     "StorageError",
     "StorageSettings",

@@ -8,7 +8,7 @@ backends: an object is either absent or complete, never partial, for any reader.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -23,6 +23,8 @@ class Backend(Protocol):
     def uri(self, key: str) -> str: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str]: ...
+    def put_bytes_if(self, key: str, data: bytes, tag: str | None) -> str: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str, recursive: bool) -> Iterator[str]: ...
@@ -86,13 +88,28 @@ class ObjectStore:
         """The object's content; :class:`ObjectNotFound` if absent."""
         return self._backend.get_bytes(self._full(key))
 
+    def get_json_tagged(self, key: str) -> tuple[Any, str]:
+        """The object parsed as JSON, and the version tag (ETag) of that content, for
+        :meth:`put_json_if`; :class:`ObjectNotFound` if absent."""
+        data, tag = self._backend.get_bytes_tagged(self._full(key))
+        return self._parse_json(key, data), tag
+
+    def put_json_if(self, key: str, value: Any, tag: str | None) -> str:
+        """Write ``value`` only if the object is still the version ``tag`` (from
+        :meth:`get_json_tagged`; ``None``: only if no object exists), decided by the store
+        when the request arrives; the new tag. :class:`PreconditionFailed` otherwise."""
+        data = json.dumps(value, indent=2, sort_keys=True).encode()
+        return self._backend.put_bytes_if(self._full(key), data, tag)
+
     def put_json(self, key: str, value: Any) -> None:
         """Write ``value`` as indented UTF-8 JSON."""
         self.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
 
     def get_json(self, key: str) -> Any:
         """Parse the object as JSON."""
-        data = self.get_bytes(key)
+        return self._parse_json(key, self.get_bytes(key))
+
+    def _parse_json(self, key: str, data: bytes) -> Any:
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -137,11 +154,18 @@ class ObjectStore:
         return len(keys)
 
 
-def open_store(uri: str, settings: StorageSettings | None = None) -> ObjectStore:
+def open_store(
+    uri: str,
+    settings: StorageSettings | None = None,
+    *,
+    budget: Callable[[], float] | None = None,
+) -> ObjectStore:
     """An :class:`ObjectStore` rooted at ``uri``.
 
     ``s3://bucket/prefix`` uses MinIO/S3 with ``settings`` (default:
     :meth:`StorageSettings.from_env`); ``file:///abs/path`` or a plain path uses a local folder.
+    ``budget``: seconds the caller may still spend, read before each S3 request (see
+    :class:`.s3.S3Backend`); local files take no time worth fencing.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
@@ -149,7 +173,9 @@ def open_store(uri: str, settings: StorageSettings | None = None) -> ObjectStore
 
         if not parsed.netloc:
             raise ValueError(f"s3 URI without a bucket: {uri!r}")
-        backend: Backend = S3Backend(parsed.netloc, settings or StorageSettings.from_env())
+        backend: Backend = S3Backend(
+            parsed.netloc, settings or StorageSettings.from_env(), budget=budget
+        )
         return ObjectStore(backend, parsed.path)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):

@@ -30,6 +30,16 @@ class ShardIntegrityError(StorageError):
     """A shard's bytes do not match the manifest (size or sha256), or do not parse."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed since it was read (or present where it
+    was to be created): someone else wrote it first, and nothing was written."""
+
+
+class OutOfBudget(StorageError):
+    """Not sent: the caller's time budget is spent (for the operator: its leader term ended,
+    and it must not act any more)."""
+
+
 class CheckpointNotComplete(StorageError):
     """The checkpoint has no completion marker: it is absent or its upload never finished."""
 

@@ -7,6 +7,8 @@ Temporary files are invisible to :meth:`LocalBackend.list`.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import uuid
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ObjectNotFound
+from .errors import ObjectNotFound, PreconditionFailed
 
 TMP_MARK = ".medsft-tmp-"
 
@@ -39,6 +41,29 @@ class LocalBackend:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"no object at {self.uri(key)}") from None
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def put_bytes_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Conditional writes exclude each other with a lock on the object's folder (the
+        content's MD5 is the tag, as a single-part S3 ETag is)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            try:
+                current: str | None = self.get_bytes_tagged(key)[1]
+            except ObjectNotFound:
+                current = None
+            if current != tag:
+                raise PreconditionFailed(f"{self.uri(key)} changed since it was read")
+            self._write_atomically(path, lambda out: out.write(data))
+        finally:
+            os.close(folder)  # releases the lock
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def size(self, key: str) -> int:
         path = self._path(key)

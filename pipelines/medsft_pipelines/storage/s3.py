@@ -7,7 +7,13 @@
   one GET, larger ones as ``parallelism`` ranges at once, all with ``If-Match`` so that a
   concurrently replaced object restarts the read instead of mixing two versions.
 * Every operation retries connection errors and 5xx answers with exponential backoff until
-  ``settings.retry_timeout_s``, then raises :class:`StorageError`. Error texts are rebuilt from
+  ``settings.retry_timeout_s``, then raises :class:`StorageError`.
+* With a ``budget`` (seconds the caller may still spend: the operator's leader term), every
+  HTTP request — each part, each listing page, each delete batch, each retry — is refused
+  once it is spent (:class:`OutOfBudget`) and times out within what is left of it.
+* Conditional writes (``If-Match`` / ``If-None-Match: *``) let a writer replace an object
+  only if it is still the version it read: a write delayed in the network past its writer's
+  term then fails at the server instead of overwriting a successor's. Error texts are rebuilt from
   the backend error with the credentials redacted, and chaining is cut so that no traceback
   carries an unredacted original.
 """
@@ -19,10 +25,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import certifi
 import urllib3
@@ -31,7 +37,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import SSLError
 
-from .errors import ObjectNotFound, StorageError, redact
+from .errors import ObjectNotFound, OutOfBudget, PreconditionFailed, StorageError, redact
 from .settings import StorageSettings
 
 log = logging.getLogger("medsft.storage")
@@ -52,6 +58,8 @@ RETRYABLE_CODES = frozenset(
     }
 )
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+# A conditional write lost to another writer (S3 answers 409 for one racing it in flight).
+CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 5.0
 
@@ -82,10 +90,43 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class S3Backend:
-    """Objects in one bucket of an S3-compatible server."""
+class BudgetedPool(urllib3.PoolManager):
+    """A connection pool whose every request is refused once ``budget()`` is spent and
+    otherwise times out within it (connect, and each wait for response bytes)."""
 
-    def __init__(self, bucket: str, settings: StorageSettings) -> None:
+    def __init__(
+        self, budget: Callable[[], float], timeout: urllib3.Timeout, **kwargs: Any
+    ) -> None:
+        super().__init__(timeout=timeout, **kwargs)
+        self._budget = budget
+        self._connect = float(timeout.connect_timeout or 0) or None  # type: ignore[arg-type]
+        self._read = float(timeout.read_timeout or 0) or None
+
+    def urlopen(  # type: ignore[override]
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> urllib3.BaseHTTPResponse:
+        left = self._budget()
+        if left <= 0:
+            raise OutOfBudget(f"not sent: {method} refused, the time budget is spent")
+        kw["timeout"] = urllib3.Timeout(
+            connect=min(self._connect or left, left), read=min(self._read or left, left)
+        )
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
+class S3Backend:
+    """Objects in one bucket of an S3-compatible server.
+
+    ``budget``: seconds this backend may still spend (None: unbounded), read before every
+    request and every retry (see :class:`BudgetedPool`).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        settings: StorageSettings,
+        budget: Callable[[], float] | None = None,
+    ) -> None:
         if not settings.endpoint:
             raise StorageError(
                 "no S3 endpoint configured: set MEDSFT_S3_ENDPOINT or StorageSettings.endpoint"
@@ -94,7 +135,11 @@ class S3Backend:
         self.settings = settings
         self._secrets = settings.secrets()
         access, secret = self._secrets
-        http = urllib3.PoolManager(
+        self._budget = budget
+        pool: Callable[..., urllib3.PoolManager] = urllib3.PoolManager
+        if budget is not None:
+            pool = lambda **kw: BudgetedPool(budget, **kw)  # noqa: E731
+        http = pool(
             timeout=urllib3.Timeout(
                 connect=settings.connect_timeout_s, read=settings.read_timeout_s
             ),
@@ -133,6 +178,8 @@ class S3Backend:
                 failure = self._error(what, key, exc)
                 if not is_retryable(exc) or time.monotonic() + delay > deadline:
                     raise failure from None
+                if self._budget is not None and self._budget() <= delay:
+                    raise failure from None  # no retry can be sent within the budget
                 log.warning("%s (attempt %d); retrying in %.1fs", failure, attempt, delay)
             time.sleep(delay)  # backoff between attempts, bounded by the deadline above
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -160,6 +207,30 @@ class S3Backend:
 
         self._retrying("upload", key, attempt)
 
+    def put_bytes_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Write ``data`` only if the object's ETag is still ``tag`` (``None``: only if no
+        object exists); the new ETag. :class:`PreconditionFailed` when it changed."""
+        # The server decides, when the request arrives: a request held up in the network
+        # and delivered late fails there if anyone wrote the object meanwhile.
+        condition = {"If-Match": f'"{tag}"'} if tag is not None else {"If-None-Match": "*"}
+        headers: Mapping[str, str] = {"Content-Type": "application/octet-stream", **condition}
+
+        def attempt() -> str:
+            try:
+                # minio-py's put_object sends unknown headers as user metadata (x-amz-meta-);
+                # its single-request PutObject sends them as they are. One request, no
+                # multipart: a condition on a multipart upload would only apply at its end.
+                result = self._client._put_object(self.bucket, key, data, dict(headers))
+            except S3Error as exc:
+                if exc.code in CONDITION_CODES:
+                    raise PreconditionFailed(
+                        f"{self.uri(key)} changed since it was read (conditional write refused)"
+                    ) from None
+                raise
+            return str(result.etag)
+
+        return self._retrying("PUT", key, attempt)
+
     def _put(self, key: str, data: io.BufferedIOBase | io.BytesIO, size: int) -> None:
         self._client.put_object(
             self.bucket,
@@ -171,16 +242,21 @@ class S3Backend:
         )
 
     def get_bytes(self, key: str) -> bytes:
-        def attempt() -> bytes:
+        return self.get_bytes_tagged(key)[0]
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object's content and the ETag of exactly that content."""
+
+        def attempt() -> tuple[bytes, str]:
             parts: dict[int, bytes] = {}
 
             def open_sink(total: int) -> Sink:
                 return parts.__setitem__  # ranges are disjoint: one dict entry each
 
-            self._read(key, open_sink)
+            tag = self._read(key, open_sink)
             if len(parts) == 1:
-                return parts[0]  # the common small-object case: no copy at all
-            return b"".join(parts[offset] for offset in sorted(parts))
+                return parts[0], tag  # the common small-object case: no copy at all
+            return b"".join(parts[offset] for offset in sorted(parts)), tag
 
         return self._retrying("GET", key, attempt)
 
@@ -203,9 +279,9 @@ class S3Backend:
 
         self._retrying("download", key, attempt)
 
-    def _read(self, key: str, open_sink: Callable[[int], Sink], *, chunked: bool = False) -> None:
+    def _read(self, key: str, open_sink: Callable[[int], Sink], *, chunked: bool = False) -> str:
         """Fetch ``key`` into the sink ``open_sink(size)`` returns: one call per range, or per
-        chunk of at most STREAM_CHUNK bytes with ``chunked`` (bounded memory).
+        chunk of at most STREAM_CHUNK bytes with ``chunked`` (bounded memory); its ETag.
 
         A HEAD tells the size and ETag. Objects up to ``parallelism x part_size`` come in one
         request (on a fast link one stream is as quick as several, and every extra request
@@ -216,8 +292,9 @@ class S3Backend:
         info = self._client.stat_object(self.bucket, key)
         total = int(info.size or 0)
         write = open_sink(total)
+        tag = str(info.etag or "")
         if total == 0:
-            return
+            return tag
         headers: dict[str, str | list[str] | tuple[str]] = (
             {"If-Match": f'"{info.etag}"'} if info.etag else {}
         )
@@ -238,7 +315,7 @@ class S3Backend:
 
         if len(ranges) == 1:
             fetch(0, total)
-            return
+            return tag
         with ThreadPoolExecutor(len(ranges), thread_name_prefix="s3-range") as pool:
             futures = [pool.submit(fetch, offset, length) for offset, length in ranges]
             try:
@@ -247,6 +324,7 @@ class S3Backend:
             finally:
                 for future in futures:
                     future.cancel()
+        return tag
 
     def size(self, key: str) -> int:
         return int(
