@@ -20,6 +20,7 @@ from .batch import crd_files as upstream_crd_files
 from .controlplane import ControlPlane
 from .fake_training_operator import FakeTrainingOperator
 from .minio_server import MinioServer
+from .mlflow_server import MlflowServer
 from .node import Node, kubeflow_crd_files
 from .testbin import REPO_ROOT, binary, shared_dir
 
@@ -86,6 +87,18 @@ def fake_training_operator(
 @pytest.fixture(scope="session")
 def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     server = MinioServer(tmp_path_factory.mktemp("minio")).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(
+    minio: MinioServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """A real ``mlflow server``: SQLite backend, run artifacts in the test MinIO."""
+    server = MlflowServer(minio, "mlflow", tmp_path_factory.mktemp("mlflow")).start()
     try:
         yield server
     finally:

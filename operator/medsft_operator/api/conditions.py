@@ -20,6 +20,9 @@ FAILED = "Failed"
 PROGRESSING = "Progressing"  # children exist and are working
 INPUTS_READY = "InputsReady"  # Secrets, references and upstream datasets/models are there
 PROMOTED = "Promoted"  # MedSFTRun: the current generation passed the promotion gate
+# spec.tracking: True while the MLflow server cannot be reached (or sheds what it is sent);
+# training goes on and the numbers stay in object storage either way.
+TRACKING_DEGRADED = "TrackingDegraded"
 # Kueue (stages with scheduling.queueName), folded from the workload's Kueue Workload:
 QUEUED = "Queued"  # waiting for admission: reason WaitingForQuota / Inadmissible / ...
 ADMITTED = "Admitted"  # admitted; the message names the ClusterQueue

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import K8sName, StorageSpec, cel, k8s_rules
+from medsft_pipelines.specs.tracking import TrackingSpec
 
 GROUP = "medsft.io"
 VERSION = "v1alpha1"
@@ -205,6 +206,8 @@ class StageRuntime(Spec):
     """Retries of a failed pod/job before the stage is Failed (SFT resumes from the last checkpoint)."""
     storage: StorageSpec | None = None
     """Object storage; unset: the MedSFTRun's storage, else the operator's default storage."""
+    tracking: TrackingSpec | None = None
+    """Experiment tracking of this stage; unset: the MedSFTRun's, else none."""
 
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
@@ -279,6 +282,9 @@ class StatusBase(Spec):
     """When work finished (succeeded or failed)."""
     queue: QueueStatus | None = None
     """Kueue admission of the stage's current workload (stage kinds, with a queue)."""
+    tracking_url: Annotated[str, Field(max_length=2048)] | None = None
+    """The MLflow run the numbers go to (``spec.tracking``; a MedSFTRun's: the current
+    generation's), once the tracking server has opened it."""
 
 
 class ObjectMeta(BaseModel):

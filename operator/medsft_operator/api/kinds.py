@@ -34,6 +34,7 @@ from medsft_pipelines.specs.common import (
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import BENCHMARK_NAMES, EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
+from medsft_pipelines.specs.tracking import TrackingSpec
 
 CATEGORY = "medsft"
 SFTBackend = Literal["PyTorchJob", "TrainJob"]
@@ -351,6 +352,9 @@ class MedSFTRunSpec(Spec):
     """Gate marking a generation's model as promoted (needs the eval stage)."""
     artifact_policy: Literal["Retain", "Delete"] = "Retain"
     """What happens to the run's storage prefix when the MedSFTRun is deleted."""
+    tracking: TrackingSpec | None = None
+    """Experiment tracking: each generation becomes one MLflow run (its stages log into it);
+    unset: none. Never starts a generation."""
 
     model_config = k8s_rules(
         cel(
@@ -451,6 +455,9 @@ PHASE = PrinterColumn("Phase", ".status.phase", "string", "Lifecycle phase")
 PROGRESS = PrinterColumn("Progress", ".status.progress", "string", "Progress of the current work")
 AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since creation")
 MESSAGE = PrinterColumn("Message", ".status.message", "string", "Current state", priority=1)
+TRACKING = PrinterColumn(
+    "Tracking", ".status.trackingUrl", "string", "The current generation's MLflow run", priority=1
+)
 
 
 @dataclass(frozen=True)
@@ -566,6 +573,7 @@ class MedSFTRun(Resource):
             PrinterColumn(
                 "Promoted", ".status.promotedGeneration", "integer", "Promoted generation"
             ),
+            TRACKING,
             MESSAGE,
             AGE,
         ],

@@ -159,6 +159,8 @@ class GenerationRecord(Spec):
     """Per benchmark, a key of how it was evaluated; the gate compares only equal keys."""
     promoted: bool | None = None
     """Whether the generation passed the promotion thresholds."""
+    tracking_run_id: Annotated[str, Field(max_length=64)] | None = None
+    """The generation's MLflow run (``spec.tracking``)."""
     start_time: datetime | None = None
     """When the generation started."""
     completion_time: datetime | None = None

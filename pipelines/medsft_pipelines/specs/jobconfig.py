@@ -19,6 +19,7 @@ from medsft_pipelines.specs.common import ModelLocation, StorageSpec, StorageUri
 from medsft_pipelines.specs.curation import CurationSpec
 from medsft_pipelines.specs.eval import EvalSpec
 from medsft_pipelines.specs.sft import SFTSpec
+from medsft_pipelines.specs.tracking import MLflowSpec
 
 JOB_CONFIG_API_VERSION: Final = "medsft.io/v1alpha1"
 
@@ -49,6 +50,8 @@ class _JobConfigBase(Spec):
     """Folder this stage writes its results to."""
     progress_uri: StorageUri | None = None
     """Folder for ``progress.json`` and ``metrics.jsonl``; unset: ``outputUri``."""
+    tracking: MLflowSpec | None = None
+    """MLflow server (and run) this stage also sends its numbers to; unset: none."""
 
     def effective_progress_uri(self) -> str:
         """Where progress and metrics go."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from .base import ObjectStore
 from .errors import ObjectNotFound
@@ -31,6 +31,17 @@ PROGRESS_KEY = "progress.json"
 WORKER_PROGRESS_PREFIX = "progress/worker-"
 METRICS_PREFIX = "metrics/"
 SEGMENT = re.compile(r"metrics/(?P<name>[a-z0-9-]+)-(?P<index>\d{5})\.jsonl")
+
+
+class Tracker(Protocol):
+    """Where numbers are also sent (``medsft_pipelines.tracking.MLflowTracker``): calls that
+    only queue, never wait for the network."""
+
+    def log_metrics(self, values: Mapping[str, Any], step: int = 0) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def close(self, timeout_s: float = 15.0) -> dict[str, Any]: ...
 
 
 def _iso(unix: float) -> str:
@@ -54,8 +65,10 @@ class ProgressReporter:
         metrics_flush_s: float = 10.0,
         segment_lines: int = 10_000,
         clock: Callable[[], float] = time.time,
+        tracker: Tracker | None = None,
     ) -> None:
         self.store = store
+        self.tracker = tracker
         self.stage = stage
         self.worker = worker
         self.min_interval_s = min_interval_s
@@ -120,6 +133,11 @@ class ProgressReporter:
 
     def _write_progress(self, now: float) -> None:
         assert self._state is not None
+        if self.tracker is not None:
+            # The operator learns from here whether tracking is degraded (pods have no
+            # Kubernetes credentials); counts reach the tracker as often as this file.
+            self._state["tracking"] = self.tracker.state()
+            self.tracker.log_metrics(self._state["counts"], step=int(self._state["step"]))
         self.store.put_json(self._progress_key, self._state)
         self._last_write = now
         self._dirty = False
@@ -128,6 +146,8 @@ class ProgressReporter:
         """Append one metrics record (buffered; flushed every ``metrics_flush_s``)."""
         now = self._clock()
         record = {"time": now, **({"step": step} if step is not None else {}), **metrics}
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=step or 0)  # a queue append, never I/O
         with self._lock:
             self._lines.append(json.dumps(record, sort_keys=True, default=str))
             self._metrics_dirty = True
@@ -153,6 +173,16 @@ class ProgressReporter:
             self._flush_metrics(now)
 
     close = flush
+
+    def close_tracker(self, timeout_s: float = 15.0) -> None:
+        """Give the tracker ``timeout_s`` to send what is queued, then record its final state
+        in ``progress.json`` (a stage calls this once, when its work is done)."""
+        if self.tracker is None:
+            return
+        self.tracker.close(timeout_s)
+        with self._lock:
+            if self._state is not None:
+                self._write_progress(self._clock())
 
     def __enter__(self) -> ProgressReporter:
         return self
