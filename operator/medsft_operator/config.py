@@ -41,6 +41,10 @@ class OperatorConfig(Spec):
     """ClusterTrainingRuntime of TrainJobs whose spec names none (the chart installs it)."""
     poll_interval_s: Annotated[float, Field(gt=0)] = 30.0
     """How often active stages fold progress from storage and waiting stages re-check inputs."""
+    stall_grace_s: Annotated[float, Field(ge=0)] = 60.0
+    """How long a stage's pods may fail to pull their image, stay unschedulable or be
+    refused by the apiserver before the stage reports it (condition ``Stalled``, an Event);
+    shorter blips pass unreported (``medsft_operator.diagnose``)."""
     retry_backoff_s: Annotated[float, Field(gt=0)] = 2.0
     """First delay before an unexpected error is retried (doubles up to ``retryBackoffMaxS``)."""
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 120.0

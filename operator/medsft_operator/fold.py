@@ -386,6 +386,35 @@ def apply_inputs(
     return status.model_copy(update={"conditions": conditions})
 
 
+def apply_stalled(
+    status: StatusT, stalled: tuple[str, str] | None, generation: int | None
+) -> StatusT:
+    """``status`` with the Stalled condition: True with (reason, message) while its pods
+    cannot start (:mod:`medsft_operator.diagnose`), False once that passed; absent if never."""
+    if stalled is None:
+        previous = cond.get_condition(status.conditions, cond.STALLED)
+        if previous is None or previous.status == "False":
+            return status
+        reason, message = "Resolved", f"resolved: {previous.message}"[:QUEUE_MESSAGE_MAX]
+        conditions = cond.set_condition(
+            status.conditions, cond.STALLED, "False", reason, message, generation
+        )
+    else:
+        reason, message = stalled
+        conditions = cond.set_condition(
+            status.conditions, cond.STALLED, "True", reason, message, generation
+        )
+    return status.model_copy(update={"conditions": conditions})
+
+
+def stalled_of(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of a (wire-format) status whose Stalled condition is True."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == cond.STALLED and c.get("status") == "True":
+            return str(c.get("reason") or "Stalled"), str(c.get("message") or "")
+    return None
+
+
 def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType, str, str]]:
     """Events for what changed between two statuses: the phase, and any other condition
     that turned False (a problem) or back to True (recovered from one). A condition that
@@ -404,10 +433,11 @@ def transition_events(old: StatusBase, new: StatusBase) -> list[tuple[EventType,
         if c.type == cond.ADMITTED and c.status != "True":
             continue  # not admitted (yet, or any more): the Queued phase says so
         before = cond.get_condition(old.conditions, c.type)
-        if before is None and c.status == "True" and c.type != cond.EVICTED:
+        abnormal_true = c.type in (cond.EVICTED, cond.STALLED)  # True is the problem
+        if before is None and c.status == "True" and not abnormal_true:
             continue
         if before is None or before.status != c.status or before.reason != c.reason:
-            bad = "True" if c.type == cond.EVICTED else "False"  # Evicted=True is the problem
+            bad = "True" if abnormal_true else "False"
             kind = "Warning" if c.status == bad else "Normal"
             events.append((kind, c.reason, c.message or f"{c.type} is {c.status}"))
     return events

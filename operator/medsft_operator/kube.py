@@ -63,8 +63,11 @@ WORKLOADS = ResourceType("kueue.x-k8s.io", "v1beta2", "workloads", "Workload")
 CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 SECRETS = ResourceType("", "v1", "secrets", "Secret")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
-# Read only: a failed training attempt's pods, awaited before the next attempt starts.
+# Read only: a failed training attempt's pods, awaited before the next attempt starts, and
+# the pods of an unfinished child, for why they do not start (medsft_operator.diagnose).
 PODS = ResourceType("", "v1", "pods", "Pod")
+# Created (our transitions); read: a child's Events, for pods its controller could not create.
+EVENTS = ResourceType("", "v1", "events", "Event")
 
 BY_KIND = {
     rt.kind: rt
@@ -237,11 +240,18 @@ class Kube:
         except NotFound:
             return None
 
-    async def list(self, rt: ResourceType, namespace: str, labels: dict[str, str]) -> list[Body]:
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = await self._request(
-            "list", "GET", rt, rt.path(namespace), query={"labelSelector": selector}
-        )
+    async def list(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        labels: dict[str, str],
+        *,
+        fields: dict[str, str] | None = None,
+    ) -> list[Body]:
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())}
+        if fields:
+            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        result = await self._request("list", "GET", rt, rt.path(namespace), query=query)
         return list(result.get("items") or [])
 
     async def create(self, rt: ResourceType, body: Body) -> Body:

@@ -16,7 +16,8 @@ what they do not allow. Why each rule exists:
 * ConfigMaps: create the job configs (immutable) and read them back;
 * Secrets: read *only by name* the storage / CA / API-key Secrets a spec references —
   no list or watch, so the operator cannot enumerate a namespace's Secrets;
-* Events: report transitions;
+* Events: report transitions, and read a child's own (pods its controller could not create);
+* Pods: read only, the stage pods' state (a failed attempt's survivors; why pods do not start);
 * Leases (namespaced, in the operator's own namespace): leader election.
 """
 
@@ -64,8 +65,11 @@ NAMESPACED_RULES: list[Rule] = [
     },
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    # A failed attempt's pods must be gone before the next attempt starts (never two beside).
+    # Post transitions; list a child's own Events (by its UID) for pods its controller
+    # could not create (medsft_operator.diagnose).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
+    # A failed attempt's pods must be gone before the next attempt starts (never two beside);
+    # an unfinished child's pods say why they do not start (image pulls, scheduling).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 ]
 

@@ -27,6 +27,10 @@ TRACKING_DEGRADED = "TrackingDegraded"
 QUEUED = "Queued"  # waiting for admission: reason WaitingForQuota / Inadmissible / ...
 ADMITTED = "Admitted"  # admitted; the message names the ClusterQueue
 EVICTED = "Evicted"  # taken back by Kueue (reason Preempted, ...); False once re-admitted
+# The stage's pods cannot start, for a cause the cluster may still resolve (an image that
+# cannot be pulled, no node fits, pods refused): True with the cause, False once it passed.
+# kstatus' name (Flux, kpt, Argo CD's health read it as "failing, not progressing").
+STALLED = "Stalled"
 
 Status = Literal["True", "False", "Unknown"]
 

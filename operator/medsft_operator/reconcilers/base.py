@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -15,7 +16,7 @@ from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import Resource, StatusBase
 from medsft_operator.artifacts import InputsError, StorageAccess
 from medsft_operator.config import OperatorConfig
-from medsft_operator.kube import Body, Conflict, Kube, ResourceType
+from medsft_operator.kube import EVENTS, Body, Conflict, Kube, KubeError, ResourceType
 from medsft_operator.plan import PlanError, resolve_storage
 from medsft_pipelines.specs.common import StorageSpec
 
@@ -31,12 +32,18 @@ KNOWN: ContextVar[Mapping[tuple[str, str, str], Body]] = ContextVar(
 class EventSink:
     """Posts Kubernetes Events through kopf's background poster (never blocks a reconcile).
 
-    Outside a running operator (unit tests, ``medsft render``) events are only recorded.
+    kopf's poster is reachable only from its handlers (its settings and queue are
+    ContextVars): a reconcile started by the :class:`~medsft_operator.poller.Poller` — where
+    pods that cannot start are noticed, and inputs that appear — posts through ``kube``
+    itself, in the background too. Without either (unit tests, ``medsft render``) events
+    are only recorded.
     """
 
-    def __init__(self, redact: Any = None) -> None:
+    def __init__(self, redact: Any = None, kube: Kube | None = None) -> None:
         self.redact = redact or (lambda text: text)
+        self.kube = kube
         self.recorded: list[tuple[str, str, str, str]] = []
+        self._posting: set[asyncio.Task[None]] = set()
 
     def post(self, body: Body, type_: str, reason: str, message: str) -> None:
         message = self.redact(message)[:1024]
@@ -45,8 +52,52 @@ class EventSink:
             import kopf
 
             kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
-        except LookupError:  # no operator context (kopf's settings are a ContextVar)
-            pass
+        except LookupError:  # no kopf context (kopf's settings are a ContextVar)
+            self._post_directly(body, type_, reason, message)
+
+    def _post_directly(self, body: Body, type_: str, reason: str, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.kube is None:
+            return
+        task = loop.create_task(self._create(self.kube, event_of(body, type_, reason, message)))
+        self._posting.add(task)  # a task nobody holds may be collected before it ran
+        task.add_done_callback(self._posting.discard)
+
+    @staticmethod
+    async def _create(kube: Kube, event: Body) -> None:
+        try:
+            await kube.create(EVENTS, event)
+        except Exception as exc:  # an Event is best effort, as kopf's are
+            log.warning("could not post event %s: %s", event["reason"], type(exc).__name__)
+
+
+def event_of(body: Body, type_: str, reason: str, message: str) -> Body:
+    """A core/v1 Event about ``body``, as kopf's poster writes them."""
+    meta = body["metadata"]
+    now = fold.now().isoformat().replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "source": {"component": names.OPERATOR_NAME},
+        "reportingComponent": names.OPERATOR_NAME,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
 
 
 @dataclass
@@ -88,6 +139,17 @@ class ChildConflict(InputsError):
             f"{', '.join(owners) or 'none'}); delete or rename it to continue",
         )
         self.kind, self.namespace, self.name = rt.kind, meta["namespace"], meta["name"]
+
+
+class ChildRejected(Exception):
+    """The apiserver refuses a child as invalid (422): a pod template Kubernetes' own rules
+    reject, or a cluster policy (ValidatingAdmissionPolicy) that denies it. The same spec
+    is refused every time, so the stage fails with the apiserver's message instead of
+    retrying forever (``medsft validate`` says the same before anything is applied)."""
+
+    def __init__(self, rt: ResourceType, name: str, message: str) -> None:
+        super().__init__(f"the apiserver refused {rt.kind} {name}: {message}")
+        self.kind, self.name = rt.kind, name
 
 
 def check_owned(rt: ResourceType, found: Body, owner: Body) -> Body:
@@ -183,7 +245,12 @@ class Reconciler:
                 found = await self.ctx.kube.get(need_rt, meta["namespace"], meta["name"])
                 if found is not None:
                     check_owned(need_rt, found, owner)
-        child, created = await self.ctx.kube.ensure(rt, build(), create_first=new)
+        try:
+            child, created = await self.ctx.kube.ensure(rt, build(), create_first=new)
+        except KubeError as error:
+            if error.status == 422:
+                raise ChildRejected(rt, name, error.message) from None
+            raise
         check_owned(rt, child, owner)
         if created:
             metrics.CHILDREN_CREATED.labels(kind=rt.kind).inc()

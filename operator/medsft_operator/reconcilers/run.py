@@ -38,6 +38,12 @@ class RunReconciler(Reconciler):
     model = MedSFTRun
 
     async def reconcile(self, body: Body, *, poll: bool) -> StatusBase:
+        status = await self._reconcile(body)
+        if status.phase not in ("Running", "Queued"):  # no stage is active: none is stalled
+            status = fold.apply_stalled(status, None, body["metadata"].get("generation"))
+        return status
+
+    async def _reconcile(self, body: Body) -> StatusBase:
         run: MedSFTRun = self.parse(body)
         status = cast(MedSFTRunStatus, self.status_of(body))
         meta = body["metadata"]
@@ -114,6 +120,13 @@ class RunReconciler(Reconciler):
             if phase == "Queued":  # waiting for Kueue: say so in the run's phase too
                 message = f"{message}: {child_status.get('message', '')}"
                 return fold.apply_phase(status, "Queued", f"{title}Queued", message, gen)
+            # The stage's pods cannot start: the run says why, with the stage's own cause.
+            stalled = fold.stalled_of(child_status)
+            if stalled is not None:
+                reason, why = stalled
+                message = f"{message}: {why}"[: fold.QUEUE_MESSAGE_MAX]
+                stalled = (reason, message)
+            status = fold.apply_stalled(status, stalled, gen)
             return fold.apply_phase(status, "Running", f"{title}{state}", message, gen)
         return await self._finish_generation(
             body, run, status, plan, history, record, children, gen

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from medsft_operator import fold, layout, names
+from medsft_operator import diagnose, fold, layout, names
 from medsft_operator.api.hashing import spec_hash
 from medsft_operator.api.k8s import Phase, StatusBase
 from medsft_operator.api.kinds import (
@@ -39,6 +39,7 @@ from medsft_operator.kube import (
     CONFIGMAPS,
     CURATIONJOBS,
     EVALJOBS,
+    EVENTS,
     JOBS,
     PODS,
     PYTORCHJOBS,
@@ -50,7 +51,7 @@ from medsft_operator.kube import (
     ResourceType,
 )
 from medsft_operator.plan import PlanError, project, storage_key
-from medsft_operator.reconcilers.base import Reconciler
+from medsft_operator.reconcilers.base import ChildRejected, Reconciler
 from medsft_pipelines.contract import Spec
 from medsft_pipelines.sft.layout import CHECKPOINTS
 from medsft_pipelines.specs.common import StorageSpec
@@ -83,7 +84,10 @@ class StageReconciler(Reconciler):
         except (InputsError, PlanError) as error:
             return self.pending(status, error, gen)
         status = self.inputs_ready(status, gen)
-        return await self.advance(body, spec, status, storage, upstream, poll=poll)
+        try:
+            return await self.advance(body, spec, status, storage, upstream, poll=poll)
+        except ChildRejected as rejected:  # the same spec is refused every time
+            return fold.apply_phase(status, "Failed", "ChildRejected", str(rejected), gen)
 
     async def upstream(self, body: Body, spec: Any, status: Any, storage: StorageSpec) -> Any:
         """What the stage reads from elsewhere (a dataset, models): InputsError while
@@ -133,6 +137,49 @@ class StageReconciler(Reconciler):
             pull_policy=config.image_pull_policy,
             service_account=config.job_service_account,
             propagate=tuple(config.propagate_annotation_prefixes),
+        )
+
+    async def stalled(
+        self, status: Any, child: Body, state: fold.ChildState, gen: int | None
+    ) -> tuple[Any, bool]:
+        """Whether the pods of the unfinished ``child`` cannot start
+        (:mod:`medsft_operator.diagnose`): (status, True) with the stage Failed for a
+        terminal cause, or with Stalled and the cause as its reason and message (the phase
+        as it was); (status with Stalled cleared, False) when nothing holds them."""
+        blocked = await self.blocked(child)
+        if blocked is None:
+            return fold.apply_stalled(status, None, gen), False
+        if blocked.terminal:
+            return fold.apply_phase(status, "Failed", blocked.reason, blocked.message, gen), True
+        status = fold.apply_stalled(status, (blocked.reason, blocked.message), gen)
+        phase = active_phase(status, state)
+        return fold.apply_phase(status, phase, blocked.reason, blocked.message, gen), True
+
+    async def blocked(self, child: Body) -> diagnose.Blocked | None:
+        """Why the pods of ``child`` (a Job, PyTorchJob or TrainJob) do not start."""
+        meta = child["metadata"]
+        labels = meta.get("labels") or {}
+        selector = {
+            key: labels[key]
+            for key in (names.OWNER_KIND, names.OWNER_NAME, names.ATTEMPT)
+            if key in labels
+        }
+        pods = await self.ctx.kube.list(PODS, meta["namespace"], selector)
+        uid = meta.get("uid")
+        if child.get("kind") in ("Job", "PyTorchJob"):  # their controller owns the pods
+            # (a curation's work and merge Jobs share the stage's labels)
+            pods = [
+                p
+                for p in pods
+                if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
+            ]
+        events: list[Body] = []
+        if uid and not any(diagnose.alive(p) for p in pods):  # refused pods leave no pod
+            events = await self.ctx.kube.list(
+                EVENTS, meta["namespace"], {}, fields={"involvedObject.uid": uid}
+            )
+        return diagnose.diagnose(
+            pods, events, now=fold.now(), grace_s=self.ctx.config.stall_grace_s
         )
 
     async def fold_queue(
@@ -261,6 +308,9 @@ class CurationReconciler(StageReconciler):
             if progress:
                 status = fold.fold_curation_counts(status, progress.get("counts") or {})
                 status = status.model_copy(update={"progress": fold.progress_text(progress)})
+        status, stuck = await self.stalled(status, current, state, gen)
+        if stuck:
+            return status
         message = state.message or f"curation {step} running"
         return fold.apply_phase(status, active_phase(status, state), state.reason, message, gen)
 
@@ -459,6 +509,10 @@ class SFTReconciler(StageReconciler):
                 resume = status.latest_checkpoint_uri or "the start"
                 message = f"{message}; resumes from {resume} when re-admitted"
             return fold.apply_phase(status, "Queued", queue.reason, message, gen)
+        # A terminal cause fails the stage, not the attempt: a retry would meet it again.
+        status, stuck = await self.stalled(status, job, state, gen)
+        if stuck:
+            return status
         message = state.message or "training"
         return fold.apply_phase(status, active_phase(status, state), state.reason, message, gen)
 
@@ -628,6 +682,9 @@ class EvalReconciler(StageReconciler):
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
                 status = status.model_copy(update={"progress": fold.progress_text(progress)})
+        status, stuck = await self.stalled(status, job, state, gen)
+        if stuck:
+            return status
         return fold.apply_phase(
             status, state.phase, state.reason, state.message or "evaluating", gen
         )
