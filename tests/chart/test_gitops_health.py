@@ -101,6 +101,22 @@ def test_a_missing_secret_is_degraded_with_the_operators_message():
     assert health(_obj("CurationJob", status)) == ("Degraded", message)
 
 
+@pytest.mark.parametrize("kind, status_model", [
+    ("EvalJob", EvalJobStatus), ("MedSFTRun", MedSFTRunStatus),
+])  # fmt: skip
+def test_a_stalled_stage_or_run_is_degraded_until_resolved(kind, status_model):
+    message = (
+        "pod ev-eval-x cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    )
+    pending = fold.apply_phase(status_model(), "Pending", "Unschedulable", message, 1)
+    stalled = fold.apply_stalled(pending, ("Unschedulable", message), 1)
+    assert health(_obj(kind, stalled)) == ("Degraded", message)
+    resolved = fold.apply_phase(
+        fold.apply_stalled(stalled, None, 1), "Running", "Running", "evaluating", 1
+    )
+    assert health(_obj(kind, resolved)) == ("Progressing", "evaluating")
+
+
 def test_waiting_for_an_upstream_stage_is_only_progressing():
     status = _pending(SFTJobStatus(), "DatasetNotReady", "waiting for CurationJob 'c' to succeed")
     assert health(_obj("SFTJob", status)) == (
