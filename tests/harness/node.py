@@ -69,7 +69,9 @@ IMAGE_STORE = Path(
     os.environ.get("MEDSFT_NODE_IMAGE_STORE", cache_dir().parent / "node-containerd")
 )
 """containerd's root, kept across sessions (guarded by ``LOCK``) for its images only."""
-IMAGES_KEPT_PER_REPOSITORY = 2
+# One version per image: the trainer is ~7 GB unpacked and the disk is shared; a checkout of
+# another version re-imports (minutes) rather than holding both.
+IMAGES_KEPT_PER_REPOSITORY = 1
 """The most recently used images of each repository that stay in ``IMAGE_STORE`` (the
 current trainer and the one before it share the heavy layer's snapshots)."""
 TRAINING_NAMESPACE = "kubeflow"
