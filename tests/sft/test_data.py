@@ -257,8 +257,9 @@ def test_changing_one_packed_sample_changes_no_other_samples_logits(
     tiny_model_dir: Path, rows, micro_batch_size: int, flatten: bool
 ) -> None:
     """Rows of a micro-batch (SDPA's block-diagonal mask), or the micro-batch flattened into
-    one row (the flash-attention layout): samples stay isolated.
-    The same probe under flash-attention on a GPU: benchmarks/sft_packing_isolation.py."""
+    one row (the varlen layout): samples stay isolated. The same probe under the varlen
+    function: tests/sft/test_attention.py; on its CUDA kernel in bf16: the GPU suite's
+    benchmarks/sft_packing_isolation.py."""
     from medsft_pipelines.sft.isolation import isolation_probe
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()

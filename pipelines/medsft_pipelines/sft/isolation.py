@@ -3,8 +3,8 @@
 Packed samples must stay independent: changing one sample may change no other sample's
 logits. The probe runs a micro-batch, swaps its first sample for another, runs it again, and
 reports how much the logits of every other sample moved. It runs on whatever attention the
-model was loaded with (SDPA on CPU in the tests; flash-attention on a GPU through
-``benchmarks/sft_packing_isolation.py``).
+model was loaded with (SDPA, or the varlen function with its reference kernel, on CPU in the
+tests; torch's varlen kernel on a GPU through ``benchmarks/sft_packing_isolation.py``).
 """
 
 from __future__ import annotations
