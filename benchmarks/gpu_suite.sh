@@ -10,7 +10,7 @@
 # Parts, each with its own time limit, each writing DIR/<part>.json and DIR/<part>.log:
 #   a. isolation  — the packing isolation probe on the production kernel (varlen, bf16):
 #                   swapping one packed sample moves no other sample's logits beyond bf16 noise
-#   b. throughput — SFT tokens/s and MFU of a 7B-wide Qwen2.5-VL (random init, 8 text layers:
+#   b. throughput — SFT tokens/s and MFU of a 7B-wide Qwen2.5-VL (random init, 4 text layers:
 #                   it fits one H100 with its optimizer state), packed + varlen vs the padded
 #                   Hugging Face baseline, the same engine and samples
 #   c. quickstart — `medsft run --local` of examples/quickstart.yaml with SFT in bf16 on one
@@ -98,6 +98,7 @@ fi
 
 mkdir -p "$OUT_DIR" && rm -f "$OUT_DIR"/{times.txt,suite.json,isolation.json,throughput.json,quickstart.json}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export MEDSFT_CACHE="${MEDSFT_CACHE:-$HOME/.cache/medsft}"
 QUICKSTART="$OUT_DIR/quickstart-gpu.yaml"
 WORKDIR="$ROOT/.medsft/runs-gpu-suite"
@@ -111,7 +112,7 @@ if [ "$MODE" = gpu ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     part isolation 90 "$PY" benchmarks/sft_packing_isolation.py --json "$OUT_DIR/isolation.json"
     part throughput 240 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
-        benchmarks/sft_gpu_throughput.py --model 7b --layers 8 --seq-len 8192 \
+        benchmarks/sft_gpu_throughput.py --model 7b --layers 4 --seq-len 8192 \
         --baseline-batch 4 --steps 8 --warmup 3 --json "$OUT_DIR/throughput.json"
     "$PY" benchmarks/gpu_suite.py quickstart "$QUICKSTART" || exit 2
     part quickstart 150 "$PY" -m medsft_operator.cli run --local "$QUICKSTART" --nproc 1 \

@@ -17,7 +17,7 @@ Reported per mode: real (non-padding) tokens/s per GPU, MFU (6·N·T plus causal
 per sample, over the GPU's dense bf16 peak), peak memory. Run on a GPU node::
 
     torchrun --nproc_per_node=1 benchmarks/sft_gpu_throughput.py --model 3b --steps 20
-    torchrun --nproc_per_node=1 benchmarks/sft_gpu_throughput.py --model 7b --layers 8
+    torchrun --nproc_per_node=1 benchmarks/sft_gpu_throughput.py --model 7b --layers 4
     # CPU smoke test of the script itself:
     torchrun --nproc_per_node=1 benchmarks/sft_gpu_throughput.py --model tiny --steps 3 --seq-len 2048
 """
@@ -149,8 +149,11 @@ def synthetic_examples(n: int, max_len: int, seed: int, tokenizer) -> list[Examp
     return examples
 
 
-def measure(name, engine, batches, step, warmup, device, flops_model, peak) -> dict:
-    times, tokens, flops = [], 0, 0.0
+def measure(name, engine, batches, step, warmup, device, flops_model, peak, head=0) -> dict:
+    """Times ``step`` over ``batches`` (after ``warmup``). ``head``: LM-head parameters the
+    step skips for non-target tokens (the packed path's ``logits_to_keep``): the model-FLOPs
+    MFU counts them anyway (the convention), ``mfu_head_on_targets`` does not."""
+    times, tokens, flops, skipped = [], 0, 0.0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index, batch in enumerate(batches):
@@ -167,12 +170,14 @@ def measure(name, engine, batches, step, warmup, device, flops_model, peak) -> d
             grid = batch.inputs.get("image_grid_thw")
             patches = int(grid.prod(-1).sum()) if grid is not None else 0
             flops += flops_model.step(sum(lengths), float(sum(n * n for n in lengths)), patches)
+            skipped += 6.0 * head * (sum(lengths) - batch.target_tokens)
     elapsed = sum(times)
     return {
         "mode": name,
         "steps": len(times),
         "tokens_per_s_per_gpu": tokens / elapsed,
         "mfu": flops / elapsed / peak if peak else None,
+        "mfu_head_on_targets": (flops - skipped) / elapsed / peak if peak else None,
         "step_time_s": elapsed / len(times),
         "padding_fraction": 1
         - sum(b.real_tokens for b in batches) / sum(b.padded_tokens for b in batches),
@@ -265,12 +270,13 @@ def main() -> int:
         engine.step()
 
     results = []
-    for name, kernel, batches, step in (
-        ("padded_hf_baseline", SDPA, padded_batches, padded_step),
-        ("packed_medsft", attn, packed_batches, packed_step),
+    head = engine.module.get_output_embeddings().weight.numel()
+    for name, kernel, batches, step, skips in (
+        ("padded_hf_baseline", SDPA, padded_batches, padded_step, 0),
+        ("packed_medsft", attn, packed_batches, packed_step, head),
     ):
         engine.module.set_attn_implementation(kernel)
-        result = measure(name, engine, batches, step, args.warmup, device, flops_model, peak)
+        result = measure(name, engine, batches, step, args.warmup, device, flops_model, peak, skips)
         results.append({**result, "attention_kernel": kernel})
     speedup = results[1]["tokens_per_s_per_gpu"] / results[0]["tokens_per_s_per_gpu"]
     mfu = results[1]["mfu"]
