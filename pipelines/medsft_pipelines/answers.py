@@ -90,14 +90,17 @@ def split_think_answer(
 # ---------------------------------------------------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_MARKUP = re.compile(r"\*\*|__|`|\$|\\text\{|\\mathrm\{|\\textbf\{")
+# LaTeX inline delimiters too: "Answer: \( I \)".
+_MARKUP = re.compile(r"\*\*|__|`|\$|\\[()\[\]]|\\text\{|\\mathrm\{|\\textbf\{")
 _BOXED = re.compile(r"\\boxed\s*\{")
 # "Answer: X", "Final answer - X", "the answer is X", "correct option is (X)". The keyword must be
 # followed by a copula or a colon: "To answer this, ..." and "answer each option" are not
 # statements, and a bare "option"/"choice" is not either (chain-of-thought text says "option A
-# is wrong" all the time).
+# is wrong" all the time). The word boundary before the keyword is a look-behind, so that the
+# newline a first statement ends with ("the correct answer is:\n\nAnswer: C") still starts
+# the second.
 _STATEMENT = re.compile(
-    r"(?:^|[^a-z])(?:(?:final|correct|best|right|true|most\s+(?:likely|appropriate))\s+"
+    r"(?<![a-z])(?:(?:final|correct|best|right|true|most\s+(?:likely|appropriate))\s+"
     r"(?:answer|option|choice|response)s?|answers?)(?:\s+(?:choice|option)s?)?"
     r"(?:\s*(?:[:=]|[\-\u2013](?=\s)|\bis\b|\bare\b|\bwould\s+be\b|\bshould\s+be\b|\bwill\s+be\b"
     r"|\bmust\s+be\b)(?:\s+(?:therefore|thus|hence|clearly|likely|most\s+likely|probably"
@@ -171,7 +174,7 @@ def _statement_spans(answer_text: str) -> list[tuple[int, str]]:
             spans.append((heading.end(), strip_markup(below).rstrip(".").strip()))
     keywords = list(_STATEMENT.finditer(text))
     for match, following in zip(keywords, [*keywords[1:], None], strict=False):
-        keyword = match.start() + (not text[match.start()].isalpha())
+        keyword = match.start()
         if _NEGATED.search(text, max(0, keyword - 24), keyword):
             continue  # "the other options are not the best choice:" then a list
         # The value runs to the end of the line or to the next statement on the same line
@@ -267,6 +270,10 @@ _ANSWER_FIELD = re.compile(
 )
 
 
+# An empty field or a format's placeholder quoted in the reply ("<letter>", "{A/B/C/D}", "X").
+_PLACEHOLDER = re.compile(r"^\s*(?:[<{\[].*[>}\]]|X)?\s*$")
+
+
 def _structured_answers(text: str) -> list[str]:
     """The values of every answer field of a JSON reply, in order."""
     return [
@@ -348,6 +355,9 @@ def _choice_from_statement(value: str, options: Mapping[str, str]) -> str | None
     leading = _leading_letter(value)
     if leading and leading[0] in options:
         letter, rest = leading
+        own = normalize_answer(options[letter])
+        if own and f"{normalize_answer(rest)} ".startswith(f"{own} "):
+            return letter  # "D. Facially, lingually, cervically & occlusally": D's own text
         # Only the label right after the letter can contradict it: "B. Doxycycline" names
         # option D's text, "(C). Klinefelter syndrome is not …" starts a new sentence.
         label = _LABEL_END.split(rest.lstrip(" .:)-\u2013"), maxsplit=1)[0]
@@ -510,12 +520,17 @@ def read_choice(
     """:func:`extract_choice` and how the answer was read."""
     opts = option_map(options)
     text = _QUOTED_LETTER.sub(r"\2", answer_text.translate(_QUOTES)).strip()
-    for value in reversed(_structured_answers(text)):
-        picked = _choice_from_statement(value, opts)
+    fields = [value for value in _structured_answers(text) if not _PLACEHOLDER.match(value)]
+    for value in reversed(fields):
+        picked = _choice_from_statement(value, opts) or _from_statements(value, opts)
         if picked is not None:
             return (
                 (None, Reading.UNANSWERED) if picked == _AMBIGUOUS else (picked, Reading.STRUCTURED)
             )
+    if fields:
+        # The reply filled its answer field with no option ("None of the above", "Cannot be
+        # determined"): its reasoning field, which weighs options, must not answer for it.
+        return None, Reading.UNANSWERED
     text = _cut_runaway(text, opts)
     if not text:
         return None, Reading.UNANSWERED

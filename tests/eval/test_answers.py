@@ -503,3 +503,48 @@ def test_how_an_answer_was_read() -> None:
         "unanswered"
     )
     assert grade_answer("The answer is yes.", "yes", "yes_no").reading == "statement"
+
+
+# Issue 26, measured on the outputs of MIRAGE/MedRAG (JSON replies) and MMMU (chain-of-thought
+# ending "Answer: X", refusals): each case was misread before (benchmarks/README.md).
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        # A statement with nothing on its line, then "Answer: X" on a line of its own.
+        ("Olfaction bypasses the thalamus. So the correct answer is:\n\nAnswer: C", "C"),
+        # LaTeX inline delimiters around the letter.
+        ("Rounded, the mass is 207 amu.\n\nAnswer: \\( B \\)", "B"),
+        # The answer field gives the letter and its option's own text, whose first part
+        # (before a comma) is another option's whole text.
+        (
+            '{"step_by_step_thinking": "All apply.", "answer_choice": '
+            '"E. Ampicillin, then ceftriaxone, then doxycycline"}',
+            "E",
+        ),
+    ],
+)
+def test_formats_measured_on_mirage_and_mmmu(answer: str, letter: str) -> None:
+    options = {**MEDQA_OPTIONS, "E": "Ampicillin, then ceftriaxone, then doxycycline"}
+    assert extract_choice(answer, options) == letter
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # The answer field says no option: the reasoning, which weighs options, does not answer.
+        '{"step_by_step_thinking": "So the answer is not B (Ceftriaxone) but a drug that is not '
+        'listed.", "answer_choice": "None of the above"}',
+        '{"step_by_step_thinking": "Option D is plausible.", "answer_choice": "Cannot be determined"}',
+        # Hedges in the answer field stay unanswered.
+        '{"step_by_step_thinking": "Either could be right.", "answer_choice": "B/D"}',
+        '{"step_by_step_thinking": "All apply.", "answer_choice": "A, B, C, D"}',
+        # A refusal: the pronoun is not option I.
+        "I'm sorry, I can't determine that from the image.",
+    ],
+)
+def test_no_option_in_the_answer_field_or_a_refusal_is_unanswered(answer: str) -> None:
+    from medsft_pipelines.answers import Reading, read_choice
+
+    more = ["Fluconazole", "Gentamicin", "Heparin", "Isoniazid", "Jejunal biopsy"]
+    options = [*MEDQA_OPTIONS.values(), *more]  # ten options: I is one
+    assert read_choice(answer, options) == (None, Reading.UNANSWERED)
