@@ -151,6 +151,7 @@ def job_config(
                 "model": {"uri": model_uri},
                 "training": {
                     "globalBatchSize": 2,
+                    "batchUnit": "rows",  # what these tests were sized for; see DEFAULT_RECIPE
                     "microBatchSize": 1,
                     "maxSeqLength": 256,
                     "learningRate": 1e-3,

@@ -331,6 +331,7 @@ DEFAULT_RECIPE = {
     "maxSeqLength": 640,
     "microBatchSize": 2,
     "globalBatchSize": 4,
+    "batchUnit": "samples",
     "packing": True,
     "lengthGrouping": True,
     "gradientCheckpointing": True,
@@ -390,17 +391,15 @@ def test_epochs_are_exact_the_schedule_ends_and_batches_are_what_the_docs_say(
     last = 3e-3 * 0.5 * (1 + math.cos(math.pi * (total - 1 - warmup) / (total - warmup)))
     assert records[total]["lr"] == pytest.approx(last, rel=1e-6)
     assert summary["final_lr"] == pytest.approx(0.0, abs=1e-12)
-    # globalBatchSize counts packed rows: at most 4 a step. Fewer only where a rank's packing
-    # window (one per rank and epoch here) ends in a short micro-batch, and in the epoch's
-    # last step. Samples and tokens per step are recorded with them.
+    # batchUnit: samples: every step holds globalBatchSize (4) samples, 2 a rank, packed into
+    # as many rows as they need; an epoch's last step holds the rest (37 = 9 x 4 + 1).
     ends = set(accumulate(summary["steps_per_epoch"]))
-    short = {0: 0, 1: 0}
+    assert summary["steps_per_epoch"] == [10, 10]
     for step, record in records.items():
         ids = [i for rank_ids in record["sample_ids"] for i in rank_ids]
-        assert record["samples"] == len(ids) > record["rows"], step  # packed: several a row
-        assert record["rows"] <= 4 and 0 < record["tokens"] <= record["rows"] * 640, step
-        short[record["epoch"]] += record["rows"] < 4 and step not in ends
-    assert max(short.values()) <= 2, short  # one short micro-batch per rank and window
+        assert record["samples"] == len(ids) == (1 if step in ends else 4), step
+        assert 0 < record["tokens"] <= record["rows"] * 640, step
+    assert sum(r["rows"] for r in records.values()) < sum(r["samples"] for r in records.values())
     assert {r["epoch"] for r in records.values()} == {0, 1}
 
 

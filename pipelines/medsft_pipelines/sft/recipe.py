@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -255,32 +255,51 @@ Step = list[tuple[MicroBatch, Collated] | None]
 left in the epoch (it runs a loss-free filler so the collectives stay in step)."""
 
 
+@dataclass(frozen=True)
+class EpochSteps:
+    """One epoch's optimiser steps as this rank runs them: in step ``k`` it trains on
+    ``mine[k]`` micro-batches of its own data and runs ``agreed[k]`` in all (the most any
+    rank has: every rank runs the same number, the others' extras are loss-free fillers)."""
+
+    mine: list[int]
+    agreed: list[int]
+
+    @classmethod
+    def of_rows(cls, micro_batches: int, steps: int, grad_accum: int) -> EpochSteps:
+        """``globalBatchSize`` in rows: ``grad_accum`` micro-batches a step, this rank's
+        ``micro_batches`` in order, its last steps short or empty where it runs out."""
+        mine = [max(0, min(grad_accum, micro_batches - k * grad_accum)) for k in range(steps)]
+        return cls(mine, [grad_accum] * steps)
+
+    def first_micro_batch(self, step: int) -> int:
+        """This rank's plan index of the first micro-batch of ``step``."""
+        return sum(self.mine[:step])
+
+
 def optimizer_steps(
     stream: MicroBatchStream,
     make: Callable[[MicroBatch], Collated],
     position: DataPosition,
-    grad_accum: int,
     epochs: int | None,
-    steps_in_epoch: Callable[[int], int],
+    plan: Callable[[int], EpochSteps],
 ) -> Iterator[tuple[DataPosition, Step]]:
     """Each optimiser step's micro-batches of this rank, epoch after epoch, and the position
     after it.
 
-    ``steps_in_epoch(epoch)`` is the plan every rank agreed on: the most steps any rank's
-    micro-batches fill (see :meth:`MicroBatchStream.epoch_plan`). A rank whose micro-batches
-    run out earlier pads its last steps with None, so every sample of the epoch is trained on
-    and an epoch ends on every rank at once. ``epochs=None`` never stops (the caller stops at
-    ``maxSteps``).
+    ``plan(epoch)`` is the plan every rank agreed on (see :func:`plan_steps`). A rank with
+    fewer micro-batches in a step than another pads it with None, so every sample of the
+    epoch is trained on and every rank runs the same micro-batches a step and the same steps
+    an epoch. ``epochs=None`` never stops (the caller stops at ``maxSteps``).
     """
     epoch, first = position.epoch, position.step
     while epochs is None or epoch < epochs:
-        steps = steps_in_epoch(epoch)
-        if first < steps:
-            prefetch = Prefetcher(stream.iter_epoch(epoch, first * grad_accum), make)
+        steps = plan(epoch)
+        if first < len(steps.agreed):
+            prefetch = Prefetcher(stream.iter_epoch(epoch, steps.first_micro_batch(first)), make)
             try:
-                for step in range(first, steps):
-                    items: Step = list(prefetch.take(grad_accum))
-                    items += [None] * (grad_accum - len(items))
+                for step in range(first, len(steps.agreed)):
+                    items: Step = list(prefetch.take(steps.mine[step]))
+                    items += [None] * (steps.agreed[step] - len(items))
                     yield DataPosition(epoch, step + 1), items
                 if prefetch.take(1):
                     raise AssertionError(f"epoch {epoch}: micro-batches left beyond the plan")
@@ -289,26 +308,60 @@ def optimizer_steps(
         epoch, first = epoch + 1, 0
 
 
+@dataclass
+class StepPlan:
+    """``epoch -> optimiser steps`` (calling it) and each step's micro-batches
+    (:meth:`epoch`), agreed by all ranks: a collective, every rank asks for the same epochs
+    in the same order.
+
+    ``per_window=False`` (``globalBatchSize`` in rows): ``grad_accum`` micro-batches a step,
+    as many steps as the rank with the most micro-batches fills. ``per_window=True``
+    (``batchUnit: samples`` with packing): each packing window of the stream is one step's
+    share of this rank (``globalBatchSize / world size`` samples, see :func:`setup`), packed
+    into as many micro-batches as its rows need; a step runs the most any rank's window has.
+    """
+
+    stream: MicroBatchStream
+    grad_accum: int
+    all_ranks_max: Callable[[list[int]], list[int]]
+    per_window: bool = False
+    _known: dict[int, EpochSteps] = field(default_factory=dict)
+
+    def __call__(self, epoch: int) -> int:
+        return len(self.epoch(epoch).agreed)
+
+    def epoch(self, epoch: int) -> EpochSteps:
+        if epoch not in self._known:
+            self._known[epoch] = self._plan(epoch)
+        return self._known[epoch]
+
+    def _plan(self, epoch: int) -> EpochSteps:
+        plan = self.stream.epoch_plan(epoch)
+        mine = [len(w.batches) for w in plan.windows] if self.per_window else []
+        count = len(mine) if self.per_window else plan.micro_batches
+        most, fewest = self.all_ranks_max([count, -count])
+        if -fewest == 0:
+            raise ValueError(
+                f"epoch {epoch}: a rank has no micro-batch at all: the dataset holds fewer "
+                "(packed) sequences than ranks x microBatchSize"
+            )
+        if not self.per_window:
+            return EpochSteps.of_rows(count, math.ceil(most / self.grad_accum), self.grad_accum)
+        mine += [0] * (most - len(mine))  # a rank one sample short may have a window less
+        # A step whose every sample was dropped (over-long) still runs one (filler) pass.
+        agreed = [max(1, n) for n in self.all_ranks_max(mine)]
+        return EpochSteps(mine, agreed)
+
+
 def plan_steps(
-    stream: MicroBatchStream, grad_accum: int, all_ranks_max: Callable[[list[int]], list[int]]
-) -> Callable[[int], int]:
-    """``epoch -> optimiser steps``: the most steps any rank's planned micro-batches fill,
-    agreed by all ranks (a collective: every rank asks for the same epochs in the same order)."""
-    known: dict[int, int] = {}
-
-    def steps_in_epoch(epoch: int) -> int:
-        if epoch not in known:
-            mine = stream.epoch_plan(epoch).micro_batches
-            most, fewest = all_ranks_max([mine, -mine])
-            if -fewest == 0:
-                raise ValueError(
-                    f"epoch {epoch}: a rank has no micro-batch at all: the dataset holds fewer "
-                    "(packed) sequences than ranks x microBatchSize"
-                )
-            known[epoch] = math.ceil(most / grad_accum)
-        return known[epoch]
-
-    return steps_in_epoch
+    stream: MicroBatchStream,
+    grad_accum: int,
+    all_ranks_max: Callable[[list[int]], list[int]],
+    *,
+    per_window: bool = False,
+) -> StepPlan:
+    """The agreed step plan of ``stream`` (see :class:`StepPlan`)."""
+    return StepPlan(stream, grad_accum, all_ranks_max, per_window=per_window)
 
 
 # == optimisation ===============================================================================
@@ -380,7 +433,10 @@ def train_step(
     ]
     targets, tokens, padded, samples, rows = all_reduce_sum(local, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        # The step ends with the last micro-batch, however many this step has (it varies
+        # with batchUnit: samples); DeepSpeed's own count assumes a fixed number.
+        engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
         weight = world_size / max(targets, 1) if batch is not None else 0.0
         batch = batch if batch is not None else filler
         keep, labels = shifted_targets(batch.labels)
@@ -427,7 +483,7 @@ class Job:
     flops: FlopsModel
     rope_index: Any
     """The model's 3-D rope position function, used to build packed position ids."""
-    steps_in_epoch: Callable[[int], int]
+    steps_in_epoch: StepPlan
     """The agreed step plan (see :func:`plan_steps`)."""
 
 
@@ -451,12 +507,17 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
     reader = DatasetReader(dataset_store(config, settings))
 
     encoder = ExampleEncoder(processor, t.max_seq_length, t.overlong)
+    # batchUnit: samples with packing: a step is globalBatchSize samples, each rank packing
+    # its equal share into rows; the packing window is that share, one window a step.
+    # Without packing a row is a sample, and the units agree.
+    per_step = t.batch_unit == "samples" and t.packing
     plan = BatchPlan(
         micro_batch_size=t.micro_batch_size,
         max_seq_length=t.max_seq_length,
         packing=t.packing,
         length_grouping=t.length_grouping,
         overlong=t.overlong,
+        **({"chunk_samples": t.global_batch_size // topo.world_size} if per_step else {}),
     )
     started = time.perf_counter()
     lengths = SampleLengths.measure(reader, encoder, topo.rank, topo.world_size, gather_objects)
@@ -468,7 +529,9 @@ def setup(config: SFTJobConfig) -> tuple[Job, TrainState]:
         return lengths.lookup(*reader.sample_order(t.seed, epoch, topo.rank, topo.world_size))
 
     stream = MicroBatchStream(source, encoder, plan, t.seed, rank_lengths)
-    steps_in_epoch = plan_steps(stream, grad_accum, lambda v: all_reduce_max(v, device))
+    steps_in_epoch = plan_steps(
+        stream, grad_accum, lambda v: all_reduce_max(v, device), per_window=per_step
+    )
     if t.max_steps is not None:
         total_steps = t.max_steps
     else:
@@ -580,8 +643,8 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         return dict(job.encoder.stats.__dict__)
 
     steps = optimizer_steps(
-        job.stream, make, state.position, job.grad_accum,
-        None if t.max_steps is not None else t.epochs, job.steps_in_epoch,
+        job.stream, make, state.position,
+        None if t.max_steps is not None else t.epochs, job.steps_in_epoch.epoch,
     )  # fmt: skip
     idle = idle_batch(job)
     record_ids = os.environ.get(SAMPLE_IDS_ENV) == "1"

@@ -64,8 +64,14 @@ class TrainingSpec(Spec):
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
     """Gradient clipping norm (0 disables clipping)."""
     global_batch_size: Annotated[int, Field(ge=1, le=1_048_576)] = 512
-    """Sequences per optimiser step across all GPUs (paper: 512); must equal
-    microBatchSize x gradient-accumulation steps x world size."""
+    """Samples (or packed rows, see batchUnit) per optimiser step across all GPUs (paper:
+    512 samples); must be divisible by microBatchSize x world size."""
+    batch_unit: Literal["samples", "rows"] = "samples"
+    """What globalBatchSize counts when packing is on: ``samples`` (the paper's 512 samples a
+    step; each GPU packs its equal share into rows, so the micro-batches a step takes vary,
+    every GPU running as many as the one that needs the most) or ``rows`` (packed rows of up
+    to maxSeqLength tokens: microBatchSize x gradient-accumulation steps x world size). Without
+    packing a row is one sample and both count the same."""
     micro_batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
     """Sequences per GPU per forward pass (packed sequences when packing is on)."""
     max_seq_length: Annotated[int, Field(ge=16, le=1_048_576)] = 16384
