@@ -10,12 +10,19 @@ Two subcommands:
                (vlievin/medical-reasoning, Apache-2.0): the published chain-of-thought samples
                of Codex on MedMCQA, USMLE (MedQA) and PubMedQA, each marked correct/incorrect
                by the paper's own answer extraction.
+             * MIRAGE / MedRAG (Teddy-XiongGZ/MIRAGE, public domain), issue #26: GPT-3.5/GPT-4
+               JSON replies (``answer_choice``) on MedQA, MedMCQA, PubMedQA, MMLU-medical;
+             * MMMU (MMMU-Benchmark/MMMU, Apache-2.0), issue #26: the Health & Medicine outputs
+               of MMMU-Pro's GPT-4o runs and MMMU's LLaVA-1.5 / Qwen-VL examples;
+             these two carry a deterministic ``split`` (tune / report) and, being third-party
+             data, are laid in ``../shared/data/answer_extraction`` rather than in the repo.
 ``measure``  score every corpus: accuracy vs gold of the source's extractor and of
              ``medsft_pipelines.answers.extract_choice``, their agreement, None rates, and
              where they differ (see benchmarks/README.md for the numbers).
 
     .venv/bin/python benchmarks/answer_extraction.py build \\
         --mmlu-pro /path/to/TIGER-AI-Lab+MMLU-Pro/repo --lievin /path/to/vlievin+medical-reasoning/repo
+    .venv/bin/python benchmarks/answer_extraction.py build --mirage <git dir> --mmmu <git dir> --out DIR
     .venv/bin/python benchmarks/answer_extraction.py measure            # the vendored sample
     .venv/bin/python benchmarks/answer_extraction.py measure --full \\
         --mmlu-pro ... --lievin ...                                       # every response
@@ -25,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
+import hashlib
 import html
 import importlib.util
 import io
@@ -37,7 +46,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from medsft_pipelines.answers import extract_choice, option_map, split_think_answer
+from medsft_pipelines.answers import OPTION_LETTERS, extract_choice, option_map, split_think_answer
+from medsft_pipelines.eval.benchmarks.mmlu_medical import SUBJECTS as MMLU_MEDICAL_SUBJECTS
 
 DATA = Path(__file__).parent / "data" / "answer_extraction"
 
@@ -59,6 +69,29 @@ LIEVIN_FILES = {
     "pubmedqa": "docs/samples/pubmedqa.html",  # posed as A) yes B) no C) maybe
 }
 LIEVIN_PER_DATASET = 400
+# MIRAGE (Teddy-XiongGZ/MIRAGE): the four multiple-choice sets whose sources its rawdata/ holds
+# (BioASQ's is not redistributable), and MMLU's six medical subjects (MIRAGE picks the same six
+# as medsft's MMLU-medical benchmark).
+MIRAGE_DATASETS = ("medqa", "medmcqa", "pubmedqa", "mmlu")
+MIRAGE_MMLU_DOMAINS = MMLU_MEDICAL_SUBJECTS
+MIRAGE_PER_GROUP = 20  # per dataset x model x setting: 16 groups, 320 responses
+MMMU_HEALTH = frozenset(
+    {
+        "Basic_Medical_Science",
+        "Clinical_Medicine",
+        "Diagnostics_and_Laboratory_Medicine",
+        "Pharmacy",
+        "Public_Health",
+    }
+)
+MMMU_PRO_FILES = {
+    "gpt-4o_standard(10 options)_cot.jsonl": "standard-cot",
+    "gpt-4o_standard(10 options)_direct.jsonl": "standard-direct",
+    "gpt-4o_vision_cot.jsonl": "vision-cot",
+    "gpt-4o_vision_direct.jsonl": "vision-direct",
+}
+MMMU_EXAMPLE_MODELS = ("llava1.5_13b", "qwen_vl")
+MMMU_PER_GROUP = 55  # per setting or model: 6 groups, 330 responses (the MMMU ones have ~120)
 # MMLU-Pro's harness (evaluate_from_local.py) stops generation at this string; some published
 # outputs were generated without it and run on into invented questions.
 MMLU_PRO_STOP = "Question:"
@@ -83,6 +116,185 @@ def mmlu_pro_extract(text: str) -> str | None:
     return match.group(0) if match else None
 
 
+def mirage_extract(answer_choice: str) -> str | None:
+    """MIRAGE's ``locate_answer`` (src/utils.py), re-written: the first rule that matches the
+    text after the last ``"answer_choice": "`` gives the letter. The source then falls back to
+    "A"; here that is None (a guess, counted wrong for both)."""
+    rules = (
+        r"^\s*([A-D])$",
+        r"^\s*([A-D]) or",
+        r"^\s*([A-D]) and",
+        r"^\s*([A-D])/",
+        r"^\s*([A-D]),",
+        r"[Oo]ption ([A-D])",
+        r":\s*([A-D])",
+        r"^\s*([A-D])\.",
+        r'^\s*([A-D])"',
+        r"^\s*([A-D]):",
+    )
+    for rule in rules:
+        match = re.search(rule, answer_choice)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _mirage_items(repo: Path) -> dict[tuple[str, str], tuple[list[str], str]]:
+    """(dataset, MIRAGE item key) -> (options, gold), read from the source files MIRAGE's
+    rawdata/build.py turns into benchmark.json (which is too large for the snapshot)."""
+    items: dict[tuple[str, str], tuple[list[str], str]] = {}
+    medqa = _git_show(
+        repo, "rawdata/medqa/data_clean/questions/US/4_options/phrases_no_exclude_test.jsonl"
+    )
+    for i, line in enumerate(medqa.decode().splitlines()):
+        item = json.loads(line)
+        items["medqa", f"{i:04d}"] = ([item["options"][k] for k in "ABCD"], item["answer_idx"])
+    for line in _git_show(repo, "rawdata/medmcqa/data/dev.json").decode().splitlines():
+        item = json.loads(line)
+        options = [item["opa"], item["opb"], item["opc"], item["opd"]]
+        items["medmcqa", item["id"]] = (options, "ABCD"[item["cop"] - 1])
+    pubmedqa = json.loads(_git_show(repo, "rawdata/pubmedqa/data/test_set.json"))
+    for pmid, item in pubmedqa.items():
+        gold = "ABC"[["yes", "no", "maybe"].index(item["final_decision"])]
+        items["pubmedqa", pmid] = (["yes", "no", "maybe"], gold)
+    for domain in MIRAGE_MMLU_DOMAINS:
+        table = _git_show(repo, f"rawdata/mmlu/data/test/{domain}_test.csv").decode()
+        for i, row in enumerate(csv.reader(io.StringIO(table))):
+            items["mmlu", f"{domain}-{i:03d}"] = (row[1:5], row[5])
+    return items
+
+
+def mirage_records(repo: Path) -> list[dict]:
+    """Every MedQA / MedMCQA / PubMedQA / MMLU-medical response MIRAGE publishes (two GPT
+    models, chain-of-thought with and without retrieval): a JSON object with
+    ``step_by_step_thinking`` and ``answer_choice``."""
+    items = _mirage_items(repo)
+    paths = [
+        path
+        for path in _git_ls(repo, "prediction")
+        if path.split("/")[1] in MIRAGE_DATASETS and path.endswith(".json")
+    ]
+    records = []
+    for path, blob in zip(paths, _git_blobs(repo, paths), strict=True):
+        # prediction/<set>/<cot|rag_32>/OpenAI/<model>[/<corpus>/<retriever>]/<file>
+        parts = path.split("/")
+        dataset, setting, model, name = parts[1], parts[2], parts[4], parts[-1]
+        key = name.removesuffix(".json").split("_", 1)[1]
+        options, gold = items[dataset, key]
+        answers = json.loads(blob)
+        response = answers[0] if answers else ""
+        records.append(
+            {
+                "corpus": f"mirage-{dataset}/{model}/{setting}",
+                "id": f"{dataset}:{key}:{model}:{setting}",
+                "split": split_of(f"{dataset}:{key}"),
+                "options": options,
+                "gold": gold,
+                "response": response,
+                # MIRAGE's evaluate.py: locate_answer on what follows the answer_choice key.
+                "source_pred": mirage_extract(response.split('"answer_choice": "')[-1].strip())
+                if answers
+                else None,
+            }
+        )
+    return records
+
+
+def mmmu_guessed(response: str, letters: list[str], options: dict[str, str]) -> bool:
+    """True where MMMU's ``parse_multi_choice_response`` finds no candidate and picks a random
+    letter: no "(X)", "X " or "X." of a choice in the padded response, and (over five words)
+    no option text in it. A guess counts as None (wrong for both)."""
+    padded = " " + response.strip(",.!?;:'") + " "
+    for form in ("({})", "{} ", "{}."):
+        if any(form.format(letter) in padded for letter in letters):
+            return False
+    if len(padded.split()) > 5:
+        return not any(text.lower() in padded.lower() for text in options.values())
+    return True
+
+
+def mmmu_records(repo: Path) -> list[dict]:
+    """The Health & Medicine multiple-choice responses MMMU publishes: MMMU-Pro's GPT-4o runs
+    (10 options; text+image "standard" and screenshot "vision"; chain-of-thought ending
+    "Answer: X" and direct) with their published ``pred_indexs``, and MMMU's validation
+    example outputs of LLaVA-1.5-13B (with its published parsed predictions) and Qwen-VL."""
+    records = []
+    for name, setting in MMMU_PRO_FILES.items():
+        for line in _git_show(repo, f"mmmu-pro/output/{name}").decode().splitlines():
+            row = json.loads(line)
+            if row["subject"] not in MMMU_HEALTH:
+                continue
+            options = ast.literal_eval(row["options"])
+            letters = list(OPTION_LETTERS[: len(options)])
+            response = row["response"] if isinstance(row["response"], str) else ""
+            by_letter = dict(zip(letters, options, strict=True))
+            answer_line = response[response.rfind("Answer:") + 7 :] if "Answer:" in response else ""
+            unique = [x for x in letters if x in answer_line]
+            guessed = len(unique) != 1 and mmmu_guessed(response, letters, by_letter)
+            records.append(
+                {
+                    "corpus": f"mmmu-pro-health/gpt-4o/{setting}",
+                    "id": f"{row['id']}:{setting}",
+                    "split": split_of(row["id"]),
+                    "options": options,
+                    "gold": row["answer"],
+                    "response": response,
+                    "published_pred": row["pred_indexs"],
+                    "source_pred": None if guessed else row["pred_indexs"],
+                }
+            )
+    llava_preds = json.loads(_git_show(repo, "mmmu/example_outputs/llava1.5_13b_val.json"))
+    for model in MMMU_EXAMPLE_MODELS:
+        for subject in sorted(MMMU_HEALTH):
+            rows = json.loads(
+                _git_show(repo, f"mmmu/example_outputs/{model}/{subject}/output.json")
+            )
+            for row in rows:
+                if row["question_type"] != "multiple-choice":
+                    continue
+                letters = row["all_choices"]
+                options = [row["index2ans"][x] for x in letters]
+                published = llava_preds.get(row["id"]) if model.startswith("llava") else None
+                guessed = mmmu_guessed(row["response"], letters, row["index2ans"])
+                source = mmmu_extract_v1(row["response"], letters, row["index2ans"])
+                records.append(
+                    {
+                        "corpus": f"mmmu-health/{model}",
+                        "id": f"{row['id']}:{model}",
+                        "split": split_of(row["id"]),
+                        "options": options,
+                        "gold": row["answer"],
+                        "response": row["response"],
+                        "published_pred": published,
+                        "source_pred": None if guessed else source,
+                    }
+                )
+    return records
+
+
+def mmmu_extract_v1(response: str, letters: list[str], options: dict[str, str]) -> str | None:
+    """MMMU's ``parse_multi_choice_response`` (mmmu/utils/eval_utils.py), re-written without
+    its random fallback: "(X)" marks first, else "X " then "X." in the padded response, else
+    (over five words) option texts; of several candidates the one written last."""
+    padded = " " + response.strip(",.!?;:'") + " "
+    for form, last in (("({})", "({})"), ("{} ", " {} "), ("{}.", " {} ")):
+        found = [x for x in letters if form.format(x) in padded]
+        if found:
+            return max(found, key=lambda x: padded.rfind(last.format(x)))
+    if len(padded.split()) > 5:
+        lower = padded.lower()
+        found = [x for x in letters if options[x].lower() in lower]
+        if found:
+            return max(found, key=lambda x: lower.rfind(options[x].lower()))
+    return None
+
+
+def split_of(item: str) -> str:
+    """The deterministic tune / report half of a question: a hash of the question (not of the
+    model or setting), so that all responses to one question are on one side."""
+    return "tune" if hashlib.sha256(item.encode()).digest()[0] % 2 == 0 else "report"
+
+
 # ------------------------------------------------------------------------------ build
 
 
@@ -90,6 +302,33 @@ def _git_show(repo: Path, path: str) -> bytes:
     return subprocess.run(
         ["git", "-C", str(repo), "show", f"HEAD:{path}"], check=True, capture_output=True
     ).stdout
+
+
+def _git_ls(repo: Path, folder: str) -> list[str]:
+    return subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", "-r", "--name-only", "HEAD", folder],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+
+
+def _git_blobs(repo: Path, paths: list[str]) -> list[bytes]:
+    """Many files of HEAD in one ``git cat-file --batch`` (tens of thousands of small files)."""
+    request = "".join(f"HEAD:{path}\n" for path in paths).encode()
+    out = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "--batch"],
+        input=request,
+        check=True,
+        capture_output=True,
+    ).stdout
+    blobs, pos = [], 0
+    for _ in paths:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        blobs.append(out[header_end + 1 : header_end + 1 + size])
+        pos = header_end + 1 + size + 1
+    return blobs
 
 
 def _git_head(repo: Path) -> str:
@@ -163,8 +402,16 @@ def lievin_records(repo: Path, dataset: str) -> list[dict]:
 def build(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
     provenance = []
+    for name, (records, per_group) in _issue26_pipelines(args).items():
+        sample = _sample_by_group(records, per_group, random.Random(26))
+        _write(out / f"{name}.jsonl", sample)
+        provenance.append((f"{name}.jsonl", len(sample), len(records)))
+        repo = Path(getattr(args, name.split("-")[0]))
+        print(f"{name}: {len(sample)} of {len(records)}; commit {_git_head(repo)}")
+    if not (args.mmlu_pro and args.lievin):
+        return
+    rng = random.Random(0)
     for model in MMLU_PRO_MODELS:
         records = mmlu_pro_records(Path(args.mmlu_pro), model)
         sample = rng.sample(records, min(MMLU_PRO_PER_MODEL, len(records)))
@@ -179,6 +426,28 @@ def build(args: argparse.Namespace) -> None:
     print(f"medical-reasoning commit {_git_head(Path(args.lievin))}")
     for name, kept, total in provenance:
         print(f"{name}: {kept} of {total}")
+
+
+def _issue26_pipelines(args: argparse.Namespace) -> dict[str, tuple[list[dict], int]]:
+    """The pipelines added for issue #26 whose snapshots were given: name -> (records, n)."""
+    found: dict[str, tuple[list[dict], int]] = {}
+    if args.mirage:
+        found["mirage-medrag"] = (mirage_records(Path(args.mirage)), MIRAGE_PER_GROUP)
+    if args.mmmu:
+        found["mmmu-health"] = (mmmu_records(Path(args.mmmu)), MMMU_PER_GROUP)
+    return found
+
+
+def _sample_by_group(records: list[dict], per_group: int, rng: random.Random) -> list[dict]:
+    """A seeded sample of ``per_group`` responses of each model / setting (``corpus``)."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["corpus"], []).append(record)
+    return [
+        record
+        for name in sorted(groups)
+        for record in rng.sample(groups[name], min(per_group, len(groups[name])))
+    ]
 
 
 def _write(path: Path, records: list[dict]) -> None:
@@ -248,13 +517,23 @@ def score(records: list[dict]) -> dict:
 
 def measure(args: argparse.Namespace) -> None:
     if args.full:
-        corpora: dict[str, list[dict]] = {}
-        for model in args.models or MMLU_PRO_MODELS:
+        corpora: dict[str, list[dict]] = {
+            name: records for name, (records, _) in _issue26_pipelines(args).items()
+        }
+        for model in (args.models or MMLU_PRO_MODELS) if args.mmlu_pro else ():
             corpora[f"mmlu-pro-health_{model}"] = mmlu_pro_records(Path(args.mmlu_pro), model)
-        for dataset in LIEVIN_FILES:
+        for dataset in LIEVIN_FILES if args.lievin else ():
             corpora[f"lievin-{dataset}"] = lievin_records(Path(args.lievin), dataset)
     else:
-        corpora = load_corpora(Path(args.data))
+        corpora = {}
+        for folder in args.data:
+            corpora.update(load_corpora(Path(folder)))
+    if args.split != "all":
+        corpora = {
+            name: [r for r in records if r.get("split", "report") == args.split]
+            for name, records in corpora.items()
+        }
+        corpora = {name: records for name, records in corpora.items() if records}
     other = load_extractor(args.compare) if args.compare else None
     print(
         "| corpus | n | source acc | medsft acc | Δ | agreement | None source / medsft "
@@ -283,14 +562,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build")
-    b.add_argument("--mmlu-pro", required=True, help="git dir of TIGER-AI-Lab/MMLU-Pro")
-    b.add_argument("--lievin", required=True, help="git dir of vlievin/medical-reasoning")
+    for sub_parser in (b, m := sub.add_parser("measure")):
+        sub_parser.add_argument("--mmlu-pro", help="git dir of TIGER-AI-Lab/MMLU-Pro")
+        sub_parser.add_argument("--lievin", help="git dir of vlievin/medical-reasoning")
+        sub_parser.add_argument("--mirage", help="git dir of Teddy-XiongGZ/MIRAGE")
+        sub_parser.add_argument("--mmmu", help="git dir of MMMU-Benchmark/MMMU")
     b.add_argument("--out", default=str(DATA))
-    m = sub.add_parser("measure")
-    m.add_argument("--data", default=str(DATA))
+    m.add_argument("--data", nargs="*", default=[str(DATA)], help="corpus folders")
     m.add_argument("--full", action="store_true", help="every response of the upstream files")
-    m.add_argument("--mmlu-pro")
-    m.add_argument("--lievin")
+    m.add_argument("--split", choices=("tune", "report", "all"), default="all")
     m.add_argument("--models", nargs="*", help="MMLU-Pro models for --full (default: vendored)")
     m.add_argument("--compare", help="another answers.py whose extract_choice to score too")
     args = parser.parse_args(argv)
