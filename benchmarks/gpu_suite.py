@@ -92,11 +92,16 @@ def quickstart_result(
         key=lambda p: p.stat().st_mtime,
     )
     summary = json.loads(summaries[-1].read_text()) if summaries else {}
+    sft_log = workdir / RUN_NAME / "sft.log"
+    logged = re.search(
+        r"attention kernel: (\S+)", sft_log.read_text(errors="replace") if sft_log.exists() else ""
+    )
     result = {
         "rc": rc,
         "command": quickstart_command(manifest, workdir),
         "final_table": f"medsft run --local {RUN_NAME}" in text,
         "attention_kernel": summary.get("attention_kernel"),
+        "attention_kernel_logged": logged.group(1) if logged else None,
         "sft_steps": summary.get("steps"),
         "workdir": str(workdir),
         "pass": rc == 0 and f"medsft run --local {RUN_NAME}" in text,
@@ -134,7 +139,7 @@ def main(argv: list[str]) -> int:
         quickstart(Path(args[0]))
     elif command == "quickstart-result":
         mode, workdir, rc, log, out = args
-        manifest = Path(out).parent / "quickstart-gpu.yaml"
+        manifest = Path(workdir) / "quickstart-gpu.yaml"
         result = quickstart_result(mode, Path(workdir), int(rc), Path(log), Path(out), manifest)
         print(json.dumps(result))
     elif command == "summary":

@@ -100,8 +100,12 @@ mkdir -p "$OUT_DIR" && rm -f "$OUT_DIR"/{times.txt,suite.json,isolation.json,thr
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export MEDSFT_CACHE="${MEDSFT_CACHE:-$HOME/.cache/medsft}"
-QUICKSTART="$OUT_DIR/quickstart-gpu.yaml"
+# The quickstart's work folder stays out of OUT_DIR: the device tool brings back 8 files at
+# most (3 JSON parts, their 3 logs, times.txt, suite.json).
 WORKDIR="$ROOT/.medsft/runs-gpu-suite"
+[ "$MODE" = smoke ] && WORKDIR="$OUT_DIR/work"
+mkdir -p "$WORKDIR"
+QUICKSTART="$WORKDIR/quickstart-gpu.yaml"
 
 if [ "$MODE" = gpu ]; then
     "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
@@ -111,11 +115,11 @@ if [ "$MODE" = gpu ]; then
     install_carry || exit 2
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     part isolation 90 "$PY" benchmarks/sft_packing_isolation.py --json "$OUT_DIR/isolation.json"
-    part throughput 240 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
+    part throughput 210 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
         benchmarks/sft_gpu_throughput.py --model 7b --layers 4 --seq-len 8192 \
         --baseline-batch 4 --steps 8 --warmup 3 --json "$OUT_DIR/throughput.json"
     "$PY" benchmarks/gpu_suite.py quickstart "$QUICKSTART" || exit 2
-    part quickstart 150 "$PY" -m medsft_operator.cli run --local "$QUICKSTART" --nproc 1 \
+    part quickstart 180 "$PY" -m medsft_operator.cli run --local "$QUICKSTART" --nproc 1 \
         --workdir "$WORKDIR"
 else
     # The same parts at tiny size on CPU, in this environment (no wheels to install): the

@@ -80,3 +80,23 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     quickstart = json.loads((out / "quickstart.json").read_text())
     assert quickstart["validated"] and quickstart["command"][:3] == ["medsft", "run", "--local"]
     assert (out / "carry-list.txt").read_text().count("==") >= 10
+
+
+def test_the_gpu_quickstart_result_reads_the_final_table_and_the_kernel(tmp_path: Path) -> None:
+    """(c)'s verdict on the GPU, from what `medsft run --local` leaves: its printed table and
+    the trainer's log line naming the kernel (the lines as recipe.py and the CLI print them)."""
+    suite = _suite_module()
+    (tmp_path / "quickstart-gpu").mkdir()
+    (tmp_path / "quickstart-gpu" / "sft.log").write_text(
+        "rank0 INFO medsft.sft: attention kernel: medsft_varlen (varlen_attn on packed-sample"
+        " offsets, no mask)\n"
+    )
+    log = tmp_path / "quickstart.log"
+    log.write_text("...\n medsft run --local quickstart-gpu \n WHAT  WHERE\n")
+    out = tmp_path / "quickstart.json"
+    result = suite.quickstart_result("gpu", tmp_path, 0, log, out, tmp_path / "q.yaml")
+    assert result["pass"] and result["final_table"]
+    assert result["attention_kernel_logged"] == "medsft_varlen"
+    assert json.loads(out.read_text()) == result
+    log.write_text("Traceback ...\n")
+    assert not suite.quickstart_result("gpu", tmp_path, 1, log, out, tmp_path / "q.yaml")["pass"]
