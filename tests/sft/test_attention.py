@@ -195,3 +195,30 @@ def test_the_cuda_kernel_matches_the_reference(dtype: torch.dtype) -> None:
     got = attention.torch_varlen_kernel(q, k, v, seqs, causal=True, scale=128**-0.5)
     want = reference_varlen_attn(q, k, v, seqs, causal=True, scale=128**-0.5)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_qwen3_vl_hands_the_varlen_function_its_packed_positions(
+    tiny_qwen3_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen3-VL's attention passes the text position ids through ``**kwargs`` (Qwen2.5-VL
+    names them): without them the function would run SDPA unmasked over the packed row."""
+    processor = load_processor(tiny_qwen3_dir)
+    encoder = ExampleEncoder(processor, 4096)
+    rows = curated_rows(shared_data, n_text=4, n_image=2)
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny_qwen3_dir, attn_implementation=VARLEN
+    ).eval()
+    calls: list[int] = []
+
+    def spy(q, k, v, seqs, **kw):
+        calls.append(len(seqs.offsets) - 1)
+        return reference_varlen_attn(q, k, v, seqs, **kw)
+
+    monkeypatch.setattr(attention, "reference_varlen_attn", spy)
+    samples = [encoder.encode(r) for r in rows]
+    others, own = isolation_probe(
+        model, samples[:-1], samples[-1], 2, processor.tokenizer.pad_token_id,
+        model.model.get_rope_index, flatten=True, pixels=encoder.pixels,
+    )  # fmt: skip
+    assert own > 1e-2 and others < 1e-5, others
+    assert calls and min(calls) >= len(samples) - 1
