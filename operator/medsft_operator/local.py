@@ -40,6 +40,8 @@ from medsft_operator import layout
 from medsft_operator.api import kubeyaml
 from medsft_operator.api.kinds import MedSFTRun
 from medsft_operator.builders.jobconfig import JobConfig, local_job_configs
+from medsft_operator.plan import generation_key
+from medsft_operator.tracking import open_generation_run
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.specs.jobconfig import (
     CurationJobConfig,
@@ -99,6 +101,37 @@ class LocalRun:
                 found["eval plots"] = f"{out}/plots/"
         # Local files are shown as paths a person can open; s3:// stays a URI.
         return {what: where.removeprefix("file://") for what, where in found.items()}
+
+
+def with_generation_run(
+    run: MedSFTRun, name: str, configs: list[JobConfig], console: Console
+) -> list[JobConfig]:
+    """With ``spec.tracking.mlflow``: open generation 1's MLflow run and let the stages that
+    track to that server log into it. A server that cannot be reached costs a warning: each
+    stage then tries to open a run of its own, and the numbers are in storage either way."""
+    mlflow = run.spec.tracking.mlflow if run.spec.tracking else None
+    if mlflow is None:
+        return configs
+    try:
+        opened = open_generation_run(
+            mlflow,
+            name=name,
+            namespace="default",
+            generation=1,
+            spec_hash=generation_key(run, [c.run.spec_hash for c in configs]),
+            stage_hashes={stage_name(c): c.run.spec_hash for c in configs},
+            recipe={stage_name(c): c.spec.to_wire() for c in configs},
+        )
+    except Exception as exc:  # the tracker's trouble, not the run's
+        console.print(
+            f"[yellow]tracking degraded[/]: {type(exc).__name__} (MLflow {mlflow.tracking_uri})"
+        )
+        return configs
+    console.print(f"tracking: {opened.url}")
+    given = mlflow.model_copy(update={"run_id": opened.run_id})
+    return [
+        c.model_copy(update={"tracking": given}) if c.tracking == mlflow else c for c in configs
+    ]
 
 
 def load_run(path: Path) -> MedSFTRun:
@@ -308,6 +341,8 @@ def run_local(
         f"[bold]medsft run --local {name}[/]: {len(configs)} stages, storage "
         f"{storage.root_uri()}, logs in {folder}/"
     )
+
+    configs = with_generation_run(run, name, configs, console)
 
     for model_dir in sorted(local_models(configs)):
         if not (model_dir / "config.json").exists():

@@ -20,6 +20,7 @@ stages of a generation can share one MLflow run. Never log sample text here.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -217,11 +218,12 @@ class MLflowTracker:
                 tags={**run_tags(self.run), f"{TAG_PREFIX}stage": self.stage},
                 run_name=f"{self.run.name}-{self.stage}-g{self.run.generation}",
             )
-            with self._lock:
-                self._run_id = created.info.run_id
-        found = client.get_run(self._run_id)
+            info = created.info
+        else:
+            info = client.get_run(self._run_id).info
         with self._lock:
-            self._url = run_url(self.spec.tracking_uri, found.info.experiment_id, self._run_id)
+            self._run_id = info.run_id
+            self._url = run_url(self.spec.tracking_uri, info.experiment_id, info.run_id)
 
     def _send(self, client: Any) -> bool:
         """Send one batch; True while more are waiting. On failure the batch stays queued."""
@@ -279,7 +281,31 @@ def _mlflow_client(tracking_uri: str) -> Any:
 
 
 def open_tracker(
-    spec: MLflowSpec | None, run: RunInfo, stage: str, **kwargs: Any
+    spec: MLflowSpec | None,
+    run: RunInfo,
+    stage: str,
+    recipe: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> MLflowTracker | None:
-    """A tracker when the job config asks for one, else None."""
-    return MLflowTracker(spec, run, stage, **kwargs) if spec is not None else None
+    """A tracker when the job config asks for one (else None), with the stage's input hash
+    as a tag and its recipe (the spec's fields, flattened) as ``<stage>.``-prefixed params."""
+    if spec is None:
+        return None
+    tracker = MLflowTracker(spec, run, stage, **kwargs)
+    tracker.set_tags({f"{TAG_PREFIX}{stage}.inputHash": run.spec_hash or None})
+    if recipe:
+        tracker.log_params(flat_params(recipe, f"{stage}."))
+    return tracker
+
+
+def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"sft.training.learningRate": "0.001", ...}``: nested dicts joined with ``.``, lists
+    as JSON (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, f"{name}."))
+        elif value is not None:
+            out[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 import uuid
 
+from harness import processes
+from harness.tcpproxy import TcpProxy
 from medsft_pipelines.specs.jobconfig import RunInfo
 from medsft_pipelines.specs.tracking import MLflowSpec
 from medsft_pipelines.storage import open_store
@@ -41,7 +43,7 @@ def test_a_stages_metrics_params_tags_and_plot_arrive_in_its_run(mlflow_server, 
     plot = tmp_path / "loss_curve.png"
     plot.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     tracker.log_artifact(plot)
-    reporter.close_tracker()
+    reporter.close_tracker(timeout_s=120)  # bounded; the 2-core CI machine can be slow
     state = tracker.state()
     assert not state["degraded"] and state["pending"] == 0 and state["dropped"] == 0
 
@@ -74,18 +76,25 @@ def test_a_given_run_is_logged_into_not_replaced(mlflow_server):
     parent = client.create_run(experiment).info.run_id
     tracker = MLflowTracker(spec.model_copy(update={"run_id": parent}), RUN, "eval", interval_s=0.2)
     tracker.log_metrics({"accuracy": {"pubmedqa": 0.5}})
-    state = tracker.close()
+    state = tracker.close(timeout_s=120)
     assert state["runId"] == parent and not state["degraded"]
     assert client.get_run(parent).data.metrics == {"eval.accuracy.pubmedqa": 0.5}
 
 
-def test_a_stopped_server_never_blocks_the_stage_and_the_backlog_arrives_after(mlflow_server):
+def test_a_server_gone_quiet_never_blocks_the_stage(mlflow_server, monkeypatch):
+    # A partition in front of the real server: requests hang until the client's own timeout
+    # (the slow-tracker case; tests/sft/test_tracking_sft.py stops the server itself).
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     mlflow_server.start()
-    tracker = MLflowTracker(_spec(mlflow_server), RUN, "sft", interval_s=0.2, backoff_s=0.5)
-    tracker.log_metrics({"loss": 1.0}, step=1)
-    _wait(lambda: tracker.state()["sent"] >= 1)
-    mlflow_server.stop()
+    proxy = TcpProxy(mlflow_server.port).start()
     try:
+        spec = _spec(mlflow_server).model_copy(
+            update={"tracking_uri": f"http://127.0.0.1:{proxy.port}"}
+        )
+        tracker = MLflowTracker(spec, RUN, "sft", interval_s=0.2, backoff_s=0.5)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        _wait(lambda: tracker.state()["sent"] >= 1)
+        proxy.cut()
         started = time.perf_counter()
         for step in range(2, 2002):
             tracker.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step=step)
@@ -93,19 +102,17 @@ def test_a_stopped_server_never_blocks_the_stage_and_the_backlog_arrives_after(m
         _wait(lambda: tracker.state()["degraded"])
         state = tracker.state()
         assert state["error"] and state["pending"] > 0 and state["dropped"] == 0
+        started = time.perf_counter()
+        tracker.close(timeout_s=1)
+        assert time.perf_counter() - started < 1.5  # a hanging send does not hold the stage
     finally:
-        mlflow_server.start()
-    _wait(lambda: tracker.state()["pending"] == 0, timeout=60)
-    state = tracker.close()
-    assert not state["degraded"] and state["sent"] == 1 + 2 * 2000
+        proxy.close()
     history = mlflow_server.client().get_metric_history(state["runId"], "sft.loss")
-    assert len(history) == 2001
+    assert [m.step for m in history] == [1]
 
 
 def test_an_unreachable_server_is_degraded_bounded_and_closes_in_time(tmp_path):
     # Nothing listens on this port: every send fails at once.
-    from harness import processes
-
     spec = MLflowSpec(
         tracking_uri=f"http://127.0.0.1:{processes.free_port()}", experiment_name="never"
     )

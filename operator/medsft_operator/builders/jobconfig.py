@@ -22,8 +22,14 @@ from medsft_pipelines.specs.jobconfig import (
     SFTJobConfig,
 )
 from medsft_pipelines.specs.sft import DatasetSource, SFTSpec
+from medsft_pipelines.specs.tracking import MLflowSpec
 
 JobConfig = CurationJobConfig | SFTJobConfig | EvalJobConfig
+
+
+def mlflow_of(spec: CurationStageSpec | SFTStageSpec | EvalStageSpec) -> MLflowSpec | None:
+    """The MLflow server a stage's pods send to (``spec.tracking.mlflow``), if any."""
+    return spec.tracking.mlflow if spec.tracking is not None else None
 
 
 def build_curation_config(
@@ -40,6 +46,7 @@ def build_curation_config(
     scope = data.teachers.cache.scope if data.teachers is not None else "Run"
     return CurationJobConfig(
         run=run,
+        tracking=mlflow_of(spec),
         storage=storage,
         output_uri=output_uri,
         spec=data,
@@ -66,6 +73,7 @@ def build_sft_config(
     )
     return SFTJobConfig(
         run=run,
+        tracking=mlflow_of(spec),
         storage=storage,
         output_uri=output_uri,
         spec=data,
@@ -94,6 +102,7 @@ def build_eval_config(
         )
     return EvalJobConfig(
         run=run,
+        tracking=mlflow_of(spec),
         storage=storage,
         output_uri=output_uri,
         spec=data.model_copy(update=updates),
@@ -168,18 +177,21 @@ def local_job_configs(
             raise ValueError(
                 f"the {stage.stage} stage refers to {stage.ref!r}: not runnable locally"
             )
+        spec = stage.spec
+        if spec.tracking is None and run.spec.tracking is not None:
+            spec = spec.model_copy(update={"tracking": run.spec.tracking})
         info = RunInfo(name=name, namespace=namespace, generation=generation, spec_hash=stage.hash)
-        output = _output(stage.spec, storage, namespace, name, generation, stage.stage)
-        if isinstance(stage.spec, CurationStageSpec):
+        output = _output(spec, storage, namespace, name, generation, stage.stage)
+        if isinstance(spec, CurationStageSpec):
             configs.append(
-                build_curation_config(stage.spec, run=info, storage=storage, output_uri=output)
+                build_curation_config(spec, run=info, storage=storage, output_uri=output)
             )
             manifest = layout.manifest_uri(output)
-        elif isinstance(stage.spec, SFTStageSpec):
+        elif isinstance(spec, SFTStageSpec):
             assert manifest is not None
             configs.append(
                 build_sft_config(
-                    stage.spec,
+                    spec,
                     run=info,
                     storage=storage,
                     output_uri=output,
@@ -189,10 +201,10 @@ def local_job_configs(
             model = layout.model_uri(output)
         else:
             assert model is not None
-            baseline = stage.spec.baseline.uri if stage.spec.baseline else None
+            baseline = spec.baseline.uri if spec.baseline else None
             configs.append(
                 build_eval_config(
-                    stage.spec,
+                    spec,
                     run=info,
                     storage=storage,
                     output_uri=output,

@@ -42,6 +42,7 @@ from medsft_pipelines.storage.shards import (
     read_manifest,
     write_manifest,
 )
+from medsft_pipelines.tracking import open_tracker
 
 from .balance import length_mixture, repeats
 from .errors import CurationError
@@ -192,7 +193,11 @@ def run_merge(
     if out.exists(MANIFEST_KEY) and read_manifest(out).spec_hash == expected:
         log.info("dataset at %s is already complete for this spec", out.uri)
         return read_manifest(out)
-    progress = ProgressReporter(open_store(config.effective_progress_uri(), settings), STAGE)
+    progress = ProgressReporter(
+        open_store(config.effective_progress_uri(), settings),
+        STAGE,
+        tracker=open_tracker(config.tracking, config.run, STAGE, config.spec.to_wire()),
+    )
     progress.update(step=0, total=None, phase="merge", force=True)
 
     clock = time.process_time()
@@ -339,6 +344,17 @@ def run_merge(
         report=out.uri_of(f"{REPORT_PREFIX}/{REPORT_MD}"),
     )
     progress.flush()
+    if progress.tracker is not None:
+        # Every count of the run (rows read, kept, removed by reason, teacher requests and
+        # cache hits), the dataset by reference.
+        progress.tracker.log_metrics({"rows": manifest.num_rows, "counts": dict(counts)})
+        progress.tracker.set_tags(
+            {
+                "medsft.curation.manifestUri": out.uri_of(MANIFEST_KEY),
+                "medsft.curation.reportUri": out.uri_of(f"{REPORT_PREFIX}/{REPORT_MD}"),
+            }
+        )
+        progress.close_tracker()
     log.info(
         "dataset complete: %d rows in %d shards at %s",
         manifest.num_rows,

@@ -37,6 +37,7 @@ from medsft_pipelines.specs.eval import GenerationSpec
 from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 from medsft_pipelines.storage.progress import ProgressReporter
+from medsft_pipelines.tracking import MLflowTracker, open_tracker
 
 from .backends import Engine, Request, generate, open_engine
 from .files import BenchmarkFormatError
@@ -485,7 +486,12 @@ def evaluate(
         len(benchmarks),
         total,
     )
-    tracker = Tracker(ProgressReporter(progress_store, "eval"), total)
+    reporter = ProgressReporter(
+        progress_store,
+        "eval",
+        tracker=open_tracker(config.tracking, config.run, "eval", config.spec.to_wire()),
+    )
+    tracker = Tracker(reporter, total)
     records: dict[str, list[Record]] = {}
     layouts: dict[str, dict[str, Any]] = {}
     try:
@@ -503,6 +509,24 @@ def evaluate(
         tracker.close()
     labels = [m.label for m in models]
     parameters = {m.label: count_parameters(m.path) for m in models}
-    return write_report(
+    results = write_report(
         out, config, benchmarks, records, labels, layouts=layouts, parameters=parameters
     )
+    if reporter.tracker is not None:
+        track_results(reporter.tracker, results, out.uri_of("report.md"))
+        reporter.close_tracker()
+    return results
+
+
+def track_results(tracker: MLflowTracker, results: dict[str, Any], report_uri: str) -> None:
+    """The scores to MLflow: per benchmark and model every number of its scores (accuracy,
+    its std over seeds, reasoning-length statistics...), each seed's accuracy as a step of
+    ``<benchmark>.<model>.accuracyPerSeed``, the means; the report by reference."""
+    for bench in results.get("benchmarks", []):
+        for label, scores in (bench.get("scores") or {}).items():
+            key = f"{bench['name']}.{label}"
+            tracker.log_metrics({key: scores})
+            for index, value in enumerate(scores.get("per_seed") or []):
+                tracker.log_metrics({f"{key}.accuracyPerSeed": value}, step=index)
+    tracker.log_metrics({k: v for k, v in results.items() if k != "benchmarks"})
+    tracker.set_tags({"medsft.eval.reportUri": report_uri})

@@ -67,6 +67,7 @@ from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 from medsft_pipelines.storage import ObjectStore, StorageError, StorageSettings, open_store
 from medsft_pipelines.storage.progress import ProgressReporter, read_metrics
 from medsft_pipelines.storage.shards import DatasetReader
+from medsft_pipelines.tracking import open_tracker
 
 log = logging.getLogger("medsft.sft")
 
@@ -625,7 +626,18 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
     job, state = setup(config)
     t, topo = config.spec.training, job.topo
     is_main = topo.rank == 0
-    progress = ProgressReporter(job.telemetry, PROGRESS_STAGE) if is_main else None
+    # Rank 0 alone reports, to storage and (spec.tracking) to MLflow, never waiting for it.
+    progress = (
+        ProgressReporter(
+            job.telemetry,
+            PROGRESS_STAGE,
+            tracker=open_tracker(
+                config.tracking, config.run, PROGRESS_STAGE, config.spec.to_wire()
+            ),
+        )
+        if is_main
+        else None
+    )
     if progress:
         # An attempt that dies (a lost peer, a failed collective) keeps the metrics it logged
         # since the last throttled flush; the next attempt's records follow them.
@@ -732,6 +744,9 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         plot = plot_loss_curve(read_metrics(job.telemetry), node_work_dir(config) / LOSS_CURVE)
         job.output.upload_file(plot, LOSS_CURVE)
         job.output.put_json(SUMMARY, summary)
+        if progress.tracker is not None:
+            progress.tracker.log_artifact(plot)
+            progress.close_tracker()
     dist.barrier()
     return summary
 
