@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,6 +13,7 @@ from medsft_pipelines.contract import Spec
 from medsft_pipelines.specs.common import StorageCredentialsRef, StorageSpec
 
 DEFAULT_IMAGE = "ghcr.io/medsft/trainer:0.1.0"
+DEFAULT_EVAL_IMAGE = "ghcr.io/medsft/eval:0.1.0"
 
 
 class OperatorConfig(Spec):
@@ -25,6 +26,10 @@ class OperatorConfig(Spec):
     ServiceAccount (:func:`medsft_operator.kube.load_api_client`)."""
     default_image: Annotated[str, Field(min_length=1)] = DEFAULT_IMAGE
     """Trainer image of stages whose spec and run name none."""
+    eval_image: Annotated[str, Field(min_length=1)] = DEFAULT_EVAL_IMAGE
+    """Image of evaluation stages that generate with vLLM and whose spec and run name none:
+    vLLM pins its own torch and transformers, so it lives in an image of its own
+    (trainer-image/Dockerfile.eval, docs/adr/0005-eval-image.md)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """Pull policy of the trainer containers; unset: the Kubernetes default."""
     default_storage: StorageSpec | None = None
@@ -87,6 +92,16 @@ class OperatorConfig(Spec):
                 "leader election needs leaseRenewS < leaseRenewDeadlineS < leaseDurationS"
             )
         return self
+
+    def stage_image(self, stage: str, spec: Any) -> str:
+        """The image of a stage's pods: its spec's (the run's, when the run named one),
+        else the eval image for an evaluation generating with vLLM, else the trainer image."""
+        if spec.image:
+            return str(spec.image)
+        generation = getattr(spec, "generation", None)
+        if stage == "eval" and generation is not None and generation.backend == "vllm":
+            return self.eval_image
+        return self.default_image
 
     @property
     def renew_deadline_s(self) -> float:

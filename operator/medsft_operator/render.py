@@ -98,7 +98,7 @@ class _Renderer:
             doc,
             stage,
             storage=storage,
-            image=spec.image or self.config.default_image,
+            image=self.config.stage_image(stage, spec),
             spec_hash="",
             output_uri=output,
             pull_policy=self.config.image_pull_policy,

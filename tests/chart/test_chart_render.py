@@ -22,9 +22,10 @@ from chart.charting import (
     values_file,
 )
 
-from medsft_operator import rbac
+from medsft_operator import names, rbac
 from medsft_operator.cli import LEASE_NAME_PLACEHOLDER, rbac_document
 from medsft_operator.config import OperatorConfig
+from medsft_operator.render import children_of
 
 MINIO = {"minio": {"enabled": True}}
 
@@ -220,6 +221,46 @@ def test_operator_settings_parse_as_the_operator_reads_them(helm_bin, helm_home)
         for n in ("ENDPOINT", "BUCKET", "PREFIX", "SECURE", "REGION", "SECRET")
     }
     assert {k for k in env if k.startswith("MEDSFT_")} <= read
+
+
+def _stage_images(children: list[dict]) -> dict[str, set[str]]:
+    """Stage kind (the owner-kind label) -> the images of its Jobs' and PyTorchJobs' pods."""
+    images: dict[str, set[str]] = {}
+    for child in children:
+        if child["kind"] == "Job":
+            templates = [child["spec"]["template"]]
+        elif child["kind"] == "PyTorchJob":
+            templates = [r["template"] for r in child["spec"]["pytorchReplicaSpecs"].values()]
+        else:
+            continue
+        stage = child["metadata"]["labels"][names.OWNER_KIND]
+        for pod in templates:
+            images.setdefault(stage, set()).update(c["image"] for c in pod["spec"]["containers"])
+    return images
+
+
+def test_flagship_example_runs_every_stage_on_the_image_the_chart_names(helm_bin, helm_home):
+    """The chart's defaults, read by the operator as it reads them, render
+    examples/medsft-run.yaml with its vLLM evaluation on the eval image (the image with vLLM,
+    trainer-image/Dockerfile.eval) and curation and SFT on the trainer image: the user sets
+    nothing for eval to find vLLM."""
+    docs = render(helm_bin, helm_home, MINIO, namespace="ml", release="medsft")
+    config = OperatorConfig.from_env(_env(of_kind(docs, "Deployment")[0]))
+    run = yaml.safe_load((REPO / "examples" / "medsft-run.yaml").read_text())
+    assert run["spec"]["eval"]["spec"]["generation"]["backend"] == "vllm"
+    images = _stage_images(children_of(run, config=config))
+    trainer, evaluation = "ghcr.io/medsft/medsft-trainer:0.1.0", "ghcr.io/medsft/medsft-eval:0.1.0"
+    assert images == {"CurationJob": {trainer}, "SFTJob": {trainer}, "EvalJob": {evaluation}}
+
+    # The transformers backend needs no vLLM: it stays on the trainer image.
+    run["spec"]["eval"]["spec"]["generation"]["backend"] = "transformers"
+    assert _stage_images(children_of(run, config=config))["EvalJob"] == {trainer}
+    # An image the eval stage names wins over both.
+    run["spec"]["eval"]["spec"]["generation"]["backend"] = "vllm"
+    run["spec"]["eval"]["spec"]["image"] = "registry.example/team/eval:7"
+    assert _stage_images(children_of(run, config=config))["EvalJob"] == {
+        "registry.example/team/eval:7"
+    }
 
 
 def test_in_chart_minio_is_the_default_storage(helm_bin, helm_home):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medsft_operator import rbac
+from medsft_operator import names, rbac
 from medsft_operator.api.crdgen import crd_manifests
 from medsft_operator.cli import LEASE_NAME_PLACEHOLDER, app
 
@@ -24,12 +24,19 @@ def _pod_templates(doc: dict) -> list[dict]:
     return []
 
 
+def _eval_spec(doc: dict) -> dict:
+    """The evaluation spec of an EvalJob or a run, as the example wrote it."""
+    spec = doc["spec"]
+    return spec if doc["kind"] == "EvalJob" else spec.get("eval", {}).get("spec", {})
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_rendered_children_are_accepted_by_the_apiserver(
     cli, kube, medsft_crds, kubeflow_crds, namespace, tmp_path, monkeypatch, example
 ):
     monkeypatch.setenv("MEDSFT_JOB_SERVICE_ACCOUNT", "medsft-job")
     monkeypatch.setenv("MEDSFT_DEFAULT_IMAGE", "registry.example/medsft-trainer:1.2.3")
+    monkeypatch.setenv("MEDSFT_EVAL_IMAGE", "registry.example/medsft-eval:1.2.3")
     doc = yaml.safe_load(example.read_text())
     doc["metadata"]["namespace"] = namespace
     file = tmp_path / example.name
@@ -48,7 +55,12 @@ def test_rendered_children_are_accepted_by_the_apiserver(
         assert pod["spec"]["serviceAccountName"] == "medsft-job"
         assert pod["spec"]["automountServiceAccountToken"] is False
         images = {c["image"] for c in pod["spec"]["containers"]}
-        assert images <= {"registry.example/medsft-trainer:1.2.3", doc["spec"].get("image")}
+        # Evaluation with vLLM runs on the eval image (ADR 0005), every other pod on the trainer's.
+        vllm = pod["metadata"]["labels"][names.OWNER_KIND] == "EvalJob" and (
+            (_eval_spec(doc).get("generation") or {}).get("backend") == "vllm"
+        )
+        default = f"registry.example/medsft-{'eval' if vllm else 'trainer'}:1.2.3"
+        assert images <= {default, doc["spec"].get("image")}
 
     applied = kube.kubectl(
         "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",

@@ -375,6 +375,7 @@ class OperatorProcess:
             "MEDSFT_LEASE_RENEW_DEADLINE_S": "4",
             "MEDSFT_PROPAGATE_ANNOTATION_PREFIXES": FAKE,
             "MEDSFT_DEFAULT_IMAGE": "registry.example/medsft/trainer:test",
+            "MEDSFT_EVAL_IMAGE": "registry.example/medsft/eval:test",
             "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "pipelines")),
             **self.env,
         }

@@ -212,14 +212,15 @@ def test_eval_job_waits_for_its_model_then_reports_scores(cluster, storage, oper
         what="InputsReady=False",
     )
     assert inputs["reason"] == "ReferenceNotFound"
+    model, vllm = {"uri": f"s3://{storage.bucket}/m"}, {"backend": "vllm"}
     cluster.create(
-        resource(
-            "EvalJob", "ev2", eval_spec(storage, model={"uri": f"s3://{storage.bucket}/m"}, gpus=2)
-        )
+        resource("EvalJob", "ev2", eval_spec(storage, model=model, gpus=2, generation=vllm))
     )
     job = wait_for(lambda: cluster.job("ev2-eval"), what="the eval Job")
     limits = job.spec.template.spec.containers[0].resources.limits
     assert limits["nvidia.com/gpu"] == "2"
+    # Generation with vLLM runs on the operator's eval image, the image that carries vLLM.
+    assert job.spec.template.spec.containers[0].image == "registry.example/medsft/eval:test"
     storage.write_eval_summary(
         f"s3://{storage.bucket}/{cluster.namespace}/ev2/g1/eval", {"pubmedqa": 0.5, "medqa": 0.7}
     )

@@ -197,7 +197,7 @@ class StageRuntime(Spec):
     """How a stage's pods run (everything that does not change the stage's result)."""
 
     image: Image | None = None
-    """Trainer image; unset: the run's image, else the operator's default."""
+    """Pod image; unset: the run's, else the operator's (vLLM eval: the eval image, else trainer)."""
     resources: ResourceRequirements = ResourceRequirements()
     """Resources of each pod."""
     scheduling: Scheduling = Scheduling()

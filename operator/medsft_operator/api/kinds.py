@@ -339,7 +339,7 @@ class MedSFTRunSpec(Spec):
     storage: StorageSpec | None = None
     """Where every artifact of the run goes; unset: the operator's default storage."""
     image: Image | None = None
-    """Trainer image of every stage (a stage's own ``image`` wins)."""
+    """Image of every stage (a stage's own ``image`` wins); must carry vLLM for a vLLM eval."""
     curation: CurationStage | None = None
     """Curation stage; unset when ``sft.spec.dataset`` names an existing dataset."""
     sft: SFTStage

@@ -131,7 +131,7 @@ class StageReconciler(Reconciler):
             body,
             self.stage,
             storage=storage,
-            image=spec.image or config.default_image,
+            image=config.stage_image(self.stage, spec),
             spec_hash=own_hash,
             output_uri=output_uri,
             pull_policy=config.image_pull_policy,
