@@ -20,6 +20,7 @@ from medsft_operator.plan import PlanError, RunPlan, StagePlan, resolve_storage
 from medsft_pipelines.specs.common import ObjectRef
 from medsft_pipelines.specs.eval import ModelSource
 from medsft_pipelines.specs.sft import DatasetSource
+from medsft_pipelines.specs.tracking import MLflowSpec, TrackingSpec
 
 Manifest = dict[str, Any]
 
@@ -33,6 +34,7 @@ def stage_resource(
     generation: int,
     upstream: dict[layout.StageName, str],
     annotations: dict[str, str] | None = None,
+    tracking_run_id: str | None = None,
 ) -> Manifest:
     """The manifest of ``stage`` for ``generation`` of ``run``, named ``name``, reading from
     the upstream stage resources named in ``upstream`` (``{"curation": ..., "sft": ...}``),
@@ -45,6 +47,13 @@ def stage_resource(
     run_name, namespace = meta["name"], meta["namespace"]
     storage = resolve_storage(stage.spec.storage, plan.storage)
     updates: dict[str, Any] = {"storage": storage}
+    tracking = run_tracking(run)
+    if stage.spec.tracking is None and tracking is not None:
+        # The stage logs into the generation's MLflow run (opened by the run reconciler;
+        # without one, the stage's pods open a run of their own).
+        updates["tracking"] = TrackingSpec(
+            mlflow=tracking.model_copy(update={"run_id": tracking_run_id})
+        )
     image = stage.spec.image or plan.image
     if image:
         updates["image"] = image
@@ -90,6 +99,12 @@ def stage_resource(
         },
         "spec": spec.to_wire(),
     }
+
+
+def run_tracking(run: Manifest) -> MLflowSpec | None:
+    """The MedSFTRun's ``spec.tracking.mlflow``, if any."""
+    data = ((run.get("spec") or {}).get("tracking") or {}).get("mlflow")
+    return MLflowSpec.model_validate(data) if data else None
 
 
 def _merged(

@@ -9,6 +9,8 @@ run with the stage's hash (from any generation, not failed) is reused; otherwise
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, Literal, cast
 
 from medsft_operator import fold, layout, names, promotion
@@ -28,7 +30,13 @@ from medsft_operator.plan import (
     plan_run,
 )
 from medsft_operator.reconcilers.base import Reconciler
+from medsft_operator.tracking import log_generation_outcome, open_generation_run
+from medsft_pipelines.specs.tracking import MLflowSpec
 
+TRACKING_TIMEOUT_S = 20.0
+"""The longest a reconcile waits for the MLflow server (the client's own timeouts are short)."""
+TRACKING_RETRY_S = 60.0
+"""After the server failed, the next try waits this long (each reconcile would wait again)."""
 STAGE_TITLES = {"curation": "Curation", "sft": "SFT", "eval": "Eval"}
 RECORD_FIELD = {"curation": "curation_job", "sft": "sft_job", "eval": "eval_job"}
 
@@ -61,6 +69,11 @@ class RunReconciler(Reconciler):
             status = await self._start_generation(body, run, status, plan, history, gen)
             history = list(status.history)
         record = history[0]
+        mlflow = run.spec.tracking.mlflow if run.spec.tracking else None
+        if mlflow is not None and record.tracking_run_id is None:
+            status = await self._open_tracking(body, mlflow, plan, status, gen)
+            history = list(status.history)
+            record = history[0]
         number = record.generation
         upstream: dict[layout.StageName, str] = {}
         children: dict[layout.StageName, Body] = {}
@@ -166,6 +179,7 @@ class RunReconciler(Reconciler):
                 "stage": STAGE_TITLES[first],
                 "score": None,
                 "progress": None,
+                "tracking_url": None,  # the new generation's run replaces it once opened
             }
         )
         if run.spec.promotion is not None:
@@ -257,6 +271,7 @@ class RunReconciler(Reconciler):
             self.ctx.events.post(body, *event)
             record = record.model_copy(update={"promoted": verdict.promoted})
             update["conditions"] = conditions
+            await self._track_outcome(run, record, scores, verdict.promoted, verdict.message())
         history[0] = record
         update["history"] = history
         status = status.model_copy(update=update)
@@ -265,6 +280,90 @@ class RunReconciler(Reconciler):
             f" (mean accuracy {mean:.4f})" if mean is not None else ""
         )
         return fold.apply_phase(status, "Succeeded", "GenerationSucceeded", message, gen)
+
+    # -- experiment tracking ----------------------------------------------------------------
+
+    async def _open_tracking(
+        self,
+        body: Body,
+        mlflow: MLflowSpec,
+        plan: RunPlan,
+        status: MedSFTRunStatus,
+        gen: int | None,
+    ) -> MedSFTRunStatus:
+        """Find or open the current generation's MLflow run: its id in the history record,
+        its URL in the status. The tracker's trouble is a condition, never the run's: the
+        stages then open runs of their own, the numbers are in storage either way."""
+        meta, record = body["metadata"], status.history[0]
+        degraded = cond.get_condition(status.conditions, cond.TRACKING_DEGRADED)
+        if (
+            degraded is not None
+            and degraded.status == "True"
+            and (fold.now() - degraded.last_transition_time).total_seconds() < TRACKING_RETRY_S
+        ):
+            return status  # tried a moment ago: no reconcile waits on a dead server each time
+        opening = asyncio.to_thread(
+            open_generation_run,
+            mlflow,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            generation=record.generation,
+            spec_hash=plan.key,
+            stage_hashes={s.stage: s.hash for s in plan.stages},
+            recipe={s.stage: s.spec.to_wire() for s in plan.stages if s.spec is not None},
+        )
+        try:
+            opened = await asyncio.wait_for(opening, TRACKING_TIMEOUT_S)
+        except Exception as exc:  # unreachable, slow, refusing: all the same to the run
+            message = (
+                f"generation {record.generation}: the MLflow server {mlflow.tracking_uri} did "
+                f"not open the run ({type(exc).__name__}); training goes on, its numbers are "
+                "in storage"
+            )
+            conditions = cond.set_condition(
+                status.conditions,
+                cond.TRACKING_DEGRADED,
+                "True",
+                "TrackerUnreachable",
+                message,
+                gen,
+            )
+            return status.model_copy(update={"conditions": conditions})
+        history = [
+            record.model_copy(update={"tracking_run_id": opened.run_id}),
+            *status.history[1:],
+        ]
+        conditions = cond.set_condition(
+            status.conditions,
+            cond.TRACKING_DEGRADED,
+            "False",
+            "RunOpened",
+            f"generation {record.generation} is tracked at {opened.url}",
+            gen,
+        )
+        return status.model_copy(
+            update={"history": history, "tracking_url": opened.url, "conditions": conditions}
+        )
+
+    async def _track_outcome(
+        self,
+        run: MedSFTRun,
+        record: GenerationRecord,
+        scores: dict[str, float],
+        promoted: bool,
+        message: str,
+    ) -> None:
+        """The generation's scores and promotion decision on its MLflow run (best effort)."""
+        mlflow = run.spec.tracking.mlflow if run.spec.tracking else None
+        if mlflow is None or record.tracking_run_id is None:
+            return
+        metrics = {f"score.{k}": v for k, v in scores.items()} | {"promoted": float(promoted)}
+        tags = {"medsft.promoted": str(promoted).lower(), "medsft.promotion": message[:5000]}
+        logging = asyncio.to_thread(
+            log_generation_outcome, mlflow, record.tracking_run_id, metrics, tags
+        )
+        with contextlib.suppress(Exception):  # the decision stands in status either way
+            await asyncio.wait_for(logging, TRACKING_TIMEOUT_S)
 
     # -- stage children ---------------------------------------------------------------------
 
@@ -341,6 +440,7 @@ class RunReconciler(Reconciler):
                 generation=number,
                 upstream=upstream,
                 annotations=names.propagated_annotations(run, prefixes),
+                tracking_run_id=record.tracking_run_id,
             ),
             new=not recorded,  # never created for this generation (as far as the status says)
         )
