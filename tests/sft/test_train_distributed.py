@@ -525,8 +525,10 @@ def test_the_operators_next_attempt_resumes_from_the_checkpoint(setup: Setup, mi
             "model": {"uri": setup.model_uri},
             "dataset": {"manifestUri": setup.manifest_uri},
             "gpusPerNode": 1,
+            # Rows, as job_config's runs: steps of packed rows, long enough for the kill to
+            # land between the first checkpoint and the end.
             "training": {**TRAINING, "maxSteps": 8, "globalBatchSize": 2, "microBatchSize": 1,
-                         "precision": "fp32", "gradientCheckpointing": False},
+                         "batchUnit": "rows", "precision": "fp32", "gradientCheckpointing": False},
             "checkpointing": {"everySteps": 2, "keepLast": 1},
             "deepspeed": {"zeroStage": 2},
         },
