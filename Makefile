@@ -54,6 +54,7 @@ crds: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable --exclude medsft | LC_ALL=C sort -f > constraints.txt
 	$(BIN)/python hack/lock-trainer-image.py
+	$(BIN)/python hack/lock-eval-image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

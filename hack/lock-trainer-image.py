@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +28,13 @@ PINNED_ARGS = {"torch": "TORCH_VERSION", "transformers": "TRANSFORMERS_VERSION",
                "deepspeed": "DEEPSPEED_VERSION"}  # fmt: skip
 
 
+def dockerfile_args(dockerfile: Path) -> dict[str, str]:
+    """The default value of every ``ARG`` of ``dockerfile``."""
+    return dict(re.findall(r'^ARG (\w+)="?([^"\n]*)"?$', dockerfile.read_text(), re.MULTILINE))
+
+
 def dockerfile_pins() -> dict[str, str]:
-    args = dict(re.findall(r'^ARG (\w+)="?([^"\n]*)"?$', DOCKERFILE.read_text(), re.MULTILINE))
+    args = dockerfile_args(DOCKERFILE)
     return {name: args[arg] for name, arg in PINNED_ARGS.items()}
 
 
@@ -56,11 +62,16 @@ def render(pins: dict[str, str]) -> str:
     return header + "".join(f"{name}=={pins[name]}\n" for name in sorted(pins))
 
 
+def cli(doc: str, default: Path, lock: Callable[[], str]) -> None:
+    """The command line of a lock script (this one, hack/lock-eval-image.py): ``--output``
+    (default ``default``) receives what ``lock`` returns."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=default)
+    parser.parse_args().output.write_text(lock())
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=LOCK)
-    args = parser.parse_args()
-    args.output.write_text(render(resolve()))
+    cli(__doc__, LOCK, lambda: render(resolve()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def vllm_engine(request):
-    pytest.importorskip("vllm", reason="vLLM is only in the GPU image")
+    pytest.importorskip(
+        "vllm", reason="vLLM is only in the eval image (trainer-image/Dockerfile.eval)"
+    )
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
