@@ -25,6 +25,7 @@ from medsft_operator.builders.pods import (
     pod_template,
     resources,
     storage_env,
+    tracking_env,
     volume_mounts,
     volumes,
 )
@@ -145,7 +146,7 @@ def curation_config_map(
 def _curation_pod(
     owner: Owner, spec: CurationStageSpec, settings: PodSettings, config_file: str
 ) -> Manifest:
-    env = base_env(config_file) + storage_env(settings.storage)
+    env = base_env(config_file) + storage_env(settings.storage) + tracking_env(settings)
     teachers = spec.teachers
     for modality, teacher in (
         ("text", teachers and teachers.text),
@@ -312,6 +313,7 @@ def sft_env(settings: PodSettings, *, attempt: int) -> list[Manifest]:
         *base_env("job.yaml"),
         {"name": "MEDSFT_ATTEMPT", "value": str(attempt)},  # in the trainer's summary
         *storage_env(settings.storage),
+        *tracking_env(settings),
     ]
 
 
@@ -424,7 +426,7 @@ def eval_job(owner: Owner, spec: EvalStageSpec, settings: PodSettings) -> Manife
         "eval",
         settings,
         command=[*EVAL_COMMAND, f"{CONFIG_DIR}/job.yaml"],
-        env=base_env("job.yaml") + storage_env(settings.storage),
+        env=base_env("job.yaml") + storage_env(settings.storage) + tracking_env(settings),
         runtime=spec,
         gpus=spec.gpus,
         shm=spec.gpus > 0,

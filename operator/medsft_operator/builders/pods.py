@@ -12,6 +12,7 @@ from typing import Any
 
 from medsft_operator.api.k8s import StageRuntime
 from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
+from medsft_pipelines.specs.tracking import MLflowSpec
 
 CONFIG_DIR = "/etc/medsft"
 CA_DIR = "/etc/medsft/ca"
@@ -36,6 +37,8 @@ class PodSettings:
     service_account: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     """Annotations of the workload object (Job / PyTorchJob) itself."""
+    tracking: MLflowSpec | None = None
+    """The MLflow server the stage's pods send to (its credentials come by reference)."""
 
 
 def storage_env(storage: StorageSpec) -> list[Manifest]:
@@ -58,6 +61,25 @@ def storage_env(storage: StorageSpec) -> list[Manifest]:
                 {"name": name, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}}}
             )
     return env
+
+
+def tracking_env(settings: PodSettings) -> list[Manifest]:
+    """The MLflow client's credentials from the stage's ``credentialsSecret``, by reference;
+    each key optional (a Secret may hold a token, or a user name and password)."""
+    ref = settings.tracking.credentials_secret if settings.tracking else None
+    if ref is None:
+        return []
+    return [
+        {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key, "optional": True}},
+        }
+        for name, key in (
+            ("MLFLOW_TRACKING_USERNAME", ref.username_key),
+            ("MLFLOW_TRACKING_PASSWORD", ref.password_key),
+            ("MLFLOW_TRACKING_TOKEN", ref.token_key),
+        )
+    ]
 
 
 def base_env(config_file: str) -> list[Manifest]:

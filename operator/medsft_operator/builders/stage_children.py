@@ -70,8 +70,13 @@ def stage_inputs(
     )
 
 
-def _settings(owner: children.Owner, inputs: StageInputs) -> PodSettings:
+def _settings(
+    owner: children.Owner,
+    inputs: StageInputs,
+    spec: CurationStageSpec | SFTStageSpec | EvalStageSpec,
+) -> PodSettings:
     return PodSettings(
+        tracking=spec.tracking.mlflow if spec.tracking else None,
         image=inputs.image,
         storage=inputs.storage,
         config_map=names.config_map_name(owner.name),
@@ -99,7 +104,7 @@ def curation_children(
         )
         for step in ("work", "merge")
     )
-    settings = _settings(owner, inputs)
+    settings = _settings(owner, inputs, spec)
     return CurationChildren(
         config_map=children.curation_config_map(owner, work, merge),
         work_job=children.curation_work_job(owner, spec, settings),
@@ -127,7 +132,7 @@ def sft_children(
         output_uri=inputs.output_uri,
         dataset_manifest_uri=dataset_manifest_uri,
     )
-    settings = _settings(owner, inputs)
+    settings = _settings(owner, inputs, spec)
     if backend == "TrainJob":
         job = children.train_job(
             owner,
@@ -160,5 +165,5 @@ def eval_children(
         baseline_uri=baseline_uri,
     )
     return children.eval_config_map(owner, config), children.eval_job(
-        owner, spec, _settings(owner, inputs)
+        owner, spec, _settings(owner, inputs, spec)
     )
