@@ -15,7 +15,8 @@ Two subcommands:
              * MMMU (MMMU-Benchmark/MMMU, Apache-2.0), issue #26: the Health & Medicine outputs
                of MMMU-Pro's GPT-4o runs and MMMU's LLaVA-1.5 / Qwen-VL examples;
              these two carry a deterministic ``split`` (tune / report) and, being third-party
-             data, are laid in ``../shared/data/answer_extraction`` rather than in the repo.
+             data, are read from the shared data folder beside the checkout
+             (``shared/data/answer_extraction``), not kept in the repo.
 ``measure``  score every corpus: accuracy vs gold of the source's extractor and of
              ``medsft_pipelines.answers.extract_choice``, their agreement, None rates, and
              where they differ (see benchmarks/README.md for the numbers).
