@@ -194,6 +194,16 @@ def test_a_pod_the_job_controller_cannot_create_stalls_the_stage(cluster, storag
     assert condition["reason"] == "PodsRejected" and "exceeded quota" in condition["message"]
     assert cluster.status("EvalJob", "quota")["phase"] == "Pending"  # quota may free up
 
+    # Quota freed, the pod ran and the Job completed before the next poll: the stall that
+    # was never seen to pass is over with the stage's success.
+    storage.write_eval_summary(
+        f"s3://{storage.bucket}/{cluster.namespace}/quota/g1/eval", {"pubmedqa": 0.5}
+    )
+    cluster.finish_job("quota-eval")
+    cluster.wait_phase("EvalJob", "quota", "Succeeded")
+    resolved = cluster.condition("EvalJob", "quota", "Stalled")
+    assert resolved is not None and resolved["status"] == "False", resolved
+
 
 def test_a_child_the_apiserver_refuses_fails_the_stage_at_once(
     cluster, storage, start_operator, kube

@@ -85,9 +85,12 @@ class StageReconciler(Reconciler):
             return self.pending(status, error, gen)
         status = self.inputs_ready(status, gen)
         try:
-            return await self.advance(body, spec, status, storage, upstream, poll=poll)
+            new = await self.advance(body, spec, status, storage, upstream, poll=poll)
         except ChildRejected as rejected:  # the same spec is refused every time
             return fold.apply_phase(status, "Failed", "ChildRejected", str(rejected), gen)
+        if new.phase == "Succeeded":  # a stall that passed between two polls is over too
+            new = fold.apply_stalled(new, None, gen)
+        return new
 
     async def upstream(self, body: Body, spec: Any, status: Any, storage: StorageSpec) -> Any:
         """What the stage reads from elsewhere (a dataset, models): InputsError while
