@@ -451,6 +451,37 @@ def _reason(status: StatusBase, type_: str) -> str | None:
 # -------------------------------------------------------------------------- progress
 
 
+def fold_tracking(
+    status: StatusT, progress: Mapping[str, Any] | None, gen: int | None = None
+) -> StatusT:
+    """The stage's MLflow run (``status.trackingUrl``) and ``TrackingDegraded`` from the
+    ``tracking`` the stage writes into ``progress.json`` (its pods have no Kubernetes API
+    access). The message names the exception type only: a client's message may quote the
+    server's URL, credentials included when someone put them there."""
+    tracking = (progress or {}).get("tracking")
+    if not isinstance(tracking, Mapping):
+        return status
+    update: dict[str, Any] = {}
+    if isinstance(tracking.get("url"), str):
+        update["tracking_url"] = tracking["url"][:2048]
+    if tracking.get("degraded"):
+        error = str(tracking.get("error") or "").split(":", 1)[0][:128] or "values dropped"
+        message = (
+            f"the MLflow server did not take what the stage sent ({error}); "
+            f"{int(tracking.get('pending') or 0)} values waiting, "
+            f"{int(tracking.get('dropped') or 0)} dropped; the stage goes on and its numbers "
+            "are in storage"
+        )
+        update["conditions"] = cond.set_condition(
+            status.conditions, cond.TRACKING_DEGRADED, "True", "TrackerUnreachable", message, gen
+        )
+    elif cond.get_condition(status.conditions, cond.TRACKING_DEGRADED) is not None:
+        update["conditions"] = cond.set_condition(
+            status.conditions, cond.TRACKING_DEGRADED, "False", "Sending", "", gen
+        )
+    return status.model_copy(update=update)
+
+
 def progress_text(progress: Mapping[str, Any] | None) -> str | None:
     """``1200/3000`` (or ``1200``) for ``kubectl get``; None without progress."""
     if not progress or progress.get("step") is None:

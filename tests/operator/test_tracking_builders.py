@@ -58,3 +58,44 @@ def test_tracking_is_not_part_of_any_stage_hash():
     for doc in (d for d in untracked if d["kind"] in ("Job", "PyTorchJob")):
         for container in _containers(doc):
             assert not [e for e in container["env"] if e["name"].startswith("MLFLOW_")]
+
+
+def test_a_stages_degraded_tracking_becomes_its_condition_and_the_runs():
+    from medsft_operator.api.status import MedSFTRunStatus, SFTJobStatus
+    from medsft_operator.fold import fold_tracking
+    from medsft_operator.reconcilers.run import _stage_tracking
+
+    url = "https://mlflow.example.org/#/experiments/1/runs/" + "a" * 32
+    ok = {"step": 3, "tracking": {"runId": "a" * 32, "url": url, "degraded": False}}
+    status = fold_tracking(SFTJobStatus(), ok, 1)
+    assert status.tracking_url == url and status.conditions == []  # nothing to say yet
+    down = {
+        "step": 9,
+        "tracking": {
+            "runId": "a" * 32,
+            "url": url,
+            "degraded": True,
+            "error": "MlflowException: API request to https://user:secret@mlflow/ failed",
+            "pending": 40,
+            "dropped": 0,
+        },
+    }
+    status = fold_tracking(status, down, 1)
+    (condition,) = status.conditions
+    assert (condition.type, condition.status, condition.reason) == (
+        "TrackingDegraded", "True", "TrackerUnreachable",
+    )  # fmt: skip
+    assert "MlflowException" in condition.message and "secret" not in condition.message
+    assert "40 values waiting" in condition.message
+
+    child = status.model_dump(by_alias=True, mode="json")
+    run = _stage_tracking(MedSFTRunStatus(), "SFTJob", "r-sft-g1", child, 1)
+    (on_run,) = run.conditions
+    assert on_run.status == "True" and on_run.message.startswith("SFTJob r-sft-g1: the MLflow")
+    # Back to sending: both clear.
+    status = fold_tracking(status, ok, 1)
+    assert status.conditions[0].status == "False"
+    run = _stage_tracking(
+        run, "SFTJob", "r-sft-g1", status.model_dump(by_alias=True, mode="json"), 1
+    )
+    assert run.conditions[0].status == "False"

@@ -101,6 +101,7 @@ class RunReconciler(Reconciler):
             upstream[stage.stage] = child_name
             children[stage.stage] = child
             child_status = child.get("status") or {}
+            status = _stage_tracking(status, stage.kind, child_name, child_status, gen)
             phase = child_status.get("phase")
             title = STAGE_TITLES[stage.stage]
             if phase == "Succeeded":
@@ -502,6 +503,42 @@ class RunReconciler(Reconciler):
                     child = await self.ctx.kube.get(BY_KIND[kind], namespace, name)
                     if child is not None and names.owned_by(child, run):
                         await self.ctx.kube.delete(BY_KIND[kind], namespace, name)
+
+
+def _stage_tracking(
+    status: MedSFTRunStatus, kind: str, name: str, child_status: dict, gen: int | None
+) -> MedSFTRunStatus:
+    """A stage whose tracking is degraded makes the run's ``TrackingDegraded`` True (with
+    the stage named); once none is, the run's own state of it stands again."""
+    child = next(
+        (
+            c
+            for c in child_status.get("conditions") or []
+            if c.get("type") == cond.TRACKING_DEGRADED
+        ),
+        None,
+    )
+    mine = cond.get_condition(status.conditions, cond.TRACKING_DEGRADED)
+    if child is not None and child.get("status") == "True":
+        conditions = cond.set_condition(
+            status.conditions,
+            cond.TRACKING_DEGRADED,
+            "True",
+            "StageTrackingDegraded",
+            f"{kind} {name}: {child.get('message', '')}",
+            gen,
+        )
+    elif (
+        mine is not None
+        and mine.reason == "StageTrackingDegraded"
+        and mine.message.startswith(f"{kind} {name}:")
+    ):
+        conditions = cond.set_condition(
+            status.conditions, cond.TRACKING_DEGRADED, "False", "Sending", "", gen
+        )
+    else:
+        return status
+    return status.model_copy(update={"conditions": conditions})
 
 
 def _hash_of(child: Body) -> str | None:

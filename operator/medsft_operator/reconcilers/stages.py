@@ -311,6 +311,7 @@ class CurationReconciler(StageReconciler):
             if progress:
                 status = fold.fold_curation_counts(status, progress.get("counts") or {})
                 status = status.model_copy(update={"progress": fold.progress_text(progress)})
+                status = fold.fold_tracking(status, progress, gen)
         status, stuck = await self.stalled(status, current, state, gen)
         if stuck:
             return status
@@ -599,6 +600,7 @@ class SFTReconciler(StageReconciler):
 
         record = await self.ctx.storage.call(last_metrics)
         status = fold.fold_sft_progress(status, progress, record)
+        status = fold.fold_tracking(status, progress, status.observed_generation)
         checkpoint = await self.ctx.storage.latest_checkpoint(namespace, storage, output, nodes)
         if checkpoint:
             status = status.model_copy(update={"latest_checkpoint_uri": checkpoint})
@@ -685,6 +687,7 @@ class EvalReconciler(StageReconciler):
             progress = await self.ctx.storage.progress(namespace, storage, inputs.output_uri)
             if progress:
                 status = status.model_copy(update={"progress": fold.progress_text(progress)})
+                status = fold.fold_tracking(status, progress, gen)
         status, stuck = await self.stalled(status, job, state, gen)
         if stuck:
             return status
