@@ -43,6 +43,8 @@ class StatusRow:
     result: str
     age: str
     message: str
+    tracking: str = ""
+    """The MLflow run of the resource (a MedSFTRun's: its current generation's)."""
 
 
 def age(created: str | None, now: datetime) -> str:
@@ -100,6 +102,7 @@ def status_row(obj: dict[str, Any], now: datetime) -> StatusRow:
         result=result_summary(kind, status),
         age=age(metadata.get("creationTimestamp"), now),
         message=str(status.get("message") or ""),
+        tracking=str(status.get("trackingUrl") or ""),
     )
 
 
@@ -115,7 +118,10 @@ PHASE_STYLE = {
 def status_table(rows: Sequence[StatusRow], *, show_namespace: bool) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     columns = ["KIND", *(["NAMESPACE"] if show_namespace else []), "NAME", "GEN", "STAGE"]
-    for column in [*columns, "PHASE", "PROGRESS", "RESULT", "AGE", "MESSAGE"]:
+    tracked = any(row.tracking for row in rows)  # the column only where a run is tracked
+    for column in [
+        *columns, "PHASE", "PROGRESS", "RESULT", "AGE", "MESSAGE", *(["TRACKING"] if tracked else []),
+    ]:  # fmt: skip
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
@@ -131,6 +137,7 @@ def status_table(rows: Sequence[StatusRow], *, show_namespace: bool) -> Table:
             row.result,
             row.age,
             row.message,
+            *([row.tracking] if tracked else []),
         )
     return table
 
@@ -161,7 +168,9 @@ def status(
         (status_row(o, now) for o in objects), key=lambda r: (r.namespace, r.kind, r.name)
     )
     if output == "json":
-        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        # ``tracking`` only where a resource is tracked: the other rows read as before.
+        shown = [{k: v for k, v in r.__dict__.items() if v or k != "tracking"} for r in rows]
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
         return
     if not rows:
         where = "any namespace" if ns is None else f"namespace {ns}"
