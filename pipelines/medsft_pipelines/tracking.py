@@ -188,7 +188,7 @@ class MLflowTracker:
                 while self._send(client):
                     pass
                 with self._lock:
-                    self._failing, self._error = False, None
+                    self._failing = False  # ``_error`` stays: the last trouble, for dropped
             except Exception as exc:  # any failure of the tracker: noted, never raised
                 with self._lock:
                     self._failing = True
@@ -233,25 +233,46 @@ class MLflowTracker:
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
         if not batch:
             return False
-        if batch[0].kind == "artifact":  # each file is its own upload
-            batch = batch[:1]
-            client.log_artifact(self._run_id, batch[0].key, batch[0].value)
-        else:
-            batch = _one_call(batch)
-            metrics = [
-                Metric(i.key, i.value, i.timestamp_ms, i.step) for i in batch if i.kind == "metric"
-            ]
-            params = [Param(i.key, i.value) for i in batch if i.kind == "param"]
-            tags = [RunTag(i.key, i.value) for i in batch if i.kind == "tag"]
-            client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags)
+        try:
+            if batch[0].kind == "artifact":  # each file is its own upload
+                batch = batch[:1]
+                client.log_artifact(self._run_id, batch[0].key, batch[0].value)
+            else:
+                batch = _one_call(batch)
+                metrics = [
+                    Metric(i.key, i.value, i.timestamp_ms, i.step)
+                    for i in batch
+                    if i.kind == "metric"
+                ]
+                params = [Param(i.key, i.value) for i in batch if i.kind == "param"]
+                tags = [RunTag(i.key, i.value) for i in batch if i.kind == "tag"]
+                client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags)
+            rejected = False
+        except Exception as exc:
+            if not _rejected(exc):
+                raise  # the server's trouble: the batch stays queued and is sent again
+            # The server refused the batch itself (e.g. a param changing value): sending it
+            # again would be refused again and hold every later value up. Dropped, counted.
+            rejected = True
+            with self._lock:
+                self._error = f"{type(exc).__name__}: {_short(exc)}"
         with self._lock:
             # Only the sender removes items, from the left, and drops happen on the left too:
             # remove the sent ones that are still there.
             for item in batch:
                 if self._pending and self._pending[0] is item:
                     self._pending.popleft()
-            self._sent += len(batch)
+            if rejected:
+                self._dropped += len(batch)
+            else:
+                self._sent += len(batch)
             return bool(self._pending)
+
+
+def _rejected(exc: BaseException) -> bool:
+    """A client error (4xx but 429) from the server: the request, not the server, is wrong."""
+    status = getattr(exc, "get_http_status_code", lambda: None)()
+    return isinstance(status, int) and 400 <= status < 500 and status != 429
 
 
 def _one_call(items: list[_Item]) -> list[_Item]:
@@ -288,12 +309,15 @@ def open_tracker(
     **kwargs: Any,
 ) -> MLflowTracker | None:
     """A tracker when the job config asks for one (else None), with the stage's input hash
-    as a tag and its recipe (the spec's fields, flattened) as ``<stage>.``-prefixed params."""
+    as a tag and, in a run of its own, its recipe (the spec's fields, flattened) as
+    ``<stage>.``-prefixed params."""
     if spec is None:
         return None
     tracker = MLflowTracker(spec, run, stage, **kwargs)
     tracker.set_tags({f"{TAG_PREFIX}{stage}.inputHash": run.spec_hash or None})
-    if recipe:
+    if recipe and spec.run_id is None:
+        # A run of its own. (The generation's run holds the recipe already, as the control
+        # plane logged it: a param cannot change value, and the pod's is the resolved one.)
         tracker.log_params(flat_params(recipe, f"{stage}."))
     return tracker
 

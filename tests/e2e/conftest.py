@@ -15,6 +15,7 @@ from cluster import ClusterRun, stage_inputs
 from operator_harness import install_medsft_crds
 
 from harness.fixtures import unique
+from harness.mlflow_server import MlflowServer
 from harness.node import Node
 
 
@@ -43,6 +44,19 @@ def trainer_image(node: Node) -> str:
 def medsft_crds(node: Node) -> None:
     """medsft's CRDs on the node's apiserver, as `kubectl apply -f crds/` installs them."""
     install_medsft_crds(node.plane)
+
+
+@pytest.fixture(scope="session")
+def node_mlflow(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` where the node's pods reach it (beside the node's MinIO,
+    run artifacts in it)."""
+    server = MlflowServer(
+        node.minio, "mlflow", tmp_path_factory.mktemp("mlflow"), host=node.minio.host
+    ).start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -18,18 +18,30 @@ import pytest
 from cluster import EPOCHS, PROMOTION_MIN_PUBMEDQA, ClusterRun, quickstart_on_cluster
 from typer.testing import CliRunner
 
+from harness.mlflow_server import MlflowServer
 from medsft_operator.cli import app
+from medsft_pipelines.storage import open_store
+from medsft_pipelines.storage.progress import read_metrics
 
 # The first run builds the trainer image (minutes, cached afterwards) before the cluster run.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 RUN = "quickstart"
 
 
-def test_quickstart_applied_to_the_cluster_is_promoted(cluster_run: ClusterRun) -> None:
+def test_quickstart_applied_to_the_cluster_is_promoted(
+    cluster_run: ClusterRun, node_mlflow: MlflowServer
+) -> None:
     run = cluster_run
     ns, bucket = run.namespace, run.bucket
     run.start_operator()
-    out = run.apply(quickstart_on_cluster(RUN, bucket, run.node.minio.endpoint))
+    applied = quickstart_on_cluster(RUN, bucket, run.node.minio.endpoint)
+    # Tracked in a real MLflow server the pods reach (docs/tracking.md).
+    node_mlflow.start()
+    experiment = f"e2e-{bucket}"
+    applied["spec"]["tracking"] = {
+        "mlflow": {"trackingUri": node_mlflow.url, "experimentName": experiment}
+    }
+    out = run.apply(applied)
     assert "medsftrun.medsft.io/quickstart created" in out
 
     status = run.finish(RUN)
@@ -93,6 +105,39 @@ def test_quickstart_applied_to_the_cluster_is_promoted(cluster_run: ClusterRun) 
     assert pubmedqa["model"]["accuracy"] > pubmedqa["untrained"]["accuracy"]
     evaluation = run.cluster.status("EvalJob", f"{RUN}-eval-g1")
     assert evaluation["phase"] == "Succeeded" and evaluation["meanAccuracy"] > 0
+
+    # The generation is one MLflow run: tagged, the stages' numbers streamed into it from the
+    # pods (SFT from rank 0), the promotion decision from the operator.
+    run_id = record["trackingRunId"]
+    assert status["trackingUrl"].endswith(f"/runs/{run_id}")
+    mlflow = node_mlflow.client()
+    tracked = mlflow.get_run(run_id)
+    assert tracked.info.experiment_id == mlflow.get_experiment_by_name(experiment).experiment_id
+    tags = tracked.data.tags
+    assert (tags["medsft.run"], tags["medsft.namespace"], tags["medsft.generation"]) == (
+        RUN, ns, "1",
+    )  # fmt: skip
+    assert (
+        tags["medsft.sft.inputHash"]
+        == run.cluster.get("SFTJob", f"{RUN}-sft-g1")["metadata"]["annotations"][
+            "medsft.io/stage-hash"
+        ]
+    )
+    telemetry = open_store(f"s3://{bucket}/{root}/sft", run.storage.settings())
+    logged = {r["step"] for r in read_metrics(telemetry) if "loss" in r}
+    losses = mlflow.get_metric_history(run_id, "sft.loss")
+    assert {m.step for m in losses} == logged  # every logged step, once (rank 0 only)
+    assert len(losses) == len(logged)
+    metrics = tracked.data.metrics
+    assert metrics["curation.rows"] == manifest["numRows"]
+    assert metrics["eval.pubmedqa.model.accuracy"] == pytest.approx(pubmedqa["model"]["accuracy"])
+    assert metrics["promoted"] == 1.0
+    assert [a.path for a in mlflow.list_artifacts(run_id, "sft")] == ["sft/loss_curve.png"]
+    for kind, name in (("SFTJob", "sft"), ("EvalJob", "eval"), ("CurationJob", "curation")):
+        degraded = run.cluster.condition(kind, f"{RUN}-{name}-g1", "TrackingDegraded")
+        assert degraded is None or degraded["status"] == "False"
+    wide = run.kubectl("get", "medsftrun", RUN, "-o", "wide").stdout
+    assert status["trackingUrl"] in wide
 
     # What a person sees.
     table = run.kubectl("get", "medsft").stdout

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from harness.testbin import REPO_ROOT
@@ -72,6 +73,30 @@ def check_artifacts(read: callable) -> dict:
     report = read("eval/report.md").decode()
     assert "## untrained vs model" in report and "How to read these numbers" in report
     return results
+
+
+def check_tracked(server, experiment: str, read: callable, results: dict) -> None:
+    """The local run is one MLflow run of ``experiment``, tagged; every stage's numbers in it."""
+    client = server.client()
+    found = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([found.experiment_id])  # the stages logged into the one run
+    tags = run.data.tags
+    assert (tags["medsft.run"], tags["medsft.namespace"], tags["medsft.generation"]) == (
+        "quickstart", "default", "1",
+    )  # fmt: skip
+    assert {"medsft.curation.inputHash", "medsft.sft.inputHash", "medsft.eval.inputHash"} <= set(
+        tags
+    )
+    summary = json.loads(read("sft/train_summary.json"))
+    assert tags["medsft.sft.inputHash"] == summary["spec_hash"]
+    losses = client.get_metric_history(run.info.run_id, "sft.loss")
+    assert losses and max(m.step for m in losses) == summary["steps"]
+    metrics = run.data.metrics
+    assert metrics["curation.rows"] == json.loads(read("curation/manifest.json"))["numRows"]
+    pubmedqa = results["benchmarks"][0]["scores"]["model"]["accuracy"]
+    assert metrics["eval.pubmedqa.model.accuracy"] == pytest.approx(pubmedqa)
+    assert run.data.params["sft.training.learningRate"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "sft")] == ["sft/loss_curve.png"]
 
 
 def table_rows(stdout: str) -> dict[str, str]:
@@ -151,8 +176,9 @@ def test_newcomer_clone_runs_make_demo(tmp_path):
     assert "OMP_NUM_THREADS" in sft_log or "accelerator" in sft_log  # it went here instead
 
 
-def test_quickstart_on_real_minio(tmp_path, minio):
+def test_quickstart_on_real_minio(tmp_path, minio, mlflow_server):
     minio.start()
+    mlflow_server.start()
     s3 = minio.client()
     if not s3.bucket_exists("medsft"):
         s3.make_bucket("medsft")
@@ -160,8 +186,16 @@ def test_quickstart_on_real_minio(tmp_path, minio):
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "examples").symlink_to(REPO_ROOT / "examples")
+    # Tracked in a real MLflow server (docs/tracking.md): the same run, its numbers also there.
+    experiment = f"local-{tmp_path.name}"
+    tracked = yaml.safe_load(QUICKSTART.read_text())
+    tracked["spec"]["tracking"] = {
+        "mlflow": {"trackingUri": mlflow_server.url, "experimentName": experiment}
+    }
+    manifest = work / "quickstart-tracked.yaml"
+    manifest.write_text(yaml.safe_dump(tracked))
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "medsft"), "run", "--local", str(QUICKSTART)],
+        [str(Path(sys.executable).parent / "medsft"), "run", "--local", str(manifest)],
         cwd=work,
         env={**os.environ, **minio.env()},
         capture_output=True,
@@ -174,7 +208,8 @@ def test_quickstart_on_real_minio(tmp_path, minio):
     def read(key: str) -> bytes:
         return s3.get_object("medsft", f"default/quickstart/g1/{key}").read()
 
-    check_artifacts(read)
+    results = check_artifacts(read)
+    check_tracked(mlflow_server, experiment, read, results)
     assert "eval report" in proc.stdout and "s3://medsft/default/quickstart/g1/eval" in "".join(
         proc.stdout.split()
     )

@@ -1,4 +1,4 @@
-"""A real MLflow tracking server (``mlflow server``) on 127.0.0.1: SQLite backend store, run
+"""A real MLflow tracking server (``mlflow server``) on 127.0.0.1 (or the test node's bridge): SQLite backend store, run
 artifacts proxied by the server into the test MinIO; stoppable and restartable mid-test.
 
 The server is the full ``mlflow`` package, which the project's venv cannot hold: mlflow
@@ -51,13 +51,18 @@ def server_python() -> Path:
 
 
 class MlflowServer:
-    def __init__(self, minio: MinioServer, bucket: str, root: Path | None = None) -> None:
+    def __init__(
+        self, minio: MinioServer, bucket: str, root: Path | None = None, *, host: str = "127.0.0.1"
+    ) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="medsft-mlflow-"))
         self.minio = minio
         self.bucket = bucket
         self.log = self.root / "mlflow.log"
-        self.port = processes.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # On the test node's bridge address, pods reach it (mlflow's default allowed Host
+        # headers take private addresses).
+        self.host = host
+        self.port = processes.free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -74,7 +79,7 @@ class MlflowServer:
         self._proc = processes.start(
             [
                 server_python(), "-m", "mlflow", "server",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--host", self.host, "--port", str(self.port), "--workers", "1",
                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                 "--artifacts-destination", f"s3://{self.bucket}/mlflow",
             ],

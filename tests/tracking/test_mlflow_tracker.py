@@ -129,3 +129,19 @@ def test_an_unreachable_server_is_degraded_bounded_and_closes_in_time(tmp_path):
     started = time.perf_counter()
     tracker.close(timeout_s=2)
     assert time.perf_counter() - started < 2.5
+
+
+def test_a_batch_the_server_refuses_is_dropped_not_resent_forever(mlflow_server):
+    mlflow_server.start()
+    tracker = MLflowTracker(_spec(mlflow_server), RUN, "sft", interval_s=0.2)
+    tracker.log_params({"seed": 1})
+    _wait(lambda: tracker.state()["sent"] >= 1, timeout=120)
+    tracker.log_params({"seed": 2})  # MLflow refuses a param that changes value (400)
+    _wait(lambda: tracker.state()["dropped"] == 1, timeout=60)
+    tracker.log_metrics({"loss": 0.5}, step=3)  # what follows is not held up by it
+    state = tracker.close(timeout_s=60)
+    assert (
+        state["degraded"] and "INVALID_PARAMETER_VALUE" in state["error"] and state["pending"] == 0
+    )
+    run = mlflow_server.client().get_run(state["runId"])
+    assert run.data.params == {"seed": "1"} and run.data.metrics == {"sft.loss": 0.5}
