@@ -96,6 +96,7 @@ def check_tracked(server, experiment: str, read: callable, results: dict) -> Non
     pubmedqa = results["benchmarks"][0]["scores"]["model"]["accuracy"]
     assert metrics["eval.pubmedqa.model.accuracy"] == pytest.approx(pubmedqa)
     assert run.data.params["sft.training.learningRate"]
+    assert tags["medsft.sft.modelUri"].endswith("/g1/sft/model")
     assert [a.path for a in client.list_artifacts(run.info.run_id, "sft")] == ["sft/loss_curve.png"]
 
 

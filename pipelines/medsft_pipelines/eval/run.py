@@ -528,5 +528,6 @@ def track_results(tracker: MLflowTracker, results: dict[str, Any], report_uri: s
             tracker.log_metrics({key: scores})
             for index, value in enumerate(scores.get("per_seed") or []):
                 tracker.log_metrics({f"{key}.accuracyPerSeed": value}, step=index)
-    tracker.log_metrics({k: v for k, v in results.items() if k != "benchmarks"})
+    settings = {"benchmarks", "generation", "parallel", "parameters"}  # not scores
+    tracker.log_metrics({k: v for k, v in results.items() if k not in settings})
     tracker.set_tags({"medsft.eval.reportUri": report_uri})

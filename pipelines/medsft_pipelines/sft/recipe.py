@@ -746,6 +746,8 @@ def run(config: SFTJobConfig) -> dict[str, Any]:
         job.output.put_json(SUMMARY, summary)
         if progress.tracker is not None:
             progress.tracker.log_artifact(plot)
+            # The model by reference: its URI in storage, never the weights.
+            progress.tracker.set_tags({"medsft.sft.modelUri": job.output.uri_of(FINAL_MODEL)})
             progress.close_tracker()
     dist.barrier()
     return summary
