@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 #: 120 s for an answer by default: minutes per call. The sender thread retries by itself.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+INTERVAL_ENV = "MEDSFT_TRACKING_INTERVAL_S"
 TAG_PREFIX = "medsft."
 
 
@@ -98,14 +99,17 @@ class MLflowTracker:
         stage: str,
         *,
         max_pending: int = 20_000,
-        interval_s: float = 5.0,
+        interval_s: float | None = None,
         backoff_s: float = 5.0,
         client_factory: Callable[[str], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.run = run
         self.stage = stage
-        self.interval_s = interval_s
+        # How often the sender sends: a batch a few seconds is plenty for a person watching.
+        self.interval_s = (
+            interval_s if interval_s is not None else float(os.environ.get(INTERVAL_ENV, "5"))
+        )
         self.backoff_s = backoff_s
         self._client_factory = client_factory or _mlflow_client
         self._pending: deque[_Item] = deque()

@@ -20,7 +20,7 @@ from medsft_pipelines.specs.tracking import MLflowSpec
 from medsft_pipelines.storage.progress import read_metrics, read_progress
 
 pytestmark = pytest.mark.slow
-STEPS = 40  # long enough to still be training when the server stops
+STEPS = 30  # long enough to still be training when the server stops
 
 
 def test_the_tracker_stopped_mid_training_leaves_training_unaffected(
@@ -43,7 +43,11 @@ def test_the_tracker_stopped_mid_training_leaves_training_unaffected(
     write_config(config, path)
     client = mlflow_server.client()
     proc = subprocess.Popen(
-        torchrun_cmd(path, 1), env=train_env(setup.env), cwd=Path(__file__).parents[2],
+        torchrun_cmd(path, 1),
+        # The sender every 0.2 s (5 s by default): the first steps reach MLflow well before
+        # the last is trained.
+        env=train_env({**setup.env, "MEDSFT_TRACKING_INTERVAL_S": "0.2"}),
+        cwd=Path(__file__).parents[2],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -57,7 +61,7 @@ def test_the_tracker_stopped_mid_training_leaves_training_unaffected(
             if runs and client.get_metric_history(runs[0].info.run_id, "sft.loss"):
                 run_id = runs[0].info.run_id
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         mlflow_server.stop()
         assert proc.poll() is None, "training ended before the server stopped"
         output, _ = proc.communicate(timeout=600)
