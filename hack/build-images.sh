@@ -39,6 +39,9 @@ hash_of() { sha256sum | cut -c1-16; }
 # One build at a time per cache (pytest processes and `make testbin` may race).
 exec 9>"$cache/lock"
 flock 9
+# Working containers of builds that were killed hold their copied layers (gigabytes) for
+# good; under the lock no build is running, so every one of them is such a leftover.
+bah rm --all >/dev/null
 
 # Same recipe, same hash, same tag: a base is made once per cache.
 base_debian_packages=(ca-certificates passwd)
@@ -146,9 +149,9 @@ build() {
   bah push --quiet --compression-format zstd --compression-level 1 "$ref" "oci-archive:$archive.tmp:$ref" >&2
   mv "$archive.tmp" "$archive"
   log "$name: $archive ($(du -m "$archive" | cut -f1) MB) written in $((SECONDS - pushed))s"
-  # Keep the three newest archives of this image (a few GB each); buildah's layer cache
-  # keeps what they share, so an older tree rebuilds in a minute.
-  find "$cache/archives" -name "$name-*.oci.tar" -printf '%T@ %p\n' | sort -rn | tail -n +4 \
+  # Keep the two newest archives of this image (a few GB each, on a shared disk); buildah's
+  # layer cache keeps what they share, so an older tree rebuilds in a minute.
+  find "$cache/archives" -name "$name-*.oci.tar" -printf '%T@ %p\n' | sort -rn | tail -n +3 \
     | cut -d' ' -f2- | xargs -r rm -f
   echo "$ref $archive"
 }
