@@ -8,13 +8,15 @@ checkpoint every 20 steps, so that there is a checkpoint to resume from mid-trai
   step up to it is trained again;
 * the medsft operator is SIGKILLed mid-run → a restarted one finds what the first created
   (no duplicate children) and the run completes;
-* MinIO is stopped for a few seconds mid-training → the run completes (or fails with a
-  condition saying why), and no partial checkpoint, dataset or model is ever visible to a
-  reader that trusts completion markers and manifests.
+* MinIO is stopped for a few seconds mid-training → the storage retries of the trainer and the
+  operator absorb it: the run is promoted without spending an attempt, and no partial
+  checkpoint, dataset or model is ever visible to a reader that trusts completion markers and
+  manifests.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -70,11 +72,60 @@ def trained_records(run: ClusterRun) -> list[dict[str, Any]]:
     return [r for r in read_metrics(run.storage.store(sft_output(run))) if "loss" in r]
 
 
+class AttemptPods:
+    """Watches the namespace's training pods and records, when the first pod of an attempt
+    appears, which pods of earlier attempts still hold resources (Pending or Running): a
+    failed attempt's survivors must be gone before the next attempt starts."""
+
+    def __init__(self, run: ClusterRun) -> None:
+        self.run = run
+        self.live: dict[str, int] = {}  # pod name -> attempt, while Pending or Running
+        self.survivors_at_start: dict[int, list[str]] = {}  # attempt -> earlier attempts' pods
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def attempt(pod: client.V1Pod) -> int | None:
+        name = pod.metadata.name  # <run>-sft-g1-a<N>-master-0 / -worker-0
+        head, sep, tail = name.rpartition("-a")
+        if "-sft-" not in head or not sep:
+            return None
+        number = tail.split("-", 1)[0]
+        return int(number) if number.isdigit() else None
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for pod in self.run.pods():
+                attempt = self.attempt(pod)
+                if attempt is None:
+                    continue
+                if attempt not in self.survivors_at_start:
+                    self.survivors_at_start[attempt] = sorted(
+                        name for name, a in self.live.items() if a < attempt
+                    )
+                if (
+                    pod.status.phase in ("Pending", "Running")
+                    and not pod.metadata.deletion_timestamp
+                ):
+                    self.live[pod.metadata.name] = attempt
+                else:
+                    self.live.pop(pod.metadata.name, None)
+            names = {p.metadata.name for p in self.run.pods()}
+            self.live = {n: a for n, a in self.live.items() if n in names}
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
     cluster_run: ClusterRun,
 ) -> None:
     run = cluster_run
     run.start_operator()
+    pods = AttemptPods(run)
     run.apply(quickstart_on_cluster(RUN, run.bucket, run.node.minio.endpoint, sft=CHECKPOINTED))
     checkpoint = run.wait(
         lambda: common_checkpoints(run), timeout=1200, what="a checkpoint on both nodes"
@@ -84,8 +135,14 @@ def test_worker_pod_deleted_mid_training_resumes_from_the_latest_checkpoint(
     run.cluster.core.delete_namespaced_pod(worker.metadata.name, run.namespace)
 
     status = run.finish(RUN)
+    pods.stop()
     assert status["phase"] == "Succeeded", run.describe()
     assert run.cluster.condition("MedSFTRun", RUN, "Promoted")["status"] == "True"
+    # No pod of a failed attempt still held its node when the next attempt's pods appeared
+    # (finished pods keep their logs and hold nothing; cleanPodPolicy Running deletes the rest
+    # and the operator waits for them to go).
+    assert len(pods.survivors_at_start) >= 2, pods.survivors_at_start
+    assert all(not names for names in pods.survivors_at_start.values()), pods.survivors_at_start
 
     # The lost node cost one attempt: the PyTorchJob (restartPolicy Never, backoffLimit 0:
     # retries are the operator's) failed, and the operator's next attempt resumed.
@@ -149,11 +206,11 @@ def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: Cl
     run.node.minio.start()
 
     status = run.finish(RUN)
-    if status["phase"] == "Failed":
-        failed = run.cluster.condition("MedSFTRun", RUN, "Failed") or {}
-        assert failed.get("message"), status  # it says why
-    else:
-        assert run.cluster.condition("MedSFTRun", RUN, "Promoted")["status"] == "True"
+    # The outage is well inside the storage retry budget (120 s): it costs no attempt.
+    assert status["phase"] == "Succeeded", run.describe()
+    assert run.cluster.condition("MedSFTRun", RUN, "Promoted")["status"] == "True"
+    sft = run.cluster.status("SFTJob", f"{RUN}-sft-g1")
+    assert not sft.get("restarts") and sft["step"] == sft["totalSteps"], sft
 
     # Whatever is published is whole: every checkpoint with a completion marker has all the
     # files (and sizes) the marker lists; every shard the dataset manifest lists is there.
@@ -170,6 +227,7 @@ def test_minio_outage_mid_training_never_shows_partial_artifacts(cluster_run: Cl
     for shard in dataset.get_json("manifest.json")["shards"]:
         assert dataset.size(shard["key"]) == shard["numBytes"]
     model = run.storage.store(f"{sft_output(run)}/model")
-    if model.exists("export.json"):
-        for name, size in model.get_json("export.json")["files"].items():
-            assert model.size(name) == size
+    exported = model.get_json("export.json")["files"]
+    assert "config.json" in exported, exported
+    for name, size in exported.items():
+        assert model.size(name) == size
