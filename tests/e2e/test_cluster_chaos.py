@@ -79,7 +79,6 @@ class AttemptPods:
 
     def __init__(self, run: ClusterRun) -> None:
         self.run = run
-        self.live: dict[str, int] = {}  # pod name -> attempt, while Pending or Running
         self.survivors_at_start: dict[int, list[str]] = {}  # attempt -> earlier attempts' pods
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -96,23 +95,18 @@ class AttemptPods:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
+            attempts = {}
             for pod in self.run.pods():
                 attempt = self.attempt(pod)
-                if attempt is None:
-                    continue
+                if attempt is not None:
+                    attempts[pod.metadata.name] = (attempt, pod.status.phase)
+            # A terminating pod still holds its node until it is gone: it counts as live.
+            live = {n: a for n, (a, phase) in attempts.items() if phase in ("Pending", "Running")}
+            for attempt, _ in attempts.values():
                 if attempt not in self.survivors_at_start:
                     self.survivors_at_start[attempt] = sorted(
-                        name for name, a in self.live.items() if a < attempt
+                        name for name, a in live.items() if a < attempt
                     )
-                if (
-                    pod.status.phase in ("Pending", "Running")
-                    and not pod.metadata.deletion_timestamp
-                ):
-                    self.live[pod.metadata.name] = attempt
-                else:
-                    self.live.pop(pod.metadata.name, None)
-            names = {p.metadata.name for p in self.run.pods()}
-            self.live = {n: a for n, a in self.live.items() if n in names}
             time.sleep(0.5)
 
     def stop(self) -> None:
