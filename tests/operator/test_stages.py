@@ -303,14 +303,15 @@ def test_the_next_attempt_waits_until_the_failed_attempts_pods_are_gone(cluster,
     cluster.core.create_namespaced_pod(cluster.namespace, survivor)
 
     cluster.steer("ft-a0", "Failed")
-    waiting = wait_for(
-        lambda: (
-            (s := cluster.status("SFTJob", "ft")).get("conditions")
-            and cluster.condition("SFTJob", "ft", "Progressing")["reason"] == "WaitingForPods"
-            and s
-        ),
-        what="Progressing: WaitingForPods",
-    )
+
+    def waiting_for_pods() -> dict | None:
+        # One read: the condition and the message of the same status (two reads could pair
+        # a status from before the wait with a condition from after it).
+        s = cluster.status("SFTJob", "ft")
+        progressing = [c for c in s.get("conditions") or [] if c["type"] == "Progressing"]
+        return s if progressing and progressing[0]["reason"] == "WaitingForPods" else None
+
+    waiting = wait_for(waiting_for_pods, what="Progressing: WaitingForPods")
     assert "1 pod(s)" in waiting["message"] and waiting["phase"] == "Running", waiting
     # Three more polls of the SFTJob (the operator polls every second): still no a1.
     polls = operator.metric("medsft_reconciles_total", kind="SFTJob", trigger="poll")
