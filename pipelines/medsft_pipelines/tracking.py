@@ -175,6 +175,15 @@ class MLflowTracker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
+        with self._lock:
+            if self._thread.is_alive() or self._pending:
+                # A server that went silent holds the sender in a request past the close's
+                # budget: what is left never reaches MLflow (it is in storage), so say so.
+                self._failing = True
+                self._error = self._error or (
+                    f"TimeoutError: {len(self._pending)} values not delivered within "
+                    f"{timeout_s:g} s of the end"
+                )
         return self.state()
 
     # -- the sender thread --------------------------------------------------------------------

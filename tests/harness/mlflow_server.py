@@ -11,8 +11,11 @@ client. Pinned here; bump ``MLFLOW_VERSION`` to test against another server.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,6 +105,21 @@ class MlflowServer:
     def stop(self) -> None:
         if self._proc is not None:
             processes.stop(self._proc)
+            self._proc = None
+
+    def freeze(self) -> None:
+        """Stop answering at once, connections left hanging (SIGSTOP): a tracker that went
+        silent mid-run, the case a client can only leave by its own timeouts."""
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """Gone at once, whatever it had not yet answered lost with it (also when frozen)."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(30)
+            processes.stop(self._proc)  # forgets it
             self._proc = None
 
     def close(self) -> None:

@@ -78,10 +78,15 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(minio, shared_data: Path, tiny_model_dir: Path, tmp_path_factory) -> Setup:
-    """A bucket holding the tiny model and a curated dataset in several real shards."""
+def setup(
+    minio, shared_data: Path, tiny_model_dir: Path, tmp_path_factory, request: pytest.FixtureRequest
+) -> Setup:
+    """A bucket holding the tiny model and a curated dataset in several real shards. One bucket
+    per module that uses the fixture (another module imports it): datasets are write-once, and
+    a second module's setup on the same MinIO would find this one's."""
     minio.start()
-    bucket = "sft-e2e"
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    bucket = "sft-" + module.removeprefix("test_").replace("_", "-")[:40]
     if not minio.client().bucket_exists(bucket):
         minio.client().make_bucket(bucket)
     settings = StorageSettings(
