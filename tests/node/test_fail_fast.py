@@ -1,4 +1,5 @@
-"""An image the node cannot pull stalls the stage with the kubelet's reason within 2 minutes.
+"""An image the node cannot pull, and a GPU request the node cannot satisfy, each stall their
+stage with the cluster's own reason within 2 minutes.
 
 On the real node: the operator (a real process, with its RBAC) creates an EvalJob's Job
 whose image no registry serves; the real kubelet tries to pull it (the node sends pulls to a
@@ -6,11 +7,11 @@ closed loopback port, so it fails at once, as an unreachable or unknown image wo
 reports ``ErrImagePull`` / ``ImagePullBackOff``. With the operator's default grace period
 (60 s: a shorter blip is not news) the EvalJob turns ``Stalled`` with reason
 ``ImagePullFailed``, the image, the pod and the kubelet's message, and posts a Warning Event
-— well within 2 minutes of the stage's creation, not after any timeout. One stage, no
-training: nothing is ever pulled or run.
-
-The GPU request no node can satisfy is tests/operator/test_fail_fast.py (a real
-kube-scheduler's verdict; the kubelet has no part in it).
+— well within 2 minutes of the stage's creation, not after any timeout. Beside it, an
+EvalJob asking more GPUs than the node advertises (it advertises 8, a patched extended
+resource, and has none): the real kube-scheduler leaves its pod Pending,
+``Unschedulable`` with ``Insufficient nvidia.com/gpu``, and the stage turns ``Stalled`` with
+that verdict in the same window. No training: nothing is ever pulled or run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.fixtures import unique
-from harness.node import Node
+from harness.node import GPUS, Node
 from harness.testbin import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "operator"))
@@ -46,7 +47,7 @@ MISSING_IMAGE = "registry.invalid/medsft/no-such-trainer:0.0.0"
 WITHIN_S = 120  # the issue's bound: a stuck stage says why within 2 minutes
 
 
-def test_an_image_that_cannot_be_pulled_stalls_the_stage_within_two_minutes(
+def test_an_unpullable_image_and_an_unsatisfiable_gpu_request_stall_within_two_minutes(
     node: Node, node_namespace: str, tmp_path: Path
 ) -> None:
     install_medsft_crds(node.plane)
@@ -77,6 +78,10 @@ def test_an_image_that_cannot_be_pulled_stalls_the_stage_within_two_minutes(
         model = {"uri": f"s3://{bucket}/models/none"}  # never read: the pod never starts
         created = time.monotonic()
         cluster.create(resource("EvalJob", "ev", eval_spec(storage, model=model)))
+        more_than_the_node = GPUS + 1  # the node advertises GPUS (a patched extended resource)
+        cluster.create(
+            resource("EvalJob", "gpus", eval_spec(storage, model=model, gpus=more_than_the_node))
+        )
 
         def kubelet_reason() -> str | None:
             for pod in cluster.core.list_namespaced_pod(ns).items:
@@ -110,5 +115,20 @@ def test_an_image_that_cannot_be_pulled_stalls_the_stage_within_two_minutes(
         # Failed, with the cause as its message.
         assert status["phase"] == "Running" and MISSING_IMAGE in status["message"], status
         cluster.wait_events("ev", "ImagePullFailed", mentioning=MISSING_IMAGE)
+
+        # The GPU request, created at the same moment: the real scheduler's verdict.
+        unschedulable = wait_for(
+            lambda: (
+                (c := cluster.condition("EvalJob", "gpus", "Stalled"))
+                and c["status"] == "True"
+                and c
+            ),
+            timeout=max(5.0, WITHIN_S - (time.monotonic() - created)),
+            what="EvalJob gpus Stalled within 2 minutes",
+        )
+        assert time.monotonic() - created <= WITHIN_S
+        assert unschedulable["reason"] == "Unschedulable", unschedulable
+        assert "Insufficient nvidia.com/gpu" in unschedulable["message"], unschedulable
+        cluster.wait_events("gpus", "Unschedulable", mentioning="nvidia.com/gpu")
     finally:
         operator.stop()
