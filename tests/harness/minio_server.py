@@ -7,7 +7,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from minio import Minio
@@ -57,14 +56,12 @@ class MinioServer:
                 "MINIO_UPDATE": "off",
             },
         )
-        processes.wait_until(
-            lambda: (
-                urllib.request.urlopen(f"{self.url}/minio/health/ready", timeout=1).status == 200
-            ),
-            timeout=60,
+        processes.wait_http(
+            f"{self.url}/minio/health/ready",
             what="minio",
             proc=self._proc,
             log=self.log,
+            timeout=60,
         )
         return self
 

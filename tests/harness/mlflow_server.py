@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from . import processes
@@ -93,12 +92,8 @@ class MlflowServer:
                 "AWS_SECRET_ACCESS_KEY": self.minio.secret_key,
             },
         )  # fmt: skip
-        processes.wait_until(
-            lambda: urllib.request.urlopen(f"{self.url}/health", timeout=1).status == 200,
-            timeout=120,
-            what="mlflow server",
-            proc=self._proc,
-            log=self.log,
+        processes.wait_http(
+            f"{self.url}/health", what="mlflow server", proc=self._proc, log=self.log
         )
         return self
 

@@ -168,16 +168,6 @@ def mount_secret(data: dict[str, bytes], folder: Path) -> None:
             (folder / key).symlink_to(f"..data/{key}")
 
 
-def wait_http(url: str, what: str, proc: subprocess.Popen, log: Path) -> None:
-    processes.wait_until(
-        lambda: urllib.request.urlopen(url, timeout=1).status == 200,
-        timeout=120,
-        what=what,
-        proc=proc,
-        log=log,
-    )
-
-
 # A container securityContext that the ``restricted`` Pod Security profile admits.
 RESTRICTED: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -637,7 +627,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         )
         log = self.logs / "coredns.log"
         self.procs["coredns"] = proc = processes.start([binary("coredns"), "-conf", corefile], log)
-        wait_http(f"http://127.0.0.1:{ready}/ready", "coredns", proc, log)
+        processes.wait_http(f"http://127.0.0.1:{ready}/ready", what="coredns", proc=proc, log=log)
 
     def _register_webhook(self, port: int) -> None:
         """The training operator's PyTorchJob validating webhook, as its manifests register

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,6 +103,20 @@ def wait_until(
             pass
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s:\n{tail(log)}")
+
+
+def wait_http(
+    url: str, *, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
+    """Wait until ``url`` answers 200 (a server's health endpoint), failing early if ``proc``
+    died."""
+    wait_until(
+        lambda: urllib.request.urlopen(url, timeout=1).status == 200,
+        timeout=timeout,
+        what=what,
+        proc=proc,
+        log=log,
+    )
 
 
 def tail(log: Path | None, lines: int = 40) -> str:
