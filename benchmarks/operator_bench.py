@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
+sys.path.insert(0, str(REPO / "tests"))
 
-from kubernetes import client, watch  # noqa: E402
-from operator_harness import (  # noqa: E402
+from controller.operator_harness import (  # noqa: E402
     STORAGE_SECRET,
     Cluster,
     OperatorProcess,
@@ -48,6 +47,7 @@ from operator_harness import (  # noqa: E402
     sft_spec,
     wait_for,
 )
+from kubernetes import client, watch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from harness.controlplane import ControlPlane  # noqa: E402

@@ -8,7 +8,7 @@ same DeepSpeed engine (ZeRO-2, bf16, gradient checkpointing, torch AdamW) for bo
 * ``packed`` — the recipe's path: first-fit-decreasing rows of ``--seq-len`` tokens, position
   resets, the trainer's attention kernel for them (``varlen_attn`` on a GPU, see
   ``medsft_pipelines.sft.attention``; SDPA with the block mask on CPU), logits only where
-  the loss needs them (``medsft_pipelines.sft.recipe.train_step``).
+  the loss needs them (``medsft_pipelines.sft.train.train_step``).
 * ``padded`` — the plain Hugging Face way: micro-batches of ``--baseline-batch`` samples in
   random order, padded to the longest, attention mask (SDPA), ``labels=`` and the model's
   own loss.
@@ -41,13 +41,9 @@ from medsft_pipelines.models.tiny import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, b
 from medsft_pipelines.sft.attention import SDPA, choose_attention
 from medsft_pipelines.sft.data import IGNORE_INDEX, Example, collate, first_fit_decreasing
 from medsft_pipelines.sft.deepspeed_config import deepspeed_config
-from medsft_pipelines.sft.recipe import (
-    build_engine,
-    enable_checkpointing,
-    init_distributed,
-    train_step,
-)
+from medsft_pipelines.sft.distributed import init_distributed
 from medsft_pipelines.sft.telemetry import FlopsModel, peak_flops
+from medsft_pipelines.sft.train import build_engine, enable_checkpointing, train_step
 from medsft_pipelines.specs.sft import SFTSpec
 
 TARGET_MFU, TARGET_SPEEDUP = 0.45, 1.5

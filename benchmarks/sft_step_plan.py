@@ -1,7 +1,7 @@
 """The exact step plan: its cost on an 8M-sample manifest, and packing efficiency with the
 mixed (globally shuffled) per-rank streams.
 
-The plan is what the trainer computes before its first step (``recipe.plan_steps``): for each
+The plan is what the trainer computes before its first step (``steps.plan_steps``): for each
 rank, its stream order (``DatasetReader.sample_order``, a pure function of the manifest), the
 token length of each sample (``SampleLengths.lookup``), and ``plan_epoch`` (windows of 2,048
 samples, first-fit-decreasing packing, micro-batches). Each rank plans only its own share,

@@ -153,6 +153,13 @@ build() {
   # layer cache keeps what they share, so an older tree rebuilds in a minute.
   find "$cache/archives" -name "$name-*.oci.tar" -printf '%T@ %p\n' | sort -rn | tail -n +3 \
     | cut -d' ' -f2- | xargs -r rm -f
+  # ...and untag the builds whose archive went (each held a few hundred MB of its own layers).
+  local image tag
+  while read -r image tag; do
+    if [[ "$image" == "localhost/medsft/$name" && ! -e "$cache/archives/$name-$tag.oci.tar" ]]; then
+      bah rmi "$image:$tag" > /dev/null || true
+    fi
+  done < <(bah images --noheading --format '{{.Name}} {{.Tag}}')
   echo "$ref $archive"
 }
 

@@ -18,7 +18,11 @@ source "$here/testbin.env"
 
 cache="${MEDSFT_TESTBIN_CACHE:-$HOME/.cache/medsft/testbin}"
 work="$cache/src"
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -modcacherw"
+# Go's module and build caches for these builds live beside the binaries and are removed once
+# the binaries are built: ~13 GB, on a disk the images and the node's store need next, that
+# only a new version in testbin.env would use again (and the user's own Go caches stay theirs).
+export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build"
 mkdir -p "$cache" "$work"
 
 log() { printf '[testbin %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -294,4 +298,5 @@ for part in $want; do
     *) log "unknown part: $part"; exit 2 ;;
   esac
 done
+rm -rf "$cache/go"
 log "all test binaries ready under $cache"

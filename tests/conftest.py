@@ -16,6 +16,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests that share one xdist worker")
 
 
+# tryfirst: pytest-xdist reads the marker in its own hook of the same name, which would
+# otherwise run first (the later-registered plugin's hook runs first) and see none.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         building = item.path.name == "test_build.py" and item.path.parent.name == "images"

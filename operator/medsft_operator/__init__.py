@@ -10,7 +10,9 @@ How it is put together (each module's docstring says more):
   Indexed batch Job, PyTorchJob, stage resources); ``medsft render`` and ``medsft run
   --local`` use the same functions.
 * :mod:`.reconcilers` — level-triggered reconcilers: read the world, create what is missing,
-  return the status describing it. :mod:`.fold` turns children and storage into status.
+  return the status describing it; one file per kind (``run``, ``curation``, ``sft``,
+  ``eval``) over what they share (``base``, and ``stage`` for the three stage kinds).
+  :mod:`.fold` turns children and storage into status.
 * :mod:`.controller` — one reconcile per object at a time, status written only when it
   changed (guarded by ``resourceVersion``), Events for transitions, errors retried with
   backoff as ``kopf.TemporaryError``, secrets scrubbed from everything it says.

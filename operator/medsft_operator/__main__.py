@@ -1,7 +1,10 @@
-"""``python -m medsft_operator``: run the operator (see :mod:`medsft_operator.main`)."""
+"""``python -m medsft_operator``: run the operator — the same command, with the same flags,
+as ``medsft operator`` (:mod:`medsft_operator.cli.operator`)."""
 
-import sys
+import typer
 
-from medsft_operator.main import main
+from medsft_operator.cli.operator import operator
 
-sys.exit(main())
+app = typer.Typer(add_completion=False)
+app.command()(operator)
+app(prog_name="python -m medsft_operator")

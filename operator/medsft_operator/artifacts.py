@@ -30,6 +30,7 @@ from pydantic.alias_generators import to_camel
 
 from medsft_operator import metrics
 from medsft_operator.kube import SECRETS, Kube
+from medsft_operator.reconcilers.errors import InputsError
 from medsft_pipelines.specs.common import StorageSpec
 from medsft_pipelines.storage import (
     ObjectNotFound,
@@ -45,9 +46,6 @@ T = TypeVar("T")
 SECRET_TTL_S = 30.0
 
 
-MANIFEST_KEY = "manifest.json"
-
-
 class ManifestView(BaseModel):
     """What the operator reads from a dataset ``manifest.json`` (``storage.shards.Manifest``
     without importing it: that module loads pyarrow, ~60 MB the operator does not need)."""
@@ -57,16 +55,6 @@ class ManifestView(BaseModel):
     num_rows: int = Field(ge=0)
     shards: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-
-
-class InputsError(Exception):
-    """An input is missing or wrong (Secret, reference, dataset); the message is for users
-    and never contains secret values."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class StorageAccess:

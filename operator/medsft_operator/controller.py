@@ -21,10 +21,7 @@ from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import StatusBase
 from medsft_operator.kube import (
     BY_KIND,
-    CURATIONJOBS,
-    EVALJOBS,
     MEDSFTRUNS,
-    SFTJOBS,
     Body,
     Conflict,
     NotFound,
@@ -36,27 +33,23 @@ from medsft_operator.reconcilers.base import (
     InvalidSpec,
     Reconciler,
 )
+from medsft_operator.reconcilers.curation import CurationReconciler
+from medsft_operator.reconcilers.eval import EvalReconciler
 from medsft_operator.reconcilers.run import RunReconciler
-from medsft_operator.reconcilers.stages import CurationReconciler, EvalReconciler, SFTReconciler
+from medsft_operator.reconcilers.sft import SFTReconciler
 
 log = logging.getLogger("medsft.operator")
 
 MAX_PASSES = 5  # status write conflicts within one trigger
-DELETION_POLL_S = 2.0  # how often a deleted run checks whether its stages' pods are gone
-STAGE_KINDS = (CURATIONJOBS, SFTJOBS, EVALJOBS)
 
 
 class Controller:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.run = RunReconciler(ctx)  # also the finalizer of artifactPolicy: Delete
         self.reconcilers: dict[str, Reconciler] = {
             r.rt.plural: r
-            for r in (
-                CurationReconciler(ctx),
-                SFTReconciler(ctx),
-                EvalReconciler(ctx),
-                RunReconciler(ctx),
-            )
+            for r in (CurationReconciler(ctx), SFTReconciler(ctx), EvalReconciler(ctx), self.run)
         }
         self.phases = metrics.PhaseTracker()
         self._child_states: dict[str, tuple[Any, ...]] = {}  # child uid -> what owners look at
@@ -220,47 +213,6 @@ class Controller:
             (c for c in status.get("conditions") or [] if c.get("type") == "InputsReady"), None
         )
         return inputs is not None and inputs.get("status") == "False"
-
-    async def delete_artifacts(self, body: Body) -> None:
-        """``artifactPolicy: Delete``: remove the run's storage prefix (the finalizer) — only
-        once nothing can write under it any more.
-
-        Every stage resource the run owns is deleted in the foreground: it is gone only after
-        its Jobs and PyTorchJobs are, and those only after their pods are (every
-        ownerReference on the way blocks its owner's deletion). Until then this raises
-        ``kopf.TemporaryError`` and kopf retries; a training pod still in its termination
-        grace period may still be writing, and the prefix waits for it.
-        """
-        from medsft_operator import layout
-        from medsft_operator.api.kinds import MedSFTRun
-        from medsft_operator.plan import resolve_storage
-
-        run = MedSFTRun.from_manifest(body)
-        if run.spec.artifact_policy != "Delete":
-            return
-        meta = body["metadata"]
-        namespace = meta["namespace"]
-        remaining = []
-        for rt in STAGE_KINDS:
-            for child in await self.ctx.kube.list(rt, namespace, {names.RUN: meta["name"]}):
-                if not names.owned_by(child, body):
-                    continue  # a referenced stage of someone else's: not ours to delete
-                child_name = child["metadata"]["name"]
-                remaining.append(f"{rt.kind} {child_name}")
-                if not child["metadata"].get("deletionTimestamp"):
-                    await self.ctx.kube.delete(rt, namespace, child_name, propagation="Foreground")
-        if remaining:
-            raise kopf.TemporaryError(
-                f"deleting artifacts after {', '.join(sorted(remaining))} and their pods are gone",
-                delay=DELETION_POLL_S,
-            )
-        storage = resolve_storage(run.spec.storage, self.ctx.config.default_storage)
-        root = layout.run_root(storage, namespace, meta["name"])
-        deleted = await self.ctx.storage.delete_prefix(namespace, storage, root)
-        self.ctx.events.post(
-            body, "Normal", "ArtifactsDeleted", f"deleted {deleted} objects under {root}/"
-        )
-        log.info("deleted %d objects under %s/ for %s/%s", deleted, root, namespace, meta["name"])
 
 
 def merge_patch(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:

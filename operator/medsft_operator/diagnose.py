@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from medsft_pipelines.termination import parse_termination_line
+
 #: How long a cause that may pass must last before it is reported. With the default poll
 #: interval (30 s) a stuck stage says why within 90 s of its pods' start.
 GRACE_S = 60.0
@@ -146,6 +148,55 @@ def _pod(pod: Mapping[str, Any], now: datetime, grace_s: float) -> Blocked | Non
             message = f"pod {name} cannot be scheduled: {said}"
             return Blocked(UNSCHEDULABLE, _short(message), False)
     return None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt's pods failed: the first container to end in error, in its own words
+    (the line the stage left in ``/dev/termination-log``) or the kubelet's (OOMKilled, the
+    log's tail)."""
+
+    reason: str
+    message: str
+
+
+#: The reason of a failure whose pod left no line of ours (a crash; the message is the log's
+#: tail, which the kubelet falls back to with ``terminationMessagePolicy: FallbackToLogsOnError``).
+POD_FAILED = "PodFailed"
+OOM_KILLED = "OOMKilled"
+
+
+def failure_cause(pods: Sequence[Mapping[str, Any]]) -> Failure | None:
+    """The cause of a failed attempt, read from its pods' terminated containers.
+
+    The first container to end in error wins: when one rank dies the others fail after it
+    (a collective that never completes, the rendezvous gone), and their messages describe
+    the symptom, not the cause. A container restarted in place keeps its previous end in
+    ``lastState``.
+    """
+    ends: list[tuple[datetime, str, Mapping[str, Any]]] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name") or "?"
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state"), container.get("lastState")):
+                ended = (state or {}).get("terminated") or {}
+                if ended and ended.get("exitCode", 0) != 0:
+                    finished = _time(ended.get("finishedAt"))
+                    when = finished.replace(tzinfo=None) if finished else datetime.max
+                    ends.append((when, name, ended))
+    if not ends:
+        return None
+    _, name, ended = min(ends, key=lambda end: (end[0], end[1]))
+    code, said = ended.get("exitCode"), (ended.get("message") or "").strip()
+    if ended.get("reason") == OOM_KILLED:
+        message = f"pod {name} was killed for exceeding its memory limit (exit {code})"
+        return Failure(OOM_KILLED, message)
+    if parsed := parse_termination_line(said):
+        reason, text = parsed
+        return Failure(reason, _short(f"pod {name} (exit {code}): {text}"))
+    tail = " | ".join(line for line in said.splitlines()[-3:] if line.strip())
+    message = f"pod {name} exited with code {code}" + (f": {tail}" if tail else "")
+    return Failure(POD_FAILED, _short(message))
 
 
 def _refused(events: Iterable[Mapping[str, Any]], now: datetime, grace_s: float) -> Blocked | None:

@@ -109,7 +109,7 @@ def register(
         )(child_changed)
 
     async def finalize(body: kopf.Body, **_: Any) -> None:
-        await controller.delete_artifacts(dict(body))
+        await controller.run.delete_artifacts(dict(body))
 
     kopf.on.delete(
         GROUP,

@@ -12,32 +12,31 @@
 
 A standalone stage resource is its own run (``<run>`` = its name, ``N`` = 1). Each stage
 writes ``progress.json`` and ``metrics/`` at its output root (``storage.progress``); the
-file names below come from the data plane's layout modules ``sft.layout`` and
-``eval.layout``, which import nothing heavy; the curation ones are repeated (see below).
+file names below come from the data plane's layout modules (``storage.layout``,
+``curation.layout``, ``sft.layout``, ``eval.layout``), which import nothing heavy.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from medsft_pipelines.curation import layout as curation_layout
 from medsft_pipelines.eval import layout as eval_layout
 from medsft_pipelines.sft import layout as sft_layout
 from medsft_pipelines.specs.common import StorageSpec, join_uri
+from medsft_pipelines.storage.layout import MANIFEST_KEY
 
 StageName = Literal["curation", "sft", "eval"]
 
-# Not imported, the test of the builders keeps them equal: ``storage.shards.MANIFEST_KEY``
-# (that module loads pyarrow) and ``curation.layout``'s report names (that module reaches
-# the model code).
-MANIFEST = "manifest.json"
-CURATION_REPORT = "report/report.json"
+MANIFEST = MANIFEST_KEY
+CURATION_REPORT = f"{curation_layout.REPORT_PREFIX}/{curation_layout.REPORT_JSON}"
 SFT_CHECKPOINTS = sft_layout.CHECKPOINTS
 SFT_MODEL = sft_layout.FINAL_MODEL
 SFT_EXPORT_MARKER = f"{sft_layout.FINAL_MODEL}/{sft_layout.EXPORT_MARKER}"
 EVAL_SUMMARY = eval_layout.SUMMARY_KEY
 EVAL_REPORT = eval_layout.RESULTS_KEY
 PROMOTED_POINTER = "promoted.json"
-TEACHER_CACHE = "teacher-cache"
+TEACHER_CACHE = curation_layout.TEACHER_CACHE_PREFIX
 
 
 def run_root(storage: StorageSpec, namespace: str, run: str) -> str:

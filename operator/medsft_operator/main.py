@@ -1,4 +1,5 @@
-"""Run the operator: ``python -m medsft_operator`` (or :func:`run_operator` from the CLI).
+"""Run the operator: :func:`run_operator`, behind ``medsft operator`` and
+``python -m medsft_operator`` (one command, :mod:`medsft_operator.cli.operator`).
 
 Settings come from ``MEDSFT_*`` environment variables (the Helm chart) and flags. The
 process serves health and metrics at once, waits for the leader Lease, then runs kopf
@@ -8,13 +9,11 @@ its Deployment restarts it as a candidate).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -284,70 +283,36 @@ def run_operator(
     config: OperatorConfig | None = None,
     *,
     namespaces: list[str] | None = None,
-    liveness_port: int | None = None,
+    kubeconfig: str | None = None,
+    http_port: int | None = None,
     metrics_port: int | None = None,
+    poll_interval_s: float | None = None,
+    lease_namespace: str | None = None,
+    identity: str | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
     standalone: bool | None = None,
 ) -> int:
-    """Blocking entry point (``medsft operator`` and ``python -m medsft_operator``).
+    """Blocking entry point of ``medsft operator`` and ``python -m medsft_operator``.
 
-    Keyword arguments override ``config`` (default: from the environment):
+    Keyword arguments override ``config`` (default: from the environment) where given:
     ``standalone`` turns leader election off (one replica only); ``log_format`` is
-    ``json`` or ``text``.
+    ``json`` or ``plain`` (``text`` is read as ``plain``).
     """
     config = config or OperatorConfig.from_env()
-    overrides: dict[str, Any] = {}
-    if namespaces is not None:
-        overrides["namespaces"] = list(namespaces)
-    if liveness_port is not None:
-        overrides["http_port"] = liveness_port
-    if metrics_port is not None:
-        overrides["metrics_port"] = metrics_port
-    if log_level is not None:
-        overrides["log_level"] = log_level.upper()
-    if log_format is not None:
-        overrides["log_format"] = "plain" if log_format == "text" else log_format
-    if standalone is not None:
-        overrides["leader_election"] = not standalone
+    given = {
+        "namespaces": None if namespaces is None else list(namespaces),
+        "kubeconfig": kubeconfig,
+        "http_port": http_port,
+        "metrics_port": metrics_port,
+        "poll_interval_s": poll_interval_s,
+        "lease_namespace": lease_namespace,
+        "identity": identity,
+        "log_level": None if log_level is None else log_level.upper(),
+        "log_format": "plain" if log_format == "text" else log_format,
+        "leader_election": None if standalone is None else not standalone,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
     if overrides:
         config = OperatorConfig.model_validate({**config.model_dump(), **overrides})
     return asyncio.run(run(config))
-
-
-def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m medsft_operator", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
-    )
-    parser.add_argument(
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        help="serve only this namespace (repeatable)",
-    )
-    parser.add_argument("--http-port", type=int, help="port of /healthz (and /metrics)")
-    parser.add_argument("--metrics-port", type=int, help="port of /metrics")
-    parser.add_argument(
-        "--poll-interval", type=float, dest="poll_interval_s", help="seconds between progress polls"
-    )
-    parser.add_argument(
-        "--no-leader-election", dest="leader_election", action="store_false", default=None
-    )
-    parser.add_argument("--lease-namespace", help="namespace of the leader Lease")
-    parser.add_argument("--identity", help="holder identity in the Lease")
-    parser.add_argument("--log-format", choices=["json", "plain"])
-    args = vars(parser.parse_args(argv))
-    base = OperatorConfig.from_env()
-    overrides = {k: v for k, v in args.items() if v is not None}
-    return OperatorConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_operator(parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

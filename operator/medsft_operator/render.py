@@ -18,7 +18,7 @@ from medsft_operator.builders.stage_children import (
     sft_children,
     stage_inputs,
 )
-from medsft_operator.builders.stages import stage_resource
+from medsft_operator.builders.stage_resources import stage_resource
 from medsft_operator.config import OperatorConfig
 from medsft_operator.plan import plan_run, resolve_storage
 from medsft_pipelines.specs.common import StorageSpec

@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 from medsft_operator.api.kinds import MedSFTRun
-from medsft_operator.builders.stages import stage_resource
+from medsft_operator.builders.stage_resources import stage_resource
 from medsft_operator.cli import load_documents
 from medsft_operator.names import STAGE_HASH_FULL
 from medsft_operator.plan import PreviousCuration, RunPlan, plan_run

@@ -4,7 +4,7 @@ Each case is YAML *text*, sent as a user sends it: through `kubectl apply --dry-
 (kubectl's own YAML reader, then the CRD schema and CEL rules on the real apiserver) and
 through `medsft validate`. They must agree, except for what only the registry knows
 (benchmark names), which the apiserver cannot check: validate rejects those, and the
-operator reports them as a condition (tests/operator/test_stages.py).
+operator reports them as a condition (tests/controller/test_stages.py).
 """
 
 from __future__ import annotations

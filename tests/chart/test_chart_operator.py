@@ -121,7 +121,10 @@ def chart_operator(
     env = _container_env(container, namespace, f"{RELEASE}-0")
     port = processes.free_port()
     env |= {
-        "MEDSFT_HTTP_PORT": str(port),  # the pod's 8080 may be taken on this machine
+        # The pod's one port (health and metrics) may be taken on this machine: by the other
+        # xdist worker's operator, say, which once made this one exit at start.
+        "MEDSFT_HTTP_PORT": str(port),
+        "MEDSFT_METRICS_PORT": str(port),
         "KUBECONFIG": str(
             _token_kubeconfig(kube, namespace, pod.service_account_name, tmp_path / "sa.kubeconfig")
         ),
@@ -136,7 +139,12 @@ def chart_operator(
     try:
         _wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200 or proc.poll() is not None,
                   "the operator's /healthz")  # fmt: skip
-        assert proc.poll() is None, log.read_text()[-3000:]
+        if proc.poll() is not None:  # short, last line first: CI keeps only the output's tail
+            lines = log.read_text().splitlines() or ["<empty log>"]
+            raise AssertionError(
+                f"the operator exited {proc.returncode} at start: {lines[-1]}\n"
+                + "\n".join(lines[-20:])
+            )
         yield {"port": port, "log": log, "namespace": namespace, "args": args, "proc": proc}
     finally:
         processes.stop(proc)
@@ -159,6 +167,8 @@ def test_helm_test_probe_passes_against_the_running_operator(helm_bin, helm_home
         f"http://127.0.0.1:{port}/healthz 200",
         f"http://127.0.0.1:{port}/metrics 200",
     ]
+    # One port, the chart's httpPort, as its Service and NetworkPolicy admit: no second one.
+    assert f"health and metrics on ports [{port}];" in chart_operator["log"].read_text()
 
 
 def test_operator_with_the_charts_rights_carries_a_run_to_its_workloads(kube, chart_operator):

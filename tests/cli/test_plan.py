@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from medsft_operator.api.kinds import MedSFTRun
-from medsft_operator.builders.stages import stage_resource
+from medsft_operator.builders.stage_resources import stage_resource
 from medsft_operator.cli import app, load_documents
 from medsft_operator.cli.plan import live_changes
 from medsft_operator.plan import plan_run

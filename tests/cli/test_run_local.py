@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from medsft_operator.local import comparison_table, fresh_progress, log_tail, run_stage
+from medsft_operator.local_runner import comparison_table, fresh_progress, log_tail, run_stage
 from medsft_pipelines.models import cached_tiny_model
 from medsft_pipelines.storage import open_store
 from medsft_pipelines.storage.progress import ProgressReporter

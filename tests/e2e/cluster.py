@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,16 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
-from minio import Minio
-
-from harness.minio_server import MinioServer
-from harness.node import Node
-from harness.testbin import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "operator"))
-
-from operator_harness import (
+from controller.operator_harness import (
     STORAGE_SECRET,
     Cluster,
     OperatorProcess,
@@ -36,6 +26,12 @@ from operator_harness import (
     grant_operator,
     service_account_kubeconfig,
 )
+from kubernetes import client
+from minio import Minio
+
+from harness.minio_server import MinioServer
+from harness.node import Node
+from harness.testbin import REPO_ROOT
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 MODEL = "models/tiny-qwen2_5_vl"
@@ -205,6 +201,7 @@ class ClusterRun:
             ):
                 log = self.pod_log(pod.metadata.name)
                 out.append(f"--- {pod.metadata.name} ({phase})\n" + log[-3000:])
+        out.append(self.node.why_waiting(self.namespace))
         return "\n".join(out)
 
     @property

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cluster import ClusterRun, stage_inputs
-from operator_harness import install_medsft_crds
+from controller.operator_harness import install_medsft_crds
 
 from harness.fixtures import unique
 from harness.mlflow_server import MlflowServer

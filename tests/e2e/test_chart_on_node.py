@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from chart.charting import CHART, helm, values_file
 from cluster import quickstart_on_cluster, stage_inputs
+from controller.operator_harness import Cluster, wait_for
 from kubernetes import client
-from operator_harness import Cluster, wait_for
 
 from harness.fixtures import unique
 from harness.images import operator_image

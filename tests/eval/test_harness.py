@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eval.eval_fixtures import PUBMEDQA, VQA_RAD, WRITERS
@@ -340,42 +341,48 @@ def test_cli_entry_point(tmp_path, tiny_model) -> None:
     assert printed["results"] == stored["results"]
 
 
+def _model_and_benchmark_in_minio(minio, bucket: str, tiny_model: Path) -> dict[str, object]:
+    """The tiny model and the pubmedqa files uploaded under ``s3://<bucket>/team``, as an
+    EvalJob's pod finds them; returns the job config's storage block."""
+    from medsft_pipelines.storage import StorageSettings, open_store
+
+    root = open_store(f"s3://{bucket}/team", StorageSettings.from_env(minio.env()))
+    for path in sorted(tiny_model.iterdir()):
+        root.upload_file(path, f"models/tiny/{path.name}")
+    for name in ("ori_pqal.json", "test_ground_truth.json"):
+        root.upload_file(PUBMEDQA / name, f"benchmarks/pubmedqa/{name}")
+    return {"endpoint": minio.endpoint, "secure": False, "bucket": bucket, "prefix": "team"}
+
+
+def _minio_job(tmp_path: Path, tiny_model: Path, bucket: str, storage: dict, items: int) -> Any:
+    """An eval job reading its model and benchmark from MinIO and writing back to it."""
+    wire = job(tmp_path, tiny_model, seeds=1).to_wire()
+    wire.update(
+        storage=storage,
+        modelUri=f"s3://{bucket}/team/models/tiny",
+        outputUri=f"s3://{bucket}/team/runs/r1/eval",
+    )
+    wire["spec"]["benchmarks"] = [{"name": "pubmedqa", "maxItems": items}]
+    return parse_job_config(wire)
+
+
 def test_eval_job_against_minio(minio, minio_bucket, tiny_model, tmp_path, monkeypatch) -> None:
     # As in the EvalJob's pod: model and benchmark files in object storage (the benchmark at the
     # registry's default location under the storage root), credentials from the env vars the
     # operator fills from the storage Secret, results written back to storage.
     from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV
-    from medsft_pipelines.storage import open_store
+    from medsft_pipelines.storage import StorageSettings, open_store
     from medsft_pipelines.storage.progress import read_progress
 
     for variable in ("MEDSFT_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv(ACCESS_KEY_ENV, minio.access_key)
     monkeypatch.setenv(SECRET_KEY_ENV, minio.secret_key)
-    storage = {
-        "endpoint": minio.endpoint,
-        "secure": False,
-        "bucket": minio_bucket,
-        "prefix": "team",
-    }
-    config = job(tmp_path, tiny_model, seeds=1)
-    from medsft_pipelines.eval.run import storage_settings
+    storage = _model_and_benchmark_in_minio(minio, minio_bucket, tiny_model)
+    config = _minio_job(tmp_path, tiny_model, minio_bucket, storage, items=3)
+    results = evaluate(config, cache_dir=tmp_path / "cache")
 
-    settings = storage_settings(config.storage.model_validate(storage))
-    root = open_store(f"s3://{minio_bucket}/team", settings)
-    for path in sorted(tiny_model.iterdir()):
-        root.upload_file(path, f"models/tiny/{path.name}")
-    for name in ("ori_pqal.json", "test_ground_truth.json"):
-        root.upload_file(PUBMEDQA / name, f"benchmarks/pubmedqa/{name}")
-    wire = config.to_wire()
-    wire.update(
-        storage=storage,
-        modelUri=f"s3://{minio_bucket}/team/models/tiny",
-        outputUri=f"s3://{minio_bucket}/team/runs/r1/eval",
-    )
-    wire["spec"]["benchmarks"] = [{"name": "pubmedqa", "maxItems": 3}]
-    results = evaluate(parse_job_config(wire), cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
-
+    root = open_store(f"s3://{minio_bucket}/team", StorageSettings.from_env(minio.env()))
     out = root.child("runs/r1/eval")
     summary = out.get_json("summary.json")
     assert summary["results"][0]["name"] == "pubmedqa" and summary["results"][0]["items"] == 3
@@ -385,6 +392,56 @@ def test_eval_job_against_minio(minio, minio_bucket, tiny_model, tmp_path, monke
     assert out.get_bytes("plots/response_length.png")[:4] == b"\x89PNG"
     progress = read_progress(out)
     assert progress is not None and progress["step"] == progress["total"] == 3
+
+
+def test_eval_credentials_from_the_mounted_secret_win_over_the_variables(
+    minio, minio_bucket, tiny_model, tmp_path, monkeypatch
+) -> None:
+    # The operator mounts the storage Secret (MEDSFT_S3_CREDENTIALS_DIR); StorageSettings.from_env
+    # lets it win over AWS_* variables, which may be stale (left in a pod template or image).
+    # Eval used to apply the variables again on top, and so sent the stale keys.
+    from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV
+    from medsft_pipelines.storage.settings import ENV_CREDENTIALS_DIR
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "accessKey").write_text(minio.access_key)
+    (secret / "secretKey").write_text(minio.secret_key)
+    monkeypatch.delenv("MEDSFT_S3_ENDPOINT", raising=False)
+    monkeypatch.setenv(ENV_CREDENTIALS_DIR, str(secret))
+    monkeypatch.setenv(ACCESS_KEY_ENV, "stale-access-key")
+    monkeypatch.setenv(SECRET_KEY_ENV, "stale-secret-key")
+    storage = _model_and_benchmark_in_minio(minio, minio_bucket, tiny_model)
+    config = _minio_job(tmp_path, tiny_model, minio_bucket, storage, items=1)
+    results = evaluate(config, cache_dir=tmp_path / "cache")
+    assert results["benchmarks"][0]["name"] == "pubmedqa"
+
+
+def test_a_half_downloaded_model_is_fetched_again(
+    minio, minio_bucket, tiny_model, tmp_path
+) -> None:
+    # A download that died after config.json (pod killed, node drained) leaves a folder that
+    # looks like a model; eval must not load it, but fetch the model again.
+    from medsft_pipelines.eval.run import models_of
+    from medsft_pipelines.sft.model_files import check_model_dir
+    from medsft_pipelines.storage import StorageSettings
+
+    storage = _model_and_benchmark_in_minio(minio, minio_bucket, tiny_model)
+    config = _minio_job(tmp_path, tiny_model, minio_bucket, storage, items=1)
+    settings = StorageSettings.from_env(minio.env())
+    cache = tmp_path / "cache"
+    [model] = models_of(config, settings, cache)
+    for path in model.path.iterdir():
+        if path.name != "config.json":
+            path.unlink()
+
+    [again] = models_of(config, settings, cache)
+    check_model_dir(again.path)
+
+    def files(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    assert files(again.path) == files(tiny_model)
 
 
 def _generations(out: Path, label: str, name: str) -> list[dict]:

@@ -110,3 +110,7 @@ def eval_env() -> Path:
         marker.write_text(digest)
         _log(f"synced in {time.monotonic() - start:.0f} s")
         return target
+
+
+if __name__ == "__main__":  # `make test` syncs it beside the other build phases
+    _log(f"ready: {eval_env()}")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from .batch import JobSet, Kueue, Trainer, install_crds
-from .batch import crd_files as upstream_crd_files
+from .batch_controllers import JobSet, Kueue, Trainer, install_crds
+from .batch_controllers import crd_files as upstream_crd_files
 from .controlplane import ControlPlane
 from .fake_training_operator import FakeTrainingOperator
 from .minio_server import MinioServer

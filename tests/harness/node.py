@@ -838,6 +838,37 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     def api_client(self) -> client.ApiClient:
         return self.plane.api_client()
 
+    def why_waiting(self, namespace: str) -> str:
+        """For a failure message: why the namespace's pods have not run (the scheduler's
+        and the kubelet's own words), what the node says of itself and how much disk is
+        left, since a shared disk filling up is what stalls pods here."""
+        core = client.CoreV1Api(self.api_client())
+        lines = []
+        for pod in core.list_namespaced_pod(namespace).items:
+            said = [
+                f"{c.type}={c.status} {c.reason or ''} {c.message or ''}".strip()
+                for c in pod.status.conditions or []
+                if c.status != "True"
+            ]
+            for status in (pod.status.init_container_statuses or []) + (
+                pod.status.container_statuses or []
+            ):
+                waiting = status.state.waiting if status.state else None
+                if waiting is not None:
+                    said.append(f"{status.name} waiting: {waiting.reason} {waiting.message or ''}")
+            lines.append(f"pod {pod.metadata.name} {pod.status.phase}: {'; '.join(said) or '-'}")
+        node = core.read_node(NODE_NAME)
+        flags = [
+            f"{c.type}={c.status} ({c.message})"
+            for c in node.status.conditions or []
+            if (c.type == "Ready") != (c.status == "True")
+        ]
+        taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+        lines.append(f"node: {', '.join(flags) or 'Ready, no pressure'}; taints {taints or '-'}")
+        for path in (self.image_store, self.root):
+            lines.append(f"disk free under {path}: {shutil.disk_usage(path).free / 2**30:.1f} GiB")
+        return "\n".join(lines)
+
     def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # type: ignore[no-untyped-def]
         return self.plane.kubectl(*args, check=check, input=input)
 

@@ -16,19 +16,11 @@ that verdict in the same window. No training: nothing is ever pulled or run.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from harness.fixtures import unique
-from harness.node import GPUS, Node
-from harness.testbin import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "operator"))
-
-from operator_harness import (
+from controller.operator_harness import (
     STORAGE_SECRET,
     Cluster,
     OperatorProcess,
@@ -40,6 +32,9 @@ from operator_harness import (
     service_account_kubeconfig,
     wait_for,
 )
+
+from harness.fixtures import unique
+from harness.node import GPUS, Node
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,8 @@ def pod(name: str, image: str, script: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def wait_pod(core: client.CoreV1Api, ns: str, name: str, timeout: float = 120) -> str:
+def wait_pod(node: Node, ns: str, name: str, timeout: float = 120) -> str:
+    core = client.CoreV1Api(node.api_client())
     deadline = time.monotonic() + timeout
     phase = None
     while time.monotonic() < deadline:
@@ -45,7 +46,7 @@ def wait_pod(core: client.CoreV1Api, ns: str, name: str, timeout: float = 120) -
         if phase in ("Succeeded", "Failed"):
             return phase
         time.sleep(0.5)
-    raise AssertionError(f"pod {name} still {phase} after {timeout}s")
+    raise AssertionError(f"pod {name} still {phase} after {timeout}s\n{node.why_waiting(ns)}")
 
 
 def logs(core: client.CoreV1Api, ns: str, name: str) -> str:
@@ -74,7 +75,7 @@ def test_pod_runs_with_config_map_volume_and_secret_env(node: Node, node_namespa
         volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}],
     )
     core.create_namespaced_pod(ns, manifest)
-    assert wait_pod(core, ns, "probe") == "Succeeded"
+    assert wait_pod(node, ns, "probe") == "Succeeded"
     out = logs(core, ns, "probe")  # through the apiserver → kubelet path
     assert out.split() == ["answer:", "42", "key=s3cr3t", "65534"]
     assert core.read_namespaced_pod("probe", ns).spec.node_name == NODE_NAME
@@ -120,8 +121,8 @@ def test_pods_talk_through_headless_service_dns(node: Node, node_namespace: str)
     )
     core.create_namespaced_pod(ns, server)
     core.create_namespaced_pod(ns, client_pod)
-    assert wait_pod(core, ns, "client") == "Succeeded"
-    assert wait_pod(core, ns, "server") == "Succeeded"
+    assert wait_pod(node, ns, "client") == "Succeeded"
+    assert wait_pod(node, ns, "server") == "Succeeded"
     assert logs(core, ns, "server").strip() == "got: hello"
 
 
@@ -132,7 +133,7 @@ def test_gpu_requests_schedule_on_the_advertised_capacity(node: Node, node_names
         "gpu", node.probe, "true", container={"resources": {"limits": gpu, "requests": gpu}}
     )
     core.create_namespaced_pod(node_namespace, manifest)
-    assert wait_pod(core, node_namespace, "gpu") == "Succeeded"
+    assert wait_pod(node, node_namespace, "gpu") == "Succeeded"
     too_many = {"nvidia.com/gpu": "99"}
     greedy = pod(
         "greedy",
@@ -170,7 +171,7 @@ def test_pods_reach_only_the_bridge(node: Node, node_namespace: str) -> None:
         "nslookup kubernetes.default.svc.cluster.local >/dev/null && echo cluster-dns-ok"
     )
     core.create_namespaced_pod(node_namespace, pod("net", node.probe, script))
-    assert wait_pod(core, node_namespace, "net") == "Succeeded"
+    assert wait_pod(node, node_namespace, "net") == "Succeeded"
     routes, answers, dns = logs(core, node_namespace, "net").split("---")
     assert "default" not in routes and "10.244.0.0/24" in routes
     assert "200 OK" in answers and "OUTSIDE-REACHED" not in answers
@@ -193,6 +194,10 @@ def test_a_missing_image_is_never_pulled_from_outside(node: Node, node_namespace
         waiting = status and status.state.waiting
         if waiting and waiting.reason in ("ErrImagePull", "ImagePullBackOff") and waiting.message:
             assert "127.0.0.1:9" in waiting.message
+            # What a stalled test prints names the pod's own reason and the node's state.
+            why = node.why_waiting(node_namespace)
+            assert "pod absent Pending: " in why and f"main waiting: {waiting.reason}" in why
+            assert "node: Ready, no pressure" in why and "GiB" in why
             return
         time.sleep(0.5)
     raise AssertionError("the pull of an absent image did not fail")

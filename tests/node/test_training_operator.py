@@ -101,7 +101,7 @@ def test_pytorchjob_master_and_worker_rendezvous(node: Node, node_namespace: str
             ("rdzv-worker-0", "pytorch"),
         ]
     }
-    assert state.get("Succeeded") == "True", (state, logs)
+    assert state.get("Succeeded") == "True", (state, logs, node.why_waiting(ns))
     master_log, worker_log = logs["rdzv-master-0", "pytorch"], logs["rdzv-worker-0", "pytorch"]
 
     assert master_log.splitlines() == ["master rank=0 world=2", "master got: rank 1 of 2"]

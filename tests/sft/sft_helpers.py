@@ -195,7 +195,7 @@ def torchrun_cmd(config_path: Path, nproc: int) -> list[str]:
         sys.executable, "-m", "torch.distributed.run",
         "--nproc_per_node", str(nproc), "--nnodes", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
-        "-m", "medsft_pipelines.sft.recipe", "--config", str(config_path),
+        "-m", "medsft_pipelines.sft.train", "--config", str(config_path),
     ]  # fmt: skip
 
 
@@ -266,5 +266,5 @@ def torchrun_node_cmd(config_path: Path, node: int, nodes: int, port: int) -> li
         sys.executable, "-m", "torch.distributed.run",
         "--nproc_per_node", "1", "--nnodes", str(nodes), "--node_rank", str(node),
         "--master_addr", "127.0.0.1", "--master_port", str(port),
-        "-m", "medsft_pipelines.sft.recipe", "--config", str(config_path),
+        "-m", "medsft_pipelines.sft.train", "--config", str(config_path),
     ]  # fmt: skip

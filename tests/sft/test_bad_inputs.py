@@ -17,7 +17,7 @@ from medsft_pipelines.storage.shards import read_manifest
 def _train_once(config_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """One process, no torchrun (the recipe forms a group of one)."""
     return subprocess.run(
-        [sys.executable, "-m", "medsft_pipelines.sft.recipe", "--config", str(config_path)],
+        [sys.executable, "-m", "medsft_pipelines.sft.train", "--config", str(config_path)],
         env=train_env(env), cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 

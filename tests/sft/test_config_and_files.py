@@ -1,4 +1,4 @@
-"""DeepSpeed config generation, model-folder checks, storage settings, MFU arithmetic."""
+"""DeepSpeed config generation, model-folder checks, MFU arithmetic."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForImageTextToText
 
+from medsft_pipelines.models.fetch import ModelFilesError
 from medsft_pipelines.sft.deepspeed_config import deepspeed_config, uses_client_optimizer
 from medsft_pipelines.sft.layout import final_model_uri
-from medsft_pipelines.sft.model_files import ModelFilesError, check_model_dir, storage_settings
+from medsft_pipelines.sft.model_files import check_model_dir
 from medsft_pipelines.sft.telemetry import FlopsModel
-from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec
 from medsft_pipelines.specs.sft import SFTSpec, check_batch_divisible
 
 
@@ -71,15 +71,6 @@ def test_model_folder_missing_files_are_named(tiny_model_dir: Path, tmp_path: Pa
     assert "config.json" not in str(err.value)
     with pytest.raises(ModelFilesError, match="does not exist"):
         check_model_dir(tmp_path / "nowhere")
-
-
-def test_storage_settings_from_job_config_and_env() -> None:
-    spec = StorageSpec(endpoint="minio.minio:9000", secure=False)
-    env = {ACCESS_KEY_ENV: "ak", SECRET_KEY_ENV: "sk"}
-    settings = storage_settings(spec, env)
-    assert settings.endpoint == "minio.minio:9000" and settings.secure is False
-    assert settings.secrets() == ("ak", "sk")
-    assert "sk" not in repr(settings)
 
 
 def test_flops_model_counts_matmul_weights(tiny_model_dir: Path) -> None:

@@ -84,7 +84,7 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
 
 def test_the_gpu_quickstart_result_reads_the_final_table_and_the_kernel(tmp_path: Path) -> None:
     """(c)'s verdict on the GPU, from what `medsft run --local` leaves: its printed table and
-    the trainer's log line naming the kernel (the lines as recipe.py and the CLI print them)."""
+    the trainer's log line naming the kernel (the lines as train.py and the CLI print them)."""
     suite = _suite_module()
     (tmp_path / "quickstart-gpu").mkdir()
     (tmp_path / "quickstart-gpu" / "sft.log").write_text(

@@ -14,7 +14,7 @@ from medsft_pipelines.sft.data import (
     MicroBatch,
     plan_epoch,
 )
-from medsft_pipelines.sft.recipe import EpochSteps, optimizer_steps, plan_steps
+from medsft_pipelines.sft.steps import EpochSteps, optimizer_steps, plan_steps
 
 
 class Stream:

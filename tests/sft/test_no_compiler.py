@@ -11,7 +11,7 @@ from pathlib import Path
 
 JOIN_AND_ALLREDUCE = """
 import torch, torch.distributed as dist
-from medsft_pipelines.sft.recipe import init_distributed
+from medsft_pipelines.sft.distributed import init_distributed
 topo, device = init_distributed()
 value = torch.ones(1)
 dist.all_reduce(value)

@@ -22,6 +22,7 @@ from medsft_pipelines.storage import (
     ObjectStore,
     OutOfBudget,
     StorageError,
+    StorageUnavailable,
     open_store,
 )
 from medsft_pipelines.storage.checkpoints import CheckpointStore
@@ -129,8 +130,11 @@ def test_an_upload_that_gives_up_leaves_nothing_trusted(
 
     minio.stop()
     make_checkpoint(tmp_path / "c200", 200, big=6 * MiB)
-    with pytest.raises(StorageError, match="step-000000200"):
+    with pytest.raises(StorageUnavailable, match="step-000000200") as gave_up:
         checkpoints.upload(tmp_path / "c200", 200)
+    # It says it was an outage, and for how long it was tried: not bad data.
+    assert "(retry budget 1s)" in str(gave_up.value)
+    assert "gave up after" in str(gave_up.value)
     with pytest.raises(StorageError):
         writer.close()
     assert retry_signal.retried.is_set()  # it did retry before giving up

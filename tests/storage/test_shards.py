@@ -15,8 +15,8 @@ from medsft_pipelines.storage import (
     ObjectStore,
     ShardIntegrityError,
 )
+from medsft_pipelines.storage.layout import MANIFEST_KEY
 from medsft_pipelines.storage.shards import (
-    MANIFEST_KEY,
     DatasetReader,
     Manifest,
     ShardWriter,

@@ -180,6 +180,10 @@ def container(
         "resources": resources(runtime, gpus),
         "volumeMounts": volume_mounts(settings, shm=shm),
         "securityContext": CONTAINER_SECURITY,
+        # The stages write why they failed to /dev/termination-log (medsft_pipelines.
+        # termination); a crash that wrote nothing leaves its log's tail there instead.
+        # Either way the operator names the cause in the stage's condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if settings.pull_policy:
         spec["imagePullPolicy"] = settings.pull_policy

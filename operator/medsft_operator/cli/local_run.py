@@ -35,7 +35,7 @@ def run(
             "(or pass --local to run it here)",
             2,
         )
-    from medsft_operator.local import comparison_table, run_local
+    from medsft_operator.local_runner import comparison_table, run_local
 
     try:
         problems = [p for p in validate_documents(load_documents(file)) if p.severity == "error"]

@@ -1,4 +1,10 @@
-"""``medsft operator``: run the operator (what the Helm chart's Deployment runs)."""
+"""``medsft operator`` and ``python -m medsft_operator``: run the operator.
+
+One command behind both front doors, so both take the same flags: the Helm chart's
+Deployment runs ``medsft operator`` (the operator image's entrypoint is ``medsft``), the
+tests and a development checkout run ``python -m medsft_operator``
+(:mod:`medsft_operator.__main__`).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,30 @@ def operator(
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")
     ] = False,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).",
+            show_default=False,
+        ),
+    ] = None,
     http_port: Annotated[
         int | None, typer.Option(help="Port of /healthz and /metrics.", show_default="8080")
     ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="A separate port for /metrics.", show_default=False)
+    ] = None,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between progress polls.", show_default="30"),
+    ] = None,
+    lease_namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace of the leader-election Lease.", show_default="default"),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(help="Holder identity in the Lease.", show_default="host name and pid"),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error.", show_default="info")
@@ -28,7 +53,12 @@ def operator(
         str | None, typer.Option(help="json or plain.", show_default="json")
     ] = None,
     standalone: Annotated[
-        bool, typer.Option("--standalone", help="No leader election (run one replica only).")
+        bool,
+        typer.Option(
+            "--standalone",
+            "--no-leader-election",
+            help="No leader election (run one replica only).",
+        ),
     ] = False,
 ) -> None:
     """Run the operator (what the Helm chart's Deployment runs).
@@ -46,8 +76,12 @@ def operator(
     raise typer.Exit(
         entry.run_operator(
             namespaces=[] if all_namespaces else namespace or None,
-            liveness_port=http_port,
+            kubeconfig=kubeconfig,
+            http_port=http_port,
             metrics_port=metrics_port,
+            poll_interval_s=poll_interval,
+            lease_namespace=lease_namespace,
+            identity=identity,
             log_level=log_level,
             log_format=log_format,
             standalone=True if standalone else None,

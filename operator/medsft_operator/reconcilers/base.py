@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from medsft_operator import fold, metrics, names
 from medsft_operator.api.k8s import Resource, StatusBase
-from medsft_operator.artifacts import InputsError, StorageAccess
+from medsft_operator.artifacts import StorageAccess
 from medsft_operator.config import OperatorConfig
 from medsft_operator.kube import EVENTS, Body, Conflict, Kube, KubeError, ResourceType
 from medsft_operator.plan import PlanError, resolve_storage
+from medsft_operator.reconcilers.errors import InputsError
 from medsft_pipelines.specs.common import StorageSpec
 
 log = logging.getLogger("medsft.operator")

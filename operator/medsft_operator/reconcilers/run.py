@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, Literal, cast
+
+import kopf
 
 from medsft_operator import fold, layout, names, promotion
 from medsft_operator.api import conditions as cond
 from medsft_operator.api.k8s import StatusBase
 from medsft_operator.api.kinds import MedSFTRun
 from medsft_operator.api.status import EvalJobStatus, GenerationRecord, MedSFTRunStatus
-from medsft_operator.artifacts import InputsError
-from medsft_operator.builders.stages import stage_resource
-from medsft_operator.kube import BY_KIND, MEDSFTRUNS, Body
+from medsft_operator.builders.stage_resources import stage_resource
+from medsft_operator.kube import BY_KIND, CURATIONJOBS, EVALJOBS, MEDSFTRUNS, SFTJOBS, Body
 from medsft_operator.plan import (
     STAGES,
     PlanError,
@@ -28,10 +30,14 @@ from medsft_operator.plan import (
     RunPlan,
     StagePlan,
     plan_run,
+    resolve_storage,
 )
 from medsft_operator.reconcilers.base import Reconciler
+from medsft_operator.reconcilers.errors import InputsError
 from medsft_operator.tracking import log_generation_outcome, open_generation_run
 from medsft_pipelines.specs.tracking import MLflowSpec
+
+log = logging.getLogger("medsft.operator")
 
 TRACKING_TIMEOUT_S = 20.0
 """The longest a reconcile waits for the MLflow server (the client's own timeouts are short)."""
@@ -39,6 +45,8 @@ TRACKING_RETRY_S = 60.0
 """After the server failed, the next try waits this long (each reconcile would wait again)."""
 STAGE_TITLES = {"curation": "Curation", "sft": "SFT", "eval": "Eval"}
 RECORD_FIELD = {"curation": "curation_job", "sft": "sft_job", "eval": "eval_job"}
+DELETION_POLL_S = 2.0  # how often a deleted run checks whether its stages' pods are gone
+STAGE_RESOURCES = (CURATIONJOBS, SFTJOBS, EVALJOBS)
 
 
 class RunReconciler(Reconciler):
@@ -503,6 +511,43 @@ class RunReconciler(Reconciler):
                     child = await self.ctx.kube.get(BY_KIND[kind], namespace, name)
                     if child is not None and names.owned_by(child, run):
                         await self.ctx.kube.delete(BY_KIND[kind], namespace, name)
+
+    async def delete_artifacts(self, body: Body) -> None:
+        """``artifactPolicy: Delete``: remove the run's storage prefix (the finalizer) — only
+        once nothing can write under it any more.
+
+        Every stage resource the run owns is deleted in the foreground: it is gone only after
+        its Jobs and PyTorchJobs are, and those only after their pods are (every
+        ownerReference on the way blocks its owner's deletion). Until then this raises
+        ``kopf.TemporaryError`` and kopf retries; a training pod still in its termination
+        grace period may still be writing, and the prefix waits for it.
+        """
+        run = MedSFTRun.from_manifest(body)
+        if run.spec.artifact_policy != "Delete":
+            return
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        remaining = []
+        for rt in STAGE_RESOURCES:
+            for child in await self.ctx.kube.list(rt, namespace, {names.RUN: meta["name"]}):
+                if not names.owned_by(child, body):
+                    continue  # a referenced stage of someone else's: not ours to delete
+                child_name = child["metadata"]["name"]
+                remaining.append(f"{rt.kind} {child_name}")
+                if not child["metadata"].get("deletionTimestamp"):
+                    await self.ctx.kube.delete(rt, namespace, child_name, propagation="Foreground")
+        if remaining:
+            raise kopf.TemporaryError(
+                f"deleting artifacts after {', '.join(sorted(remaining))} and their pods are gone",
+                delay=DELETION_POLL_S,
+            )
+        storage = resolve_storage(run.spec.storage, self.ctx.config.default_storage)
+        root = layout.run_root(storage, namespace, meta["name"])
+        deleted = await self.ctx.storage.delete_prefix(namespace, storage, root)
+        self.ctx.events.post(
+            body, "Normal", "ArtifactsDeleted", f"deleted {deleted} objects under {root}/"
+        )
+        log.info("deleted %d objects under %s/ for %s/%s", deleted, root, namespace, meta["name"])
 
 
 def _stage_tracking(

@@ -19,9 +19,10 @@ import sys
 from collections.abc import Sequence
 
 from medsft_pipelines.specs.jobconfig import CurationJobConfig, load_job_config
+from medsft_pipelines.termination import reports_failure
 
 from .errors import CurationError
-from .layout import resolve_worker_index
+from .job import resolve_worker_index
 
 log = logging.getLogger("medsft.curation")
 
@@ -72,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_job_config(args.config)
         if not isinstance(config, CurationJobConfig):
             raise CurationError(f"{args.config} is a {config.kind}, not a CurationJobConfig")
-        run(config, worker_index=args.worker_index, merge=args.merge)
+        with reports_failure():  # the pod's status keeps why (see medsft_pipelines.termination)
+            run(config, worker_index=args.worker_index, merge=args.merge)
     except CurationError as exc:
         print(f"medsft-curate: error: {exc}", file=sys.stderr)
         return 1

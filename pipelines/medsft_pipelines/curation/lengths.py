@@ -17,10 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medsft_pipelines.chat import template_messages
 from medsft_pipelines.specs.curation import LengthBucket
+from medsft_pipelines.specs.jobconfig import CurationJobConfig
+from medsft_pipelines.storage import StorageSettings
+
+from .errors import CurationError
 
 _SENTINEL = "\ue000medsft-assistant-content\ue000"  # private-use characters: never in data
 
@@ -138,3 +143,22 @@ def bucket_of(trace_tokens: int, buckets: Sequence[LengthBucket]) -> int | None:
         if trace_tokens <= bucket.max_tokens:
             return i
     return None
+
+
+def load_token_counter(
+    config: CurationJobConfig, settings: StorageSettings, scratch: Path
+) -> TokenCounter:
+    """The :class:`TokenCounter` of the spec's processor (downloaded once if remote)."""
+    from medsft_pipelines.models import load_processor
+    from medsft_pipelines.models.fetch import model_folder
+
+    if config.spec.processor is None:
+        raise CurationError(
+            "spec.processor is required: token lengths are measured with the target model's "
+            "processor (in a MedSFTRun it defaults to the SFT base model)"
+        )
+    location = config.spec.processor.model
+    folder = model_folder(location, settings, scratch / "models")
+    if not (folder / "config.json").exists():
+        raise CurationError(f"processor model {location} has no config.json")
+    return TokenCounter(load_processor(folder))

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from medsft_pipelines.specs.jobconfig import CurationJobConfig
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
+from medsft_pipelines.storage.layout import MANIFEST_KEY
 from medsft_pipelines.storage.progress import ProgressReporter
 from medsft_pipelines.storage.shards import (
-    MANIFEST_KEY,
     DatasetReader,
     Manifest,
     ShardWriter,
@@ -45,19 +45,10 @@ from medsft_pipelines.storage.shards import (
 from medsft_pipelines.tracking import open_tracker
 
 from .balance import length_mixture, repeats
+from .counts import key, sum_counts
 from .errors import CurationError
-from .layout import (
-    QUARANTINE_PREFIX,
-    REPORT_MD,
-    REPORT_PREFIX,
-    STAGE,
-    WORK_PREFIX,
-    key,
-    spec_hash,
-    storage_settings,
-    sum_counts,
-    worker_name,
-)
+from .job import spec_hash
+from .layout import QUARANTINE_PREFIX, REPORT_MD, REPORT_PREFIX, STAGE, WORK_PREFIX, worker_name
 from .quarantine import ROW_REASONS, check_error_budget
 from .report import build_report, token_stats, write_report
 from .sample import ROW_SCHEMA
@@ -186,7 +177,7 @@ def run_merge(
 ) -> Manifest:
     """Merge the workers' partial outputs into the final dataset; returns its manifest."""
     del scratch  # the merge needs no local files
-    settings = settings if settings is not None else storage_settings(config)
+    settings = settings if settings is not None else StorageSettings.for_spec(config.storage)
     spec = config.spec
     out = open_store(config.output_uri, settings)
     expected = spec_hash(config)

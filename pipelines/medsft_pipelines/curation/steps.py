@@ -31,11 +31,11 @@ from medsft_pipelines.specs.curation import (
 )
 from medsft_pipelines.storage import ObjectNotFound, ObjectStore
 
+from .counts import key
 from .decontam import BenchmarkIndex
 from .errors import BadInput, CurationError
 from .format import render_messages
 from .images import ImageProcessor
-from .layout import key
 from .lengths import QuestionTokens, TokenCounter
 from .quarantine import Quarantine
 from .sample import ProcessedImage, Sample
@@ -47,7 +47,7 @@ from .verify import ACCEPTED, UNPARSEABLE, verifier_kind, verify
 
 @dataclass
 class Tally:
-    """What steps count (keys made with :func:`.layout.key`) and the input they quarantine."""
+    """What steps count (keys made with :func:`.counts.key`) and the input they quarantine."""
 
     counts: Counter[str] = field(default_factory=Counter)
     quarantine: Quarantine = field(default_factory=Quarantine)

@@ -45,30 +45,17 @@ from tqdm import tqdm
 from medsft_pipelines.specs.common import join_uri
 from medsft_pipelines.specs.jobconfig import CurationJobConfig
 from medsft_pipelines.storage import ObjectNotFound, ObjectStore, StorageSettings, open_store
+from medsft_pipelines.storage.layout import MANIFEST_KEY
 from medsft_pipelines.storage.progress import ProgressReporter
-from medsft_pipelines.storage.shards import (
-    MANIFEST_KEY,
-    Manifest,
-    ShardWriter,
-    read_manifest,
-    write_manifest,
-)
+from medsft_pipelines.storage.shards import Manifest, ShardWriter, read_manifest, write_manifest
 
+from .counts import key
 from .decontam import BenchmarkIndex, BenchmarkText
 from .errors import BadInput, CurationError
 from .images import ImageProcessor, image_hashes
-from .layout import (
-    QUARANTINE_PREFIX,
-    STAGE,
-    TEACHER_CACHE_PREFIX,
-    WORK_PREFIX,
-    key,
-    load_token_counter,
-    spec_hash,
-    storage_settings,
-    worker_name,
-)
-from .lengths import TokenCounter
+from .job import spec_hash
+from .layout import QUARANTINE_PREFIX, STAGE, TEACHER_CACHE_PREFIX, WORK_PREFIX, worker_name
+from .lengths import TokenCounter, load_token_counter
 from .quarantine import Quarantine, check_error_budget
 from .sample import QUESTION_SCHEMA, ROW_SCHEMA
 from .select import Candidate, select_questions
@@ -175,7 +162,9 @@ class Worker:
         self.spec = config.spec
         self.index = index
         self.name = worker_name(index, config.workers)
-        self.settings = settings if settings is not None else storage_settings(config)
+        self.settings = (
+            settings if settings is not None else StorageSettings.for_spec(config.storage)
+        )
         self.scratch = scratch or Path(tempfile.mkdtemp(prefix="medsft-curation-"))
         self.out = open_store(config.output_uri, self.settings)
         self.store = self.out.child(f"{WORK_PREFIX}/{self.name}")

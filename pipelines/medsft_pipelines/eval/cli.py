@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from medsft_pipelines.specs.jobconfig import EvalJobConfig, load_job_config
+from medsft_pipelines.termination import reports_failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from .report import summary
     from .run import evaluate
 
-    results = evaluate(config, cache_dir=args.cache_dir)
+    with reports_failure():  # the pod's status keeps why (see medsft_pipelines.termination)
+        results = evaluate(config, cache_dir=args.cache_dir)
     print(json.dumps(summary(results, config.output_uri.rstrip("/") + "/results.json"), indent=2))
     return 0
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from medsft_pipelines.answers import grade_response
-from medsft_pipelines.specs.common import ACCESS_KEY_ENV, SECRET_KEY_ENV, StorageSpec, join_uri
+from medsft_pipelines.models.fetch import model_folder
+from medsft_pipelines.specs.common import join_uri
 from medsft_pipelines.specs.eval import GenerationSpec
 from medsft_pipelines.specs.jobconfig import EvalJobConfig
 from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
@@ -73,38 +72,9 @@ class ModelUnderTest:
 # ----------------------------------------------------------------------------- storage
 
 
-def storage_settings(spec: StorageSpec) -> StorageSettings:
-    """S3 settings of a job: the spec's endpoint/TLS, credentials from the environment."""
-    settings = StorageSettings.from_env()
-    if spec.endpoint:
-        settings = settings.model_copy(
-            update={
-                "endpoint": spec.endpoint,
-                "secure": spec.secure,
-                "ca_file": spec.ca_file or settings.ca_file,
-            }
-        )
-    access, secret = os.environ.get(ACCESS_KEY_ENV), os.environ.get(SECRET_KEY_ENV)
-    if access and secret:
-        settings = settings.model_copy(
-            update={"access_key": SecretStr(access), "secret_key": SecretStr(secret)}
-        )
-    return settings
-
-
 def resolve_model(location: str, settings: StorageSettings, cache_dir: Path) -> Path:
     """A local folder holding the model at ``location`` (``s3://…`` is downloaded once)."""
-    if location.startswith("s3://"):
-        target = cache_dir / hashlib.sha256(location.encode()).hexdigest()[:16]
-        if not (target / "config.json").exists():
-            store = open_store(location, settings)
-            keys = store.list()
-            if "config.json" not in keys:
-                raise FileNotFoundError(f"no model (config.json) at {location}")
-            for key in keys:
-                store.download_file(key, target / key)
-        return target
-    path = Path(location.removeprefix("file://"))
+    path = model_folder(location, settings, cache_dir)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model (config.json) at {location}")
     return path
@@ -470,7 +440,7 @@ def evaluate(
 
     Returns the results document (also written as ``results.json``).
     """
-    settings = settings or storage_settings(config.storage)
+    settings = settings or StorageSettings.for_spec(config.storage)
     out = open_store(config.output_uri, settings)
     progress_store = open_store(config.effective_progress_uri(), settings)
     benchmarks = load_benchmarks(config, settings)

@@ -1,4 +1,5 @@
-"""Model helpers shared by curation, SFT and eval: processor loading and the tiny test model."""
+"""Model helpers shared by curation, SFT and eval: fetching a model folder (:mod:`.fetch`),
+processor loading and the tiny test model."""
 
 from __future__ import annotations
 

@@ -100,6 +100,12 @@ class StorageSpec(Spec):
     credentials_secret: StorageCredentialsRef | None = None
     """Secret with the S3 access and secret keys; pods receive them as env vars
     ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
+    retry_timeout_seconds: Annotated[int, Field(ge=0, le=86400)] = 120
+    """How long each storage operation of the stages' pods keeps retrying a store that does
+    not answer (connection errors, timeouts, 5xx), with backoff, before the attempt fails
+    with reason ``StorageUnavailable``. An outage shorter than this costs nothing; a longer
+    one spends one of the stage's ``backoffLimit`` retries, which resume from the newest
+    checkpoint."""
     local_path: Annotated[str, Field(max_length=1024)] = ".medsft/storage"
     """Root folder of the ``file://`` backend when ``endpoint`` is unset (relative to the working directory)."""
 

@@ -3,6 +3,7 @@
 
 * :mod:`.shards` — checksummed Parquet dataset shards with a manifest written last, and a
   deterministic, rank-partitioned, resumable reader.
+* :mod:`.layout` — the names of a dataset's objects (pure: the operator imports them).
 * :mod:`.checkpoints` — checkpoint directories uploaded in parallel, a completion marker last.
 * :mod:`.progress` — ``progress.json`` and ``metrics.jsonl`` written by jobs, read by the operator.
 
@@ -19,6 +20,7 @@ from .errors import (
     PreconditionFailed,
     ShardIntegrityError,
     StorageError,
+    StorageUnavailable,
 )
 from .settings import StorageSettings
 
@@ -33,6 +35,7 @@ __all__ = [
     "ShardIntegrityError",
     "StorageError",
     "StorageSettings",
+    "StorageUnavailable",
     "check_key",
     "open_store",
 ]

@@ -14,6 +14,12 @@ class StorageError(Exception):
     """An object-store operation failed (after retries, where retrying made sense)."""
 
 
+class StorageUnavailable(StorageError):
+    """The store did not answer within the retry budget (``retry_timeout_s``): connection
+    errors, timeouts or 5xx answers, every retry included. Waiting longer may help; the
+    data is not at fault."""
+
+
 class ObjectNotFound(StorageError):
     """The key does not exist in the store."""
 

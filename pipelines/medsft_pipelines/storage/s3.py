@@ -37,7 +37,14 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import SSLError
 
-from .errors import ObjectNotFound, OutOfBudget, PreconditionFailed, StorageError, redact
+from .errors import (
+    ObjectNotFound,
+    OutOfBudget,
+    PreconditionFailed,
+    StorageError,
+    StorageUnavailable,
+    redact,
+)
 from .settings import StorageSettings
 
 log = logging.getLogger("medsft.storage")
@@ -168,7 +175,8 @@ class S3Backend:
     # -- retry and error mapping ------------------------------------------------------------
 
     def _retrying(self, what: str, key: str, op: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.settings.retry_timeout_s
+        started = time.monotonic()
+        deadline = started + self.settings.retry_timeout_s
         delay = BACKOFF_START_S
         attempt = 1
         while True:
@@ -176,8 +184,16 @@ class S3Backend:
                 return op()
             except Exception as exc:
                 failure = self._error(what, key, exc)
-                if not is_retryable(exc) or time.monotonic() + delay > deadline:
+                if not is_retryable(exc):
                     raise failure from None
+                if time.monotonic() + delay > deadline:
+                    # The outage outlasted the retry budget: say so, and for how long it was
+                    # tried, so that a failed stage reads as an outage, not as bad data.
+                    raise StorageUnavailable(
+                        f"{failure}; gave up after {attempt} attempt(s) over "
+                        f"{time.monotonic() - started:.0f}s (retry budget "
+                        f"{self.settings.retry_timeout_s:g}s)"
+                    ) from None
                 if self._budget is not None and self._budget() <= delay:
                     raise failure from None  # no retry can be sent within the budget
                 log.warning("%s (attempt %d); retrying in %.1fs", failure, attempt, delay)

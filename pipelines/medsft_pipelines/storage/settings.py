@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 
 from medsft_pipelines.contract import Spec
+from medsft_pipelines.specs.common import StorageSpec
 
 ENV_ENDPOINT = "MEDSFT_S3_ENDPOINT"
 ENV_SECURE = "MEDSFT_S3_SECURE"
@@ -94,6 +95,24 @@ class StorageSettings(Spec):
         if env.get(ENV_SECURE):
             settings.secure = _parse_bool(env[ENV_SECURE], ENV_SECURE)
         return settings
+
+    @classmethod
+    def for_spec(
+        cls, spec: StorageSpec, environ: Mapping[str, str] | None = None
+    ) -> StorageSettings:
+        """How a stage reaches the storage of its job config: the spec's endpoint, TLS, CA,
+        region and retry budget over :meth:`from_env` (credentials, and the endpoint when the spec names none).
+
+        The one builder every stage and the local runner use: credentials come only from
+        :meth:`from_env`, so a mounted Secret keeps winning over ``AWS_*`` variables."""
+        updates: dict[str, object] = {"retry_timeout_s": float(spec.retry_timeout_seconds)}
+        if spec.endpoint:
+            updates.update(endpoint=spec.endpoint, secure=spec.secure)
+        if spec.ca_file:
+            updates["ca_file"] = spec.ca_file
+        if spec.region:
+            updates["region"] = spec.region
+        return cls.from_env(environ).model_copy(update=updates)
 
 
 def _parse_bool(value: str, name: str) -> bool:

@@ -44,10 +44,10 @@ from medsft_pipelines.contract import Spec
 
 from .base import ObjectStore
 from .errors import DatasetExistsError, DatasetNotReady, ObjectNotFound, ShardIntegrityError
+from .layout import MANIFEST_KEY
 
 log = logging.getLogger("medsft.storage")
 
-MANIFEST_KEY = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 DEFAULT_SHARD_PREFIX = "shards/"
 SHARD_NAME = re.compile(r"shard-\d{5}\.parquet")

@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig
 
 from .base import RawOutput, Request, Sampling, TokenizerCodec, sampling_protocol
-from .layout import plan_layout
+from .parallelism import plan_layout
 
 # Tokens a model must never generate: a vision placeholder in the response would be taken for
 # an image slot when the response is fed back for a forced exit.

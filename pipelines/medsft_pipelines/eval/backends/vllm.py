@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import RawOutput, Request, Sampling, TokenizerCodec, sampling_protocol
-from .layout import head_counts, plan_layout
+from .parallelism import head_counts, plan_layout
 
 _VISION_TOKENS = [
     "<|vision_start|>",
