@@ -157,6 +157,11 @@ class Controller:
                 if fresh is None:
                     return
                 body = fresh
+                # What the lost pass read from the store (progress, the newest checkpoint)
+                # is in no status yet: read it again. Otherwise a pass that, say, started
+                # an SFT retry would be redone without it, and the status would name the
+                # retry but not the checkpoint it resumes from until the next poll.
+                poll = True
         log.warning(
             "reconcile of %s/%s did not settle in %d passes",
             reconciler.rt.kind,

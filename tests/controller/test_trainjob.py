@@ -177,10 +177,11 @@ def test_a_failed_trainjob_is_retried_from_the_latest_checkpoint(
     retry = wait_for(lambda: trainjob(cluster, "tjr-a1"), timeout=90, what="the retry")
     env = {e["name"]: e.get("value") for e in retry["spec"]["trainer"]["env"]}
     assert env["MEDSFT_ATTEMPT"] == "1"  # the trainer resumes from the newest checkpoint
-    # The retry and the checkpoint it resumes from, together: once (a full run; not
-    # reproduced in 3 runs alone) the status named the retry before the checkpoint. The
-    # cause is not known (status writes carry the resourceVersion, so no stale write
-    # explains it); the field must still arrive, or the wait fails.
+    # The retry and the checkpoint it resumes from, together. Once (a full run) the status
+    # named the retry without the checkpoint: the status write of the reconcile that made
+    # the retry lost to another writer, and the redo did not read the store again. The
+    # controller now does (tests/controller/test_status_writes.py); the wait still allows
+    # the field to arrive a poll later, and fails if it never does.
     status = wait_for(
         lambda: (
             (s := cluster.status("SFTJob", "tjr")).get("trainJobName") == "tjr-a1"
