@@ -53,12 +53,20 @@ def test_the_tracker_stopped_mid_training_leaves_training_unaffected(
     try:
         deadline = time.monotonic() + 600
         run_id = None
-        while True:  # until the first losses are in MLflow
+        # Until the first batch is wholly in MLflow: the server applies a ``log_batch`` as
+        # params, metrics, then tags, each committed on its own, so the losses can be
+        # readable while the batch's tags are not yet written (freezing the server then lost
+        # them in a CI run). The tags are the batch's last write.
+        while True:
             assert proc.poll() is None, "training ended before any metric reached MLflow"
             assert time.monotonic() < deadline
             found = client.get_experiment_by_name(experiment)
             runs = client.search_runs([found.experiment_id]) if found else []
-            if runs and client.get_metric_history(runs[0].info.run_id, "sft.loss"):
+            if (
+                runs
+                and client.get_metric_history(runs[0].info.run_id, "sft.loss")
+                and "medsft.sft.inputHash" in client.get_run(runs[0].info.run_id).data.tags
+            ):
                 run_id = runs[0].info.run_id
                 break
             time.sleep(0.2)
