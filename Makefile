@@ -16,12 +16,13 @@ all: test
 
 # The environment: one venv, pinned by constraints.txt (regenerate with `make lock`).
 # uv installs it: its cache (~/.cache/uv) keeps the wheels unpacked and links them into the
-# venv, so a second clone's venv takes seconds instead of pip's minutes of downloading and
+# venv, so a second clone's venv takes under a minute (most of it compiling the bytecode)
+# instead of pip's 3 to 6 minutes of downloading and
 # unzipping the same ~4 GB of torch and CUDA wheels (pip's HTTP cache stays empty here).
 # --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE=1 (set on this machine) an
 # uncompiled venv compiles torch and transformers anew in every process that imports them.
 $(STAMP): pyproject.toml constraints.txt
-	@echo ">> creating $(VENV) (first time: downloads torch and friends, about a minute)"
+	@echo ">> creating $(VENV) (first time: downloads torch and friends, a minute or two)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off -q --upgrade pip
 	$(BIN)/pip install --progress-bar off -q -c constraints.txt uv
