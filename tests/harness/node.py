@@ -856,6 +856,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
                 waiting = status.state.waiting if status.state else None
                 if waiting is not None:
                     said.append(f"{status.name} waiting: {waiting.reason} {waiting.message or ''}")
+                if status.restart_count:
+                    said.append(f"{status.name} restarted {status.restart_count}x")
             lines.append(f"pod {pod.metadata.name} {pod.status.phase}: {'; '.join(said) or '-'}")
         node = core.read_node(NODE_NAME)
         flags = [

@@ -84,7 +84,10 @@ def test_pytorchjob_master_and_worker_rendezvous(node: Node, node_namespace: str
     }
     custom.create_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", job)
 
-    deadline = time.monotonic() + 180
+    # Alone this takes seconds. The limit is for a loaded CI machine: the Worker's init
+    # container (capped at 100m CPU, as upstream's template caps it) and its nc loop each
+    # retry for up to about two minutes, and CI once saw the job still Running at 180 s.
+    deadline = time.monotonic() + 360
     state: dict[str, str] = {}
     while time.monotonic() < deadline:
         state = conditions(
@@ -101,7 +104,13 @@ def test_pytorchjob_master_and_worker_rendezvous(node: Node, node_namespace: str
             ("rdzv-worker-0", "pytorch"),
         ]
     }
-    assert state.get("Succeeded") == "True", (state, logs, node.why_waiting(ns))
+    # CI's summary keeps the start and the end of a long message: the pods' states first,
+    # then the last lines of each log, so a stall says where it stalled.
+    tails = "\n".join(
+        f"{pod}/{container}: {' | '.join(log.splitlines()[-3:])}"
+        for (pod, container), log in logs.items()
+    )
+    assert state.get("Succeeded") == "True", f"{state}\n{node.why_waiting(ns)}\n{tails}"
     master_log, worker_log = logs["rdzv-master-0", "pytorch"], logs["rdzv-worker-0", "pytorch"]
 
     assert master_log.splitlines() == ["master rank=0 world=2", "master got: rank 1 of 2"]
