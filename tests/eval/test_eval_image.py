@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "trainer-image" / "Dockerfile.eval"
 LOCK = REPO / "trainer-image" / "eval.lock"
 
+# One xdist worker for the module: its vLLM probe (an import of vLLM and its kernels in the
+# eval env, tens of seconds) is module-scoped, and two workers would each run it.
+pytestmark = pytest.mark.xdist_group("eval-image")
+
 
 def _lock_tool():
     spec = importlib.util.spec_from_file_location(

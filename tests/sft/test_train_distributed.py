@@ -36,7 +36,10 @@ from medsft_pipelines.storage import ObjectStore, StorageSettings, open_store
 from medsft_pipelines.storage.checkpoints import COMPLETE_MARKER, CheckpointStore, step_prefix
 from medsft_pipelines.storage.progress import read_metrics, read_progress
 
-pytestmark = pytest.mark.slow
+# One xdist worker for the whole module: its module-scoped runs (the reference run, the
+# default recipe) are each a real training of a minute or more, and tests of the module
+# spread over both workers trained each of them once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sft-distributed")]
 
 STEPS = 40
 EVERY = 4
