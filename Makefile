@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Caches outside the repo, so a fresh clone on a warm machine reuses them.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/medsft/torch_extensions
+# mypy's incremental cache: a fresh clone re-checks only the files whose content differs
+# (about 10 s) instead of all of pydantic, kubernetes and the rest again (70 s or more).
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/medsft/mypy
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
