@@ -1,8 +1,9 @@
 """Writes trainer-image/eval.lock: exactly the packages that the eval image
 (trainer-image/Dockerfile.eval) installs — vLLM at the Dockerfile's VLLM_VERSION, the
 project's base requirements and its `train` requirements except DeepSpeed (evaluation never
-trains), resolved by pip without installing anything — each with the sha256 of the one
-file pip picks for the image's platform (CPython 3.11, manylinux x86_64, as here).
+trains), resolved by uv (as hack/lock-trainer-image.py, and why) without installing
+anything — each with the sha256 of the one file pip picks for the image's platform
+(CPython 3.11, manylinux x86_64, as here). Names as PEP 503 normalises them.
 
 Why a lock of its own and not constraints.txt (docs/adr/0005-eval-image.md): vLLM pins its
 torch and caps transformers below the versions the trainer image runs, so the two stacks
@@ -15,7 +16,6 @@ that the lock is a complete resolution of these requirements and installs it.
 
 from __future__ import annotations
 
-import json
 import re
 import runpy
 import subprocess
@@ -23,6 +23,10 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any
+
+from packaging.tags import sys_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
 #: The trainer's lock script, for what both share (its ``__main__`` does not run).
@@ -54,25 +58,42 @@ def resolve(constraints: Path | None = None) -> dict[str, tuple[str, str]]:
     """name -> (version, sha256) of everything the image installs; with ``constraints``
     (a lock), within its pins."""
     with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
+        resolution = Path(tmp) / "pylock.toml"
         extra: list[str] = []
         if constraints is not None:
-            pins = Path(tmp) / "constraints.txt"  # pip reads no hashes in a constraints file
+            pins = Path(tmp) / "constraints.txt"  # no hashes in a constraints file
             pins.write_text("".join(f"{n}=={v}\n" for n, (v, _) in read_lock(constraints).items()))
-            extra = ["-c", str(pins)]
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-             "--only-binary=:all:", "--quiet", "--report", str(report), *extra, *requirements()],
-            cwd=REPO, check=True, timeout=900,
+            extra = ["--constraints", str(pins)]
+        # pylock.toml: every package with the wheels of its version that fit this platform.
+        compiled = subprocess.run(
+            [TRAINER_LOCK["uv"](), "pip", "compile", "-", *extra, "--format", "pylock.toml",
+             "--only-binary", ":all:", "--python", sys.executable, "--no-header", "--quiet",
+             "--output-file", str(resolution)],
+            input="\n".join(requirements()) + "\n",
+            cwd=REPO, timeout=900, capture_output=True, text=True,
         )  # fmt: skip
-        installed = json.loads(report.read_text())["install"]
+        if compiled.returncode != 0:
+            sys.exit(f"uv pip compile failed:\n{compiled.stderr}")
+        packages = tomllib.loads(resolution.read_text())["packages"]
     return {
-        item["metadata"]["name"].lower(): (
-            item["metadata"]["version"],
-            item["download_info"]["archive_info"]["hashes"]["sha256"],
+        canonicalize_name(package["name"]): (
+            package["version"],
+            preferred_wheel(package["wheels"])["hashes"]["sha256"],
         )
-        for item in installed
+        for package in packages
     }
+
+
+def preferred_wheel(wheels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The wheel pip installs of one version's wheels: the one with the tag this interpreter
+    ranks first (e.g. ``cp311-cp311-manylinux_2_28`` before ``cp39-abi3-manylinux_2_17``)."""
+    rank = {tag: i for i, tag in enumerate(sys_tags())}
+
+    def preference(wheel: dict[str, Any]) -> int:
+        filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1]
+        return min(rank.get(tag, len(rank)) for tag in parse_wheel_filename(filename)[3])
+
+    return min(wheels, key=preference)
 
 
 def read_lock(path: Path) -> dict[str, tuple[str, str]]:

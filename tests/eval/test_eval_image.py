@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from harness.eval_env import OWN_TOOLS, eval_env, installed, locked
 
@@ -84,7 +85,7 @@ def test_eval_dockerfile_lints_clean_and_runs_as_the_stage_pods_user():
 
 @pytest.mark.slow
 def test_eval_lock_is_the_complete_resolution_of_what_the_image_asks_for():
-    """pip resolves the image's requirements (vLLM, the project's base and train requirements
+    """uv resolves the image's requirements (vLLM, the project's base and train requirements
     but DeepSpeed) within the lock's pins to exactly the lock, hashes included: nothing is
     missing, nothing is extra, vLLM's own pins (torch, transformers < 5.21) hold, and the
     hashes are those of the files pip picks on this platform. `make lock` regenerates it."""
@@ -93,7 +94,10 @@ def test_eval_lock_is_the_complete_resolution_of_what_the_image_asks_for():
     assert tool.render(locked) == LOCK.read_text(), (
         "eval.lock is not in the format make lock writes"
     )
-    assert tool.resolve(constraints=LOCK) == locked, "trainer-image/eval.lock is stale: `make lock`"
+    by_pep503_name = {canonicalize_name(name): pin for name, pin in locked.items()}
+    assert tool.resolve(constraints=LOCK) == by_pep503_name, (
+        "trainer-image/eval.lock is stale: `make lock`"
+    )
 
 
 @pytest.fixture(scope="module")
