@@ -12,11 +12,11 @@ import shutil
 import socket
 from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 
 from medsft_pipelines.sft.checkpointing import Topology
+from medsft_pipelines.sft.lean_deepspeed import deepspeed
 
 
 def _free_port() -> int:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,6 +56,7 @@ from medsft_pipelines.sft.distributed import (
     init_distributed,
 )
 from medsft_pipelines.sft.layout import FINAL_MODEL, LOSS_CURVE, PROGRESS_STAGE, SUMMARY
+from medsft_pipelines.sft.lean_deepspeed import deepspeed
 from medsft_pipelines.sft.lengths import SampleLengths
 from medsft_pipelines.sft.model_files import check_model_dir, upload_export
 from medsft_pipelines.sft.steps import StepPlan, optimizer_steps, plan_steps
