@@ -123,6 +123,8 @@ class MLflowTracker:
         self._sent = 0
         self._error: str | None = None
         self._failing = False
+        if client_factory is None:
+            _import_mlflow_client()
         self._thread = threading.Thread(target=self._loop, name="mlflow-tracker", daemon=True)
         self._thread.start()
 
@@ -306,6 +308,17 @@ def _short(exc: BaseException) -> str:
     """The first line of an exception, bounded (MLflow errors may carry a whole response)."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else "")[:300]
+
+
+def _import_mlflow_client() -> None:
+    """Import the MLflow client in the calling thread, before the sender thread starts. A
+    first import in the sender thread while the stage's own thread imports something else
+    can deadlock on the module locks of the libraries both share: a curation merge, importing
+    matplotlib for its report while the sender imported MLflow, failed with ``_DeadlockError``
+    on ``html`` and then hung (seen in a `make test` run, where bytecode is written as
+    modules are first imported, which makes first imports slower)."""
+    import mlflow.entities
+    import mlflow.tracking  # noqa: F401
 
 
 def _mlflow_client(tracking_uri: str) -> Any:
